@@ -1,0 +1,40 @@
+# gradflow: two commands on a fresh machine: `make figures` and `make test`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# JAX's CPU SVD/QR go through OpenBLAS; two threads on two cores slow down >100x when another process
+# holds a core. One thread each keeps tests and figures predictable.
+export OPENBLAS_NUM_THREADS ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: setup test figures figures-quick figures-full lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(VPY) -m pytest tests
+
+figures: setup
+	$(VPY) -m analyses $(FIGARGS)
+
+figures-quick: setup
+	$(VPY) -m analyses --quick $(FIGARGS)
+
+figures-full: setup
+	$(VPY) -m analyses --full $(FIGARGS)
+
+lint: setup
+	$(VPY) -m ruff check gradflow analyses tests benchmarks
+
+bench: setup
+	$(VPY) -m benchmarks $(BENCHARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache figures/.cache figures/.quick

@@ -1,0 +1,530 @@
+"""The analyses runner: registry, caching, resumption and progress behind ``make figures``.
+
+Conventions every analysis module follows (``analyses/<name>.py``; ``analyses/training.py`` included):
+
+- ``NAME``: str, the module's name (``"decay"``), also the stem of its data files.
+- ``CONFIG``: dict, the default configuration (what ``make figures`` runs). JSON-serializable values only
+  (numbers, strings, bools, lists, nested dicts); seeds live here.
+- ``QUICK`` and ``FULL``: dicts of overrides merged onto ``CONFIG`` (``{**CONFIG, **QUICK}``) for
+  ``--quick`` (small sizes, CI) and ``--full`` (larger sizes). They may also be complete configurations.
+- ``run(config, progress=None) -> dict``: the computation. Returns a flat dict whose values are numpy arrays,
+  floats, ints, strings or lists (of numbers or of strings). ``progress`` is a callable taking one message
+  string (``None`` means silent); inside the runner it is a :class:`Progress`, which also offers
+  ``progress.memo(label, fn)`` for per-part resumption (see :func:`memo`).
+- ``plot(data) -> dict[str, matplotlib.figure.Figure]``: figure file stem -> figure, drawn only from ``data``
+  (the dict ``run`` returned, or the one :func:`load_data` reads back), so figures can be redrawn without
+  recomputing. Stems are globally unique; by convention they start with ``NAME``.
+- Optional ``write_extra(data) -> dict[str, str]``: file name -> text written beside the figures
+  (the findings table's ``findings.md`` and ``findings.json``).
+- Optional ``DEPENDS``: tuple of analysis names whose results this one reads (the findings table). The
+  runner runs them first and calls ``run(config, progress, inputs={name: data})``; their data keys enter this
+  one's key.
+
+Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, ``figures/full/`` with
+``--full``):
+
+- ``out/data/<name>.npz``: the data, ``out/data/<name>.json``: the sidecar (data key, plot key, configuration,
+  gradflow version, elapsed seconds, figure stems, the type of every entry so lists come back as lists).
+- ``out/<stem>.png``: the figures (PNG, dpi 120).
+- ``figures/.cache/partial/<mode>/<name>/<key>/<label>.npz`` (git-ignored): per-part results of an
+  unfinished analysis, dropped when it finishes.
+
+Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow package
+and the analysis module's source without its ``plot`` / ``_plot*`` functions (so a change to the code that
+produces numbers recomputes them, a change to a figure's looks only redraws it). The plot key hashes the data
+key, the whole module source and ``analyses/_style.py``. An analysis whose sidecar holds the current data key
+is not recomputed; it is redrawn from its saved data when the plot key differs or a figure file is missing.
+``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
+written last, so a run killed at any point leaves only complete results, and the next run resumes after the
+last finished analysis (and, inside an analysis, after the last finished ``memo`` part).
+
+Example (REPL)::
+
+    from analyses import _runner, decay
+    data = decay.run({**decay.CONFIG, **decay.QUICK}, progress=print)
+    figs = decay.plot(data)                       # {"decay": Figure}
+    data = _runner.load_data("figures/data/decay")  # the saved data of `make figures`
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import hashlib
+import importlib
+import inspect
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+#: Every analysis, in the order the runner runs them (``findings`` last: it reads the others' data).
+ANALYSES: tuple[str, ...] = (
+    "decay",
+    "lengths",
+    "spectra",
+    "lyapunov",
+    "bn_modes",
+    "batch_coupling",
+    "gamma_init",
+    "dropout",
+    "training",
+    "findings",
+)
+
+MODES = ("default", "quick", "full")
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "figures"
+DPI = 120
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress lines for one analysis (to stderr), plus per-part resumption.
+
+    Calling it with a message prints ``[name  12.3s] message`` unless ``quiet``. ``memo(label, fn)`` returns
+    ``fn()``'s dict, saved under ``partial_dir`` so that a rerun after an interruption reuses it.
+
+    Args:
+        name: the analysis name shown in each line.
+        quiet: when True, the analysis' own lines are not printed.
+        partial_dir: directory for per-part results, or None (no per-part resumption).
+        stream: where lines go (default ``sys.stderr``).
+    """
+
+    def __init__(self, name: str, quiet: bool = False, partial_dir: Path | None = None, stream=None):
+        self.name = name
+        self.quiet = quiet
+        self.partial_dir = partial_dir
+        self.stream = stream
+        self.t0 = time.perf_counter()
+        self.memo_hits = 0
+        self.memo_misses = 0
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"  [{self.name} {time.perf_counter() - self.t0:7.1f}s] {message}",
+                  file=self.stream or sys.stderr, flush=True)
+
+    def memo(self, label: str, fn: Callable[[], dict]) -> dict:
+        """Return ``fn()`` (a flat dict as ``run`` returns), reusing a saved copy from an interrupted run."""
+        if self.partial_dir is None:
+            return fn()
+        safe = "".join(c if (c.isalnum() or c in "-_.=") else "_" for c in label)
+        path = self.partial_dir / safe
+        if (path.parent / (safe + ".json")).exists():
+            try:
+                out = load_data(path)
+                self.memo_hits += 1
+                return out
+            except (OSError, ValueError, KeyError):
+                pass
+        out = fn()
+        self.memo_misses += 1
+        save_data(path, out)
+        return out
+
+
+def memo(progress: Any, label: str, fn: Callable[[], dict]) -> dict:
+    """``progress.memo(label, fn)`` when the runner supplied one, else ``fn()`` (REPL use).
+
+    Args:
+        progress: the ``progress`` argument ``run`` received (a :class:`Progress`, a callable or None).
+        label: a name for this part, unique within the analysis (e.g. ``"tanh_g1.5"``).
+        fn: computes the part; returns a flat dict of arrays / scalars / strings / lists.
+    """
+    if isinstance(progress, Progress):
+        return progress.memo(label, fn)
+    return fn()
+
+
+def say(progress: Any, message: str) -> None:
+    """Send ``message`` to ``progress`` if it is callable (``None`` is silent)."""
+    if progress is not None:
+        progress(message)
+
+
+# ----------------------------------------------------------------------------------------------- storage
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n"
+    _atomic_write_bytes(path, text.encode())
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-serializable: {type(x).__name__}")
+
+
+def _kind(key: str, value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+        return "array"
+    raise ValueError(f"data entry {key!r} has unsupported type {type(value).__name__}; use numpy arrays, "
+                     "floats, ints, strings or lists")
+
+
+def save_data(stem: Path | str, data: dict, meta: dict | None = None) -> None:
+    """Write ``data`` to ``<stem>.npz`` and the sidecar ``<stem>.json`` (atomically, sidecar last).
+
+    Args:
+        stem: path without suffix.
+        data: flat dict of arrays, scalars, strings, lists (lists must be rectangular).
+        meta: extra sidecar fields (keys, configuration, ...).
+
+    Raises:
+        ValueError: an entry has an unsupported type or a list is ragged.
+    """
+    stem = Path(stem)
+    if not isinstance(data, dict):
+        raise ValueError(f"analysis data must be a dict, got {type(data).__name__}")
+    kinds, arrays = {}, {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise ValueError(f"data key {k!r} must be an identifier-like string")
+        kinds[k] = _kind(k, v)
+        try:
+            arr = np.asarray(v)
+        except ValueError as e:
+            raise ValueError(f"data entry {k!r} is ragged: {e}") from e
+        if arr.dtype == object:
+            raise ValueError(f"data entry {k!r} is ragged or holds objects; pad it or split it")
+        arrays[k] = arr
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    _atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+    _atomic_write_json(stem.with_suffix(".json"), {**(meta or {}), "kinds": kinds})
+
+
+def load_data(stem: Path | str) -> dict:
+    """Read data written by :func:`save_data` back into the types ``run`` returned.
+
+    Args:
+        stem: path without suffix (``figures/data/decay``).
+
+    Returns:
+        dict: arrays as numpy arrays, scalars as Python numbers, strings as str, lists as lists.
+    """
+    stem = Path(stem)
+    side = json.loads(stem.with_suffix(".json").read_text())
+    kinds = side["kinds"]
+    out = {}
+    with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
+        for k, kind in kinds.items():
+            a = z[k]
+            if kind in ("int", "float", "bool", "str"):
+                out[k] = a.item()
+            elif kind == "list":
+                out[k] = a.tolist()
+            else:
+                out[k] = a
+    return out
+
+
+def read_sidecar(stem: Path | str) -> dict | None:
+    """The sidecar dict of a saved result, or None if absent or unreadable."""
+    try:
+        return json.loads(Path(stem).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- keys
+
+
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def gradflow_code_hash() -> str:
+    """Hash of gradflow's version and the source of every module in the package."""
+    import gradflow
+
+    pkg = Path(gradflow.__file__).parent
+    h = hashlib.sha256(str(getattr(gradflow, "__version__", "?")).encode())
+    for p in sorted(pkg.rglob("*.py")):
+        h.update(str(p.relative_to(pkg)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _source_without_plot(source: str) -> str:
+    """Module source with ``plot`` and ``_plot*`` functions removed (canonical ``ast`` form)."""
+    tree = ast.parse(source)
+    tree.body = [n for n in tree.body
+                 if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and (n.name == "plot" or n.name.startswith("_plot")))]
+    return ast.unparse(tree)
+
+
+def _module_source(module: ModuleType) -> str:
+    try:
+        return inspect.getsource(module)
+    except (OSError, TypeError):
+        return ""
+
+
+def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
+             code_hash: str | None = None) -> str:
+    """The cache key of an analysis' data: configuration, gradflow code, non-plot module source, inputs."""
+    payload = {
+        "name": module.NAME,
+        "config": config,
+        "gradflow": code_hash if code_hash is not None else gradflow_code_hash(),
+        "source": _sha(_source_without_plot(_module_source(module)) or module.NAME),
+        "deps": dep_keys or {},
+    }
+    return _sha(json.dumps(payload, sort_keys=True, default=_json_default))[:20]
+
+
+def plot_key(module: ModuleType, dkey: str) -> str:
+    """The cache key of an analysis' figures: its data key, its whole source and the shared style."""
+    style = (Path(__file__).parent / "_style.py")
+    style_src = style.read_text() if style.exists() else ""
+    return _sha(dkey + _module_source(module) + style_src)[:20]
+
+
+def resolve_config(module: ModuleType, mode: str = "default") -> dict:
+    """The configuration of ``module`` for a mode: ``CONFIG`` with ``QUICK`` / ``FULL`` merged on top.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    cfg = dict(module.CONFIG)
+    if mode == "quick":
+        cfg.update(getattr(module, "QUICK", {}))
+    elif mode == "full":
+        cfg.update(getattr(module, "FULL", {}))
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def load_module(name: str) -> ModuleType | None:
+    """Import ``analyses.<name>``; None if that module does not exist (yet)."""
+    try:
+        return importlib.import_module(f"analyses.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"analyses.{name}":
+            return None
+        raise
+
+
+def output_dir(mode: str) -> Path:
+    """Default output directory of a mode."""
+    return {"default": FIGURES, "quick": FIGURES / ".quick", "full": FIGURES / "full"}[mode]
+
+
+def _order(names: Sequence[str], modules: dict[str, ModuleType]) -> list[str]:
+    """``names`` plus their DEPENDS, dependencies first, otherwise in ``ANALYSES`` order."""
+    want: list[str] = []
+
+    def visit(n, stack=()):
+        if n in stack:
+            raise ValueError(f"circular DEPENDS: {' -> '.join((*stack, n))}")
+        if n in want or n not in modules:
+            return
+        for dep in getattr(modules[n], "DEPENDS", ()):
+            visit(dep, (*stack, n))
+        want.append(n)
+
+    for n in names:
+        visit(n)
+    return want
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def run_all(
+    names: Sequence[str] | None = None,
+    mode: str = "default",
+    out: Path | str | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    modules: dict[str, ModuleType] | None = None,
+    stream=None,
+) -> dict[str, str]:
+    """Run analyses with caching; write data and figures. What ``python -m analyses`` calls.
+
+    Args:
+        names: analyses to run (default: all registered and present). Their DEPENDS run first.
+        mode: "default", "quick" or "full" (the configuration and, unless ``out`` is given, the directory).
+        out: output directory (figures; data under ``out/data``).
+        force: recompute the named analyses even if cached (their dependencies only if not cached).
+        quiet: suppress the analyses' own progress lines (start/finish lines still print).
+        modules: name -> module, overriding the registry (tests).
+        stream: where progress goes (default ``sys.stderr``).
+
+    Returns:
+        dict: name -> "computed", "redrawn" or "cached".
+
+    Raises:
+        ValueError: an unknown analysis name or mode.
+    """
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    stream = stream or sys.stderr
+    if modules is None:
+        modules = {}
+        for n in ANALYSES:
+            m = load_module(n)
+            if m is None:
+                print(f"(analyses.{n} is not present; skipped)", file=stream, flush=True)
+            else:
+                modules[n] = m
+    requested = list(modules) if not names else list(names)
+    unknown = [n for n in requested if n not in modules]
+    if unknown:
+        raise ValueError(f"unknown analysis {unknown}; available: {sorted(modules)}")
+    order = _order(requested, modules)
+    out = Path(out) if out is not None else output_dir(mode)
+    data_dir = out / "data"
+    partial_root = (FIGURES / ".cache" / "partial" / mode if out == output_dir(mode)
+                    else out / ".cache" / "partial")
+    code = gradflow_code_hash()
+    keys: dict[str, str] = {}
+    status: dict[str, str] = {}
+    t_all = time.perf_counter()
+    for i, name in enumerate(order, 1):
+        mod = modules[name]
+        cfg = resolve_config(mod, mode)
+        deps = tuple(getattr(mod, "DEPENDS", ()))
+        dkey = data_key(mod, cfg, {d: keys[d] for d in deps if d in keys}, code)
+        pkey = plot_key(mod, dkey)
+        keys[name] = dkey
+        stem = data_dir / name
+        side = read_sidecar(stem)
+        t0 = time.perf_counter()
+        tag = f"[{i}/{len(order)}] {name}"
+        cached = (side is not None and side.get("data_key") == dkey and stem.with_suffix(".npz").exists()
+                  and not (force and name in requested))
+        if cached and side.get("plot_key") == pkey and all(
+                (out / f"{s}.png").exists() for s in side.get("figures", [])):
+            status[name] = "cached"
+            print(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)", file=stream, flush=True)
+            continue
+        if cached:
+            data = load_data(stem)
+            status[name] = "redrawn"
+            print(f"{tag}: data cached, redrawing figures", file=stream, flush=True)
+            elapsed = side.get("elapsed_s", 0.0)
+        else:
+            print(f"{tag}: computing ...", file=stream, flush=True)
+            pdir = partial_root / name / dkey
+            prog = Progress(name, quiet=quiet, partial_dir=pdir, stream=stream)
+            if deps:
+                inputs = {d: load_data(data_dir / d) for d in deps}
+                data = mod.run(cfg, prog, inputs=inputs)
+            else:
+                data = mod.run(cfg, prog)
+            elapsed = time.perf_counter() - t0
+            status[name] = "computed"
+        figs = mod.plot(data)
+        if not isinstance(figs, dict):
+            raise ValueError(f"{name}.plot must return a dict of stem -> Figure, got {type(figs).__name__}")
+        for s, fig in figs.items():
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=DPI)
+            plt.close(fig)
+            _atomic_write_bytes(out / f"{s}.png", buf.getvalue())
+        extra = getattr(mod, "write_extra", None)
+        if extra is not None:  # e.g. findings writes Markdown / JSON beside the figures
+            for fname, text in extra(data).items():
+                _atomic_write_bytes(out / fname, text.encode())
+        meta = {"name": name, "mode": mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
+                "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2),
+                "figures": sorted(figs), "depends": list(deps)}
+        if status[name] == "computed":
+            save_data(stem, data, meta)
+            shutil.rmtree(partial_root / name, ignore_errors=True)
+        else:
+            _atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
+        print(f"{tag}: {status[name]} in {time.perf_counter() - t0:.1f}s -> "
+              f"{', '.join(sorted(figs)) or '(no figures)'}", file=stream, flush=True)
+    print(f"done in {time.perf_counter() - t_all:.1f}s ({mode} mode, {out})", file=stream, flush=True)
+    return status
+
+
+def _gradflow_version() -> str:
+    import gradflow
+
+    return str(getattr(gradflow, "__version__", "?"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m analyses [--quick|--full] [--force] [--only NAME ...] [--out DIR]``."""
+    p = argparse.ArgumentParser(prog="python -m analyses", description=(
+        "Run gradflow's analyses: figures (PNG) and the data behind them, with caching. "
+        f"Analyses: {', '.join(ANALYSES)}."))
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="small sizes (CI); writes figures/.quick/")
+    g.add_argument("--full", action="store_true", help="larger sizes; writes figures/full/")
+    p.add_argument("--force", action="store_true", help="recompute even when cached")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these analyses (and what they read)")
+    p.add_argument("--out", type=Path, help="output directory (default by mode)")
+    p.add_argument("--quiet", action="store_true", help="only one line per analysis")
+    p.add_argument("--list", action="store_true", help="list the analyses and exit")
+    a = p.parse_args(argv)
+    if a.list:
+        for n in ANALYSES:
+            m = load_module(n)
+            doc = (m.__doc__ or "").strip().splitlines()[0] if m is not None and m.__doc__ else "(missing)"
+            print(f"{n:16s} {doc}")
+        return 0
+    mode = "quick" if a.quick else "full" if a.full else "default"
+    try:
+        run_all(a.only, mode=mode, out=a.out, force=a.force, quiet=a.quiet)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,186 @@
+"""Tests of the analyses runner (caching, resumption, storage) and of every analysis' quick mode."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyses import _runner
+
+
+# ------------------------------------------------------------------------------------------ fake analyses
+def _fake(name, calls, fail_at=None, depends=()):
+    """A tiny analysis module counting its run calls; ``fail_at`` raises inside run (an interruption)."""
+    src_globals = {}
+
+    def run(config, progress=None, inputs=None):
+        calls[name] = calls.get(name, 0) + 1
+        parts = []
+        for i in range(3):
+            if fail_at is not None and fail_at[0] == i:
+                raise KeyboardInterrupt("simulated kill")
+            parts.append(_runner.memo(progress, f"part{i}",
+                                      lambda i=i: {"v": np.full(2, i * config["scale"], float)})["v"])
+            _runner.say(progress, f"part {i}")
+        out = {"x": np.stack(parts), "s": "hello", "n": 3, "f": 0.5, "names": ["a", "b"]}
+        if inputs:
+            out["dep_sum"] = float(sum(float(np.sum(d["x"])) for d in inputs.values()))
+        return out
+
+    def plot(data):
+        from analyses import _style
+
+        fig, ax = _style.figure()
+        ax.plot(np.ravel(data["x"]))
+        return {f"{name}_fig": fig}
+
+    m = types.ModuleType(f"analyses.{name}")
+    m.NAME, m.CONFIG, m.QUICK, m.FULL = name, {"scale": 1.0}, {"scale": 2.0}, {}
+    m.run, m.plot, m.DEPENDS = run, plot, tuple(depends)
+    m.__dict__.update(src_globals)
+    return m
+
+
+def test_storage_roundtrip_types(tmp_path):
+    data = {"a": np.arange(6.0).reshape(2, 3), "i": 3, "f": 1.5, "s": "x", "l": [1.0, 2.0], "ls": ["p", "q"],
+            "b": True}
+    _runner.save_data(tmp_path / "d", data, {"k": 1})
+    back = _runner.load_data(tmp_path / "d")
+    np.testing.assert_array_equal(back["a"], data["a"])
+    assert back["i"] == 3 and isinstance(back["i"], int)
+    assert back["f"] == 1.5 and back["s"] == "x" and back["b"] is True
+    assert back["l"] == [1.0, 2.0] and back["ls"] == ["p", "q"]
+    assert json.loads((tmp_path / "d.json").read_text())["k"] == 1
+    with pytest.raises(ValueError, match="ragged"):
+        _runner.save_data(tmp_path / "e", {"r": [[1, 2], [3]]})
+    with pytest.raises(ValueError, match="unsupported type"):
+        _runner.save_data(tmp_path / "e", {"o": object()})
+
+
+def test_runner_cache_force_config_and_resume(tmp_path):
+    calls = {}
+    mods = {"a1": _fake("a1", calls), "a2": _fake("a2", calls),
+            "a3": _fake("a3", calls, depends=("a1", "a2"))}
+    out = tmp_path / "figs"
+    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    assert st == {"a1": "computed", "a2": "computed", "a3": "computed"}
+    for n in mods:
+        assert (out / f"{n}_fig.png").stat().st_size > 1000
+        assert (out / "data" / f"{n}.npz").exists()
+    d3 = _runner.load_data(out / "data" / "a3")
+    assert d3["dep_sum"] == pytest.approx(2 * (0 + 2 + 4) * 2)  # quick scale 2, two deps, x summed
+    # Nothing changed: nothing recomputed, nothing redrawn.
+    mtime = (out / "a1_fig.png").stat().st_mtime_ns
+    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    assert set(st.values()) == {"cached"} and calls == {"a1": 1, "a2": 1, "a3": 1}
+    assert (out / "a1_fig.png").stat().st_mtime_ns == mtime
+    # A deleted figure is redrawn from the saved data, not recomputed.
+    (out / "a2_fig.png").unlink()
+    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    assert st["a2"] == "redrawn" and calls["a2"] == 1 and (out / "a2_fig.png").exists()
+    # --force recomputes the named analysis only.
+    st = _runner.run_all(["a1"], mode="quick", out=out, modules=mods, force=True, quiet=True)
+    assert st == {"a1": "computed"} and calls["a1"] == 2
+    # A changed configuration recomputes it and what depends on it.
+    mods["a2"].QUICK = {"scale": 3.0}
+    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    assert st == {"a1": "cached", "a2": "computed", "a3": "computed"}
+    # Interruption inside a3 after two finished parts: the rerun reuses a1, a2 and a3's finished parts.
+    mods["a3"] = _fake("a3", calls, fail_at=(2,), depends=("a1", "a2"))
+    mods["a3"].QUICK = {"scale": 5.0}
+    with pytest.raises(KeyboardInterrupt):
+        _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    partial = list((out / ".cache" / "partial" / "a3").rglob("*.npz"))
+    assert len(partial) == 2
+    mods["a3"] = _fake("a3", calls, depends=("a1", "a2"))
+    mods["a3"].QUICK = {"scale": 5.0}
+    counted = {}
+    orig_memo = _runner.Progress.memo
+
+    def spy(self, label, fn):
+        out_ = orig_memo(self, label, fn)
+        counted[label] = (self.memo_hits, self.memo_misses)
+        return out_
+
+    _runner.Progress.memo = spy
+    try:
+        st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    finally:
+        _runner.Progress.memo = orig_memo
+    assert st == {"a1": "cached", "a2": "cached", "a3": "computed"}
+    assert counted["part2"] == (2, 1)  # parts 0 and 1 came from the interrupted run's partial results
+    assert not (out / ".cache" / "partial" / "a3").exists()
+    with pytest.raises(ValueError, match="unknown analysis"):
+        _runner.run_all(["nope"], out=out, modules=mods)
+    with pytest.raises(ValueError, match="unknown mode"):
+        _runner.run_all(mode="fast", out=out, modules=mods)
+
+
+def test_killed_write_leaves_previous_result(tmp_path, monkeypatch):
+    """An interruption while saving leaves no half-written file: the old result stays readable."""
+    _runner.save_data(tmp_path / "d", {"x": np.ones(3)})
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        _runner.save_data(tmp_path / "d", {"x": np.zeros(3)})
+    monkeypatch.undo()
+    np.testing.assert_array_equal(_runner.load_data(tmp_path / "d")["x"], np.ones(3))
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+# ------------------------------------------------------------------------------------------ real analyses
+def _all_finite(value) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    a = np.asarray(value)
+    if a.dtype.kind in "US":
+        return True
+    return bool(np.all(np.isfinite(a.astype(float)))) if a.size else True
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figs")
+    status = _runner.run_all(mode="quick", out=out, quiet=True)
+    return out, status
+
+
+def test_quick_mode_produces_every_file_and_finite_numbers(quick_run):
+    out, status = quick_run
+    present = [n for n in _runner.ANALYSES if _runner.load_module(n) is not None]
+    assert set(status) == set(present) and set(status.values()) == {"computed"}
+    for name in present:
+        side = json.loads((out / "data" / f"{name}.json").read_text())
+        assert side["figures"], f"{name} made no figures"
+        for stem in side["figures"]:
+            assert (out / f"{stem}.png").stat().st_size > 2000, stem
+        data = _runner.load_data(out / "data" / name)
+        assert data, f"{name} returned no data"
+        bad = [k for k, v in data.items() if not _all_finite(v)]
+        assert not bad, f"{name}: non-finite entries {bad}"
+    if "findings" in present:
+        md = (out / "findings.md").read_text()
+        assert "|" in md and "nan" not in md.lower() and "inf" not in md.lower().replace("info", "")
+        js = json.loads((out / "findings.json").read_text())
+        assert js["rows"]
+        assert all(math.isfinite(float(v)) for r in js["rows"] for v in r.values()
+                   if isinstance(v, (int, float)))
+
+
+def test_quick_mode_second_run_recomputes_nothing(quick_run):
+    out, _ = quick_run
+    mt = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()}
+    status = _runner.run_all(mode="quick", out=out, quiet=True)
+    assert set(status.values()) == {"cached"}
+    assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == mt

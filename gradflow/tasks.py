@@ -1,0 +1,373 @@
+"""Long-range benchmark tasks: adding problem, copy memory, sequential digits, MNIST-1D.
+
+Every task is a :class:`Task`: a sampler of time-major batches ``xs`` of shape (T, B, input_size) with targets
+``ys``, a loss, an accuracy, and the loss of a memoryless predictor (:attr:`Task.baseline`) against which
+"solved" is judged.
+
+===============  ====  ==========  =======  ========  ==================  =========================
+task             T     input_size  outputs  readout   loss                memoryless baseline
+===============  ====  ==========  =======  ========  ==================  =========================
+adding(T)        T     2           1        last h    MSE                 1/6 (always predict 1)
+copy_memory(T)   T+20  10          9        every h   mean cross-entropy  10 ln 8 / (T + 20)
+digits()         64    1           10       last h    cross-entropy       ln 10 (accuracy 0.1)
+mnist1d()        40    1           10       last h    cross-entropy       ln 10 (accuracy 0.1)
+===============  ====  ==========  =======  ========  ==================  =========================
+
+``digits`` needs scikit-learn (its bundled 8x8 digits, no download) and ``mnist1d`` the ``mnist1d`` package
+(generated locally by ``mnist1d.data.make_dataset``, no download); both are imported lazily.
+
+Example:
+    >>> import jax
+    >>> from gradflow import tasks
+    >>> task = tasks.adding(50)
+    >>> xs, ys = task.sample(jax.random.key(0), 8)
+    >>> xs.shape, ys.shape, round(task.baseline, 4)
+    ((50, 8, 2), (8,), 0.1667)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "TASKS",
+    "Task",
+    "adding",
+    "copy_memory",
+    "digits",
+    "make_task",
+    "mnist1d",
+]
+
+TASKS = ("adding", "copy", "digits", "digits_permuted", "mnist1d")
+
+ADDING_TOLERANCE = 0.04
+"""An adding-problem prediction counts as correct when it is within this distance of the target."""
+
+COPY_RECALL = 10
+"""Number of symbols the copy-memory task asks to reproduce."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A sequence task: sampler, loss, accuracy and memoryless baseline.
+
+    Attributes:
+        name: task name (``"adding"``, ``"copy"``, ``"digits"``, ``"digits_permuted"``, ``"mnist1d"``).
+        seq_len: number of time steps T of ``xs``.
+        input_size: features per step.
+        output_size: readout width (1 for regression, number of classes otherwise).
+        kind: ``"regression"`` (MSE on a scalar) or ``"classification"`` (softmax cross-entropy).
+        readout: ``"last"`` (one output from h_T, ``outputs`` (B, output_size)) or ``"all"`` (one output
+            per step from every h_t, ``outputs`` (T, B, output_size)).
+        baseline: loss of the best memoryless predictor (see the module table).
+        solve_fraction: the task counts as solved when the loss is below ``solve_fraction * baseline``
+            (None: judged by accuracy only, the classification datasets).
+        length: the task's length parameter (T for adding, the delay T for copy; None for datasets).
+        train_size, test_size: sizes of the fixed splits (datasets only, else None).
+    """
+
+    name: str
+    seq_len: int
+    input_size: int
+    output_size: int
+    kind: str
+    readout: str
+    baseline: float
+    solve_fraction: float | None
+    length: int | None
+    _sampler: Callable[[jax.Array, int], tuple[jax.Array, jax.Array]] = dataclasses.field(repr=False)
+    _test: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def sample(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+        """Draw a training batch (jittable: ``batch_size`` must be static).
+
+        Args:
+            key: PRNG key.
+            batch_size: B.
+
+        Returns:
+            ``(xs, ys)``: ``xs`` (T, B, input_size) float32; ``ys`` (B,) float32 for adding, (B,) int32 class
+            labels for the classification datasets, (T, B) int32 labels for copy.
+        """
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return self._sampler(key, int(batch_size))
+
+    def eval_set(self, key: jax.Array, size: int = 1024) -> tuple[jax.Array, jax.Array]:
+        """The evaluation set: the fixed test split of a dataset, or ``size`` fresh sequences from ``key``.
+
+        Args:
+            key: PRNG key (ignored by datasets, whose test split is fixed).
+            size: number of sequences for synthetic tasks.
+
+        Returns:
+            ``(xs, ys)`` as from :meth:`sample`.
+        """
+        if self._test is not None:
+            xs, ys = self._test
+            return jnp.asarray(xs), jnp.asarray(ys)
+        return self.sample(key, size)
+
+    @property
+    def is_dataset(self) -> bool:
+        """True for tasks with a fixed train/test split (digits, MNIST-1D)."""
+        return self._test is not None
+
+    def with_length(self, length: int) -> Task:
+        """The same synthetic task at another length (adding: T; copy: delay T).
+
+        Raises:
+            ValueError: for dataset tasks, whose length is fixed.
+        """
+        if self.name == "adding":
+            return adding(length)
+        if self.name == "copy":
+            return copy_memory(length)
+        raise ValueError(f"task {self.name!r} has a fixed length ({self.seq_len}); "
+                         "with_length is for adding and copy")
+
+    def loss(self, outputs: jax.Array, ys: jax.Array) -> jax.Array:
+        """Mean loss of ``outputs`` against ``ys`` (MSE, or softmax cross-entropy averaged over all targets).
+
+        Args:
+            outputs: (B, output_size) for readout "last", (T, B, output_size) for readout "all".
+            ys: targets as from :meth:`sample`.
+
+        Returns:
+            Scalar loss.
+        """
+        if self.kind == "regression":
+            return jnp.mean((outputs[..., 0] - ys) ** 2)
+        logp = jax.nn.log_softmax(outputs, axis=-1)
+        picked = jnp.take_along_axis(logp, ys[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return -jnp.mean(picked)
+
+    def accuracy(self, outputs: jax.Array, ys: jax.Array) -> jax.Array:
+        """Fraction correct.
+
+        Adding: predictions within :data:`ADDING_TOLERANCE` of the target. Copy: the last
+        :data:`COPY_RECALL` steps (the symbols to recall; chance 1/8). Classification: argmax == label.
+        """
+        if self.kind == "regression":
+            return jnp.mean(jnp.abs(outputs[..., 0] - ys) < ADDING_TOLERANCE)
+        pred = jnp.argmax(outputs, axis=-1)
+        if self.readout == "all":
+            return jnp.mean(pred[-COPY_RECALL:] == ys[-COPY_RECALL:])
+        return jnp.mean(pred == ys)
+
+    def solved(self, loss: float) -> bool | None:
+        """Whether ``loss`` meets the criterion ``loss < solve_fraction * baseline``; None if undefined."""
+        if self.solve_fraction is None:
+            return None
+        return bool(np.isfinite(loss) and loss < self.solve_fraction * self.baseline)
+
+
+def _check_length(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def adding(seq_len: int) -> Task:
+    """The adding problem (Hochreiter & Schmidhuber 1997).
+
+    Each step carries (u_t, m_t) with u_t ~ U(0, 1); the marker m_t is 1 at exactly two steps, one drawn
+    uniformly from the first half [0, T//2) and one from the second half [T//2, T), else 0. Target: the sum of
+    the two marked u's, read from the last state; loss MSE. Always predicting 1 scores 1/6 (the variance of a
+    sum of two U(0,1)).
+    Solved: MSE below 1% of 1/6.
+
+    Args:
+        seq_len: T >= 2.
+
+    Returns:
+        The :class:`Task` (``xs`` (T, B, 2), ``ys`` (B,)).
+    """
+    T = _check_length("adding seq_len", seq_len, 2)
+    half = T // 2
+
+    def sampler(key, batch_size):
+        ku, ka, kb = jax.random.split(key, 3)
+        u = jax.random.uniform(ku, (T, batch_size), jnp.float32)
+        a = jax.random.randint(ka, (batch_size,), 0, half)
+        b = jax.random.randint(kb, (batch_size,), half, T)
+        steps = jnp.arange(T)[:, None]
+        marks = ((steps == a[None, :]) | (steps == b[None, :])).astype(jnp.float32)
+        ys = jnp.sum(u * marks, axis=0)
+        return jnp.stack([u, marks], axis=-1), ys
+
+    return Task(name="adding", seq_len=T, input_size=2, output_size=1, kind="regression", readout="last",
+                baseline=1.0 / 6.0, solve_fraction=0.01, length=T, _sampler=sampler)
+
+
+def copy_memory(delay: int) -> Task:
+    """The copy-memory task (Arjovsky, Shah & Bengio, arXiv:1511.06464).
+
+    Input alphabet (one-hot, 10 wide): 0 blank, 1..8 symbols, 9 delimiter. A sequence of length T + 20 holds
+    10 symbols drawn uniformly from 1..8, then T - 1 blanks, the delimiter, and 10 blanks. The target
+    (9 classes, 0 blank, 1..8) is blank for T + 10 steps and then the 10 symbols; the loss is the
+    cross-entropy averaged over all T + 20 steps, read from every state. A memoryless predictor (blank, then
+    uniform over the 8 symbols) scores 10 ln 8 / (T + 20). Solved: below 10% of that.
+
+    Args:
+        delay: T >= 1.
+
+    Returns:
+        The :class:`Task` (``xs`` (T+20, B, 10), ``ys`` (T+20, B) int32).
+    """
+    T = _check_length("copy delay", delay, 1)
+    L = T + 2 * COPY_RECALL
+
+    def sampler(key, batch_size):
+        symbols = jax.random.randint(key, (COPY_RECALL, batch_size), 1, 9)
+        blanks = jnp.zeros((T - 1, batch_size), jnp.int32)
+        delim = jnp.full((1, batch_size), 9, jnp.int32)
+        tail = jnp.zeros((COPY_RECALL, batch_size), jnp.int32)
+        tokens = jnp.concatenate([symbols, blanks, delim, tail], axis=0)
+        ys = jnp.concatenate([jnp.zeros((T + COPY_RECALL, batch_size), jnp.int32), symbols], axis=0)
+        return jax.nn.one_hot(tokens, 10, dtype=jnp.float32), ys
+
+    return Task(name="copy", seq_len=L, input_size=10, output_size=9, kind="classification", readout="all",
+                baseline=COPY_RECALL * math.log(8) / L, solve_fraction=0.1, length=T, _sampler=sampler)
+
+
+def _dataset_task(name, x_train, y_train, x_test, y_test) -> Task:
+    """A classification task reading one value per step from fixed (N, T) arrays."""
+    x_train = np.asarray(x_train, np.float32)
+    x_test = np.asarray(x_test, np.float32)
+    y_train = np.asarray(y_train, np.int32)
+    y_test = np.asarray(y_test, np.int32)
+    T = x_train.shape[1]
+    xs_train = jnp.asarray(x_train.T[:, :, None])  # (T, N, 1)
+    ys_train = jnp.asarray(y_train)
+    n = x_train.shape[0]
+
+    def sampler(key, batch_size):
+        idx = jax.random.randint(key, (batch_size,), 0, n)
+        return xs_train[:, idx], ys_train[idx]
+
+    return Task(name=name, seq_len=T, input_size=1, output_size=10, kind="classification", readout="last",
+                baseline=math.log(10), solve_fraction=None, length=None, _sampler=sampler,
+                _test=(x_test.T[:, :, None], y_test), train_size=n, test_size=x_test.shape[0])
+
+
+def _standardize(x_train, x_test):
+    mean, std = x_train.mean(), x_train.std()
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def digits(permuted: bool = False, *, seed: int = 0, test_fraction: float = 0.2) -> Task:
+    """Sequential 8x8 digits: scikit-learn's bundled digits (1797 images) read pixel by pixel (64 steps).
+
+    Pixels are standardized with the training split's mean and standard deviation. The train/test split is a
+    fixed permutation drawn from ``seed``; ``permuted=True`` reads the pixels in a fixed random order (also
+    from ``seed``), the 8x8 analogue of permuted MNIST. Requires scikit-learn (no download).
+
+    Args:
+        permuted: read pixels under a fixed permutation.
+        seed: seed of the split and the permutation.
+        test_fraction: share of the images held out.
+
+    Returns:
+        The :class:`Task` (``xs`` (64, B, 1), ``ys`` (B,) int32; 1438 train / 359 test images by default).
+
+    Raises:
+        ValueError: if scikit-learn is not installed (``pip install scikit-learn``).
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ValueError("the digits task needs scikit-learn: pip install scikit-learn "
+                         "(or pip install 'gradflow[tasks]')") from err
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    data = load_digits()
+    x = np.asarray(data.data, np.float64)
+    y = np.asarray(data.target, np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    test, train = order[:n_test], order[n_test:]
+    if permuted:
+        x = x[:, rng.permutation(x.shape[1])]
+    x_train, x_test = _standardize(x[train], x[test])
+    return _dataset_task("digits_permuted" if permuted else "digits", x_train, y[train], x_test, y[test])
+
+
+def mnist1d(*, seed: int = 42, num_samples: int = 5000) -> Task:
+    """MNIST-1D (Greydanus 2020): 40-step one-dimensional digit signals, 10 classes, generated locally.
+
+    Calls ``mnist1d.data.make_dataset`` with the package's default arguments (80/20 split, sequences of 40
+    steps, already standardized) and the given seed; nothing is downloaded. The package seeds NumPy's and
+    Python's global generators; their states are restored afterwards.
+
+    Args:
+        seed: the generator's seed (42 is the published dataset's).
+        num_samples: total number of sequences (train 80%, test 20%).
+
+    Returns:
+        The :class:`Task` (``xs`` (40, B, 1), ``ys`` (B,) int32; 4000 train / 1000 test by default).
+
+    Raises:
+        ValueError: if the ``mnist1d`` package is not installed (``pip install mnist1d``).
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:
+        raise ValueError("the mnist1d task needs the mnist1d package: pip install mnist1d "
+                         "(or pip install 'gradflow[tasks]')") from err
+    _check_length("mnist1d num_samples", num_samples, 10)
+    args = get_dataset_args()
+    args.seed = int(seed)
+    args.num_samples = int(num_samples)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return _dataset_task("mnist1d", data["x"], data["y"], data["x_test"], data["y_test"])
+
+
+def make_task(name: str, length: int | None = None, **options: Any) -> Task:
+    """A task by name (one of :data:`TASKS`).
+
+    Args:
+        name: ``"adding"``, ``"copy"``, ``"digits"``, ``"digits_permuted"`` or ``"mnist1d"``.
+        length: T for adding and copy (required there; must be None or the fixed length otherwise).
+        **options: passed to the constructor (e.g. ``seed``).
+
+    Returns:
+        The :class:`Task`.
+
+    Example:
+        >>> from gradflow import tasks
+        >>> tasks.make_task("copy", 10).seq_len
+        30
+    """
+    if name in ("adding", "copy"):
+        if length is None:
+            raise ValueError(f"task {name!r} needs a length")
+        if options:
+            raise ValueError(f"task {name!r} takes no options, got {sorted(options)}")
+        return adding(length) if name == "adding" else copy_memory(length)
+    if name in ("digits", "digits_permuted"):
+        task = digits(permuted=name == "digits_permuted", **options)
+    elif name == "mnist1d":
+        task = mnist1d(**options)
+    else:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    if length is not None and length != task.seq_len:
+        raise ValueError(f"task {name!r} has fixed length {task.seq_len}, got length={length}")
+    return task

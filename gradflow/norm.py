@@ -1,0 +1,199 @@
+"""Functional batch and layer normalization, and the linen modules our cells use.
+
+BN(z; γ, β) = β + γ ⊙ (z − mean_batch z) / sqrt(var_batch z + ε), per feature, over the batch axis.
+LN(z; γ, β) = β + γ ⊙ (z − mean_features z) / sqrt(var_features z + ε), per example, over the last axis.
+
+Variances are computed as mean((z − mean)²) (never E[z²] − E[z]², which can go negative in float32), and
+ε > 0 is enforced, so a feature whose batch variance is zero (batch size 1, or constant inputs such as the
+first pixels of sequential MNIST) normalizes to exactly zero instead of producing inf or NaN.
+
+Recurrent BN (Cooijmans et al. 2016) keeps its running statistics per time step: ``mean`` and ``var`` of shape
+(t_max, features), row ``min(t, t_max - 1)`` used at step t, so a sequence longer than t_max reuses the
+last row.
+With ``per_step_stats=False`` one (features,) pair is shared over time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["batch_moments", "normalize", "batch_norm", "layer_norm", "BatchNorm", "LayerNorm"]
+
+
+def _check_eps(eps: float) -> None:
+    if not (eps > 0.0) or not math.isfinite(eps):
+        raise ValueError(f"normalization eps must be a finite number > 0, got {eps!r}")
+
+
+def batch_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-feature batch mean and (biased) variance.
+
+    Args:
+        z: (B, F) pre-activations.
+
+    Returns:
+        ``(mean, var)``, each (F,), with ``var = mean((z - mean)**2)`` (always >= 0).
+    """
+    mean = jnp.mean(z, axis=0)
+    var = jnp.mean(jnp.square(z - mean), axis=0)
+    return mean, var
+
+
+def normalize(z: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
+    """(z - mean) / sqrt(var + eps), broadcasting ``mean`` and ``var`` against ``z``."""
+    _check_eps(eps)
+    return (z - mean) * jax.lax.rsqrt(var + eps)
+
+
+def batch_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, eps: float = 1e-5) -> jax.Array:
+    """Batch normalization with batch statistics (train mode).
+
+    Args:
+        z: (B, F).
+        scale: γ, (F,).
+        bias: β, (F,) or None for β = 0.
+        eps: > 0.
+
+    Returns:
+        (B, F) array ``β + γ ⊙ (z − mean_B z) / sqrt(var_B z + eps)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> batch_norm(jnp.array([[1.0], [3.0]]), jnp.ones(1)).round(3).tolist()
+        [[-1.0], [1.0]]
+    """
+    mean, var = batch_moments(z)
+    out = normalize(z, mean, var, eps) * scale
+    return out if bias is None else out + bias
+
+
+def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, eps: float = 1e-5) -> jax.Array:
+    """Layer normalization over the last axis.
+
+    Args:
+        z: (..., F).
+        scale: γ, (F,).
+        bias: β, (F,) or None for β = 0.
+        eps: > 0.
+
+    Returns:
+        Array of ``z``'s shape: ``β + γ ⊙ (z − mean_F z) / sqrt(var_F z + eps)``.
+    """
+    mean = jnp.mean(z, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
+    out = normalize(z, mean, var, eps) * scale
+    return out if bias is None else out + bias
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization for a recurrence, with per-time-step or shared running statistics.
+
+    Train mode: ``β + γ ⊙ (z − mean_B z) / sqrt(var_B z + ε)`` with the batch's statistics (this couples the
+    examples of the batch); when the ``batch_stats`` collection is mutable the running averages of row
+    ``min(t, t_max − 1)`` are updated: ``r ← momentum · r + (1 − momentum) · batch value``.
+    Eval mode: the running averages (a fixed affine map).
+
+    Attributes:
+        features: F.
+        per_step_stats: (t_max, F) statistics indexed by min(t, t_max − 1) if True, else (F,) shared.
+        t_max: number of stored statistics rows.
+        gamma_init: initial γ (constant).
+        use_bias: learnable β (initialised at 0) if True, else β = 0 fixed.
+        momentum: running-average momentum.
+        eps: ε > 0.
+        param_dtype: dtype of parameters and statistics.
+
+    The normalized values (before γ, β) are sown as ``intermediates/normalized``.
+    """
+
+    features: int
+    per_step_stats: bool = True
+    t_max: int = 100
+    gamma_init: float = 1.0
+    use_bias: bool = True
+    momentum: float = 0.9
+    eps: float = 1e-5
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, t: jax.Array, train: bool) -> jax.Array:
+        """Normalize.
+
+        Args:
+            z: (B, F).
+            t: (B,) int step counters (steps already taken).
+            train: batch statistics (True) or running averages (False).
+
+        Returns:
+            (B, F).
+        """
+        _check_eps(self.eps)
+        shape = (self.t_max, self.features) if self.per_step_stats else (self.features,)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, self.param_dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, self.param_dtype))
+        scale = self.param(
+            "scale", nn.initializers.constant(self.gamma_init), (self.features,), self.param_dtype
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        rows = jnp.minimum(t, self.t_max - 1)
+        if train:
+            mean, var = batch_moments(z)
+            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+                m = self.momentum
+                if self.per_step_stats:
+                    # One row per call: the batch is assumed to be at one step (the first example's count).
+                    r = rows[0]
+                    ra_mean.value = ra_mean.value.at[r].set(m * ra_mean.value[r] + (1 - m) * mean)
+                    ra_var.value = ra_var.value.at[r].set(m * ra_var.value[r] + (1 - m) * var)
+                else:
+                    ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                    ra_var.value = m * ra_var.value + (1 - m) * var
+        else:
+            if self.per_step_stats:
+                mean, var = ra_mean.value[rows], ra_var.value[rows]
+            else:
+                mean, var = ra_mean.value, ra_var.value
+        zhat = normalize(z, mean, var, self.eps)
+        self.sow("intermediates", "normalized", zhat)
+        out = zhat * scale
+        return out if bias is None else out + bias
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization over the features of each example: ``β + γ ⊙ (z − μ) / sqrt(σ² + ε)``.
+
+    Attributes:
+        features: F.
+        gamma_init: initial γ (constant).
+        use_bias: learnable β (initialised at 0) if True, else β = 0 fixed.
+        eps: ε > 0.
+        param_dtype: dtype of parameters.
+    """
+
+    features: int
+    gamma_init: float = 1.0
+    use_bias: bool = True
+    eps: float = 1e-5
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Normalize z: (..., F) -> (..., F)."""
+        _check_eps(self.eps)
+        scale = self.param(
+            "scale", nn.initializers.constant(self.gamma_init), (self.features,), self.param_dtype
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        return layer_norm(z, scale, bias, self.eps)

@@ -11,6 +11,8 @@ from gradflow.norm import batch_norm, layer_norm  # noqa: E402,F401
 from gradflow.step import as_step, check_finite, unroll  # noqa: E402,F401
 
 # --- engine (gradflow.jacobians, streaming, spectra, lyapunov, estimators, batch) ---
+# isort: split
+from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
 
 # --- theory (gradflow.theory is imported as a module: gradflow.theory.<name>) ---
 

@@ -1,0 +1,253 @@
+"""Carry <-> state-vector flattening and input validation shared by the Jacobian engine.
+
+The engine differentiates a step ``step(carry, x_t) -> carry`` with respect to a *state vector*: the
+concatenation
+of the selected carry leaves, each flattened in C order (batch-major), in ``jax.tree_util`` leaf order. Only
+inexact
+(floating) leaves can be selected; integer leaves (a step counter ``t``) pass through untouched. An optional
+``wrt``
+pytree of bools (the carry's structure, or a prefix of it) narrows the selection further.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> carry = {"h": jnp.ones((2, 3)), "c": jnp.zeros((2, 3)), "t": jnp.zeros((2,), jnp.int32)}
+    >>> sm = StateMap.from_carry(carry, wrt={"h": True, "c": False, "t": False})
+    >>> sm.n
+    6
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["StateMap", "resolve_mask", "validate_inputs", "check_finite", "is_traced"]
+
+
+def _is_inexact(leaf) -> bool:
+    return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+
+
+def resolve_mask(carry, wrt=None) -> tuple[bool, ...]:
+    """Resolve ``wrt`` against ``carry`` to one bool per carry leaf (in ``jax.tree_util`` leaf order).
+
+    Args:
+        carry: the carry pytree.
+        wrt: None (all inexact leaves), or a pytree of bools with the carry's structure or a prefix of it.
+
+    Returns:
+        A tuple of bools, one per leaf of ``carry``: True where the leaf is part of the state vector.
+
+    Raises:
+        ValueError: if ``wrt`` is not a prefix of the carry's structure, selects an integer leaf explicitly
+            as the
+            only content, or selects nothing.
+    """
+    leaves = jax.tree_util.tree_leaves(carry)
+    if not leaves:
+        raise ValueError("carry has no array leaves")
+    inexact = [_is_inexact(x) for x in leaves]
+    if wrt is None:
+        mask = inexact
+    else:
+        try:
+            full = jax.tree_util.tree_map(
+                lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), wrt, carry
+            )
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"wrt must be a pytree of bools with the carry's structure or a prefix of it; "
+                f"wrt structure {jax.tree_util.tree_structure(wrt)} does not match carry structure "
+                f"{jax.tree_util.tree_structure(carry)}: {e}"
+            ) from None
+        sel = jax.tree_util.tree_leaves(full)
+        if len(sel) != len(leaves):
+            raise ValueError("wrt does not resolve to one flag per carry leaf")
+        mask = [bool(s) and ie for s, ie in zip(sel, inexact, strict=True)]
+    if not any(mask):
+        raise ValueError(
+            "the state vector is empty: the carry has no inexact (floating) leaves selected by wrt "
+            f"(carry leaf dtypes: {[str(jnp.result_type(x)) for x in leaves]})"
+        )
+    return tuple(mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateMap:
+    """Static description of the state vector inside a carry pytree.
+
+    Attributes:
+        treedef: the carry's tree structure.
+        shapes: shape of every carry leaf.
+        dtypes: dtype of every carry leaf.
+        mask: per leaf, whether it is part of the state vector.
+        n: length of the state vector.
+    """
+
+    treedef: Any
+    shapes: tuple
+    dtypes: tuple
+    mask: tuple
+
+    @classmethod
+    def from_carry(cls, carry, wrt=None, mask=None) -> StateMap:
+        """Build from a carry (arrays or ShapeDtypeStructs) and ``wrt`` (or an already resolved ``mask``)."""
+        leaves, treedef = jax.tree_util.tree_flatten(carry)
+        if mask is None:
+            mask = resolve_mask(carry, wrt)
+        shapes = tuple(tuple(np.shape(x)) for x in leaves)
+        dtypes = tuple(jnp.result_type(x) for x in leaves)
+        return cls(treedef, shapes, dtypes, tuple(mask))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+    @property
+    def n(self) -> int:
+        return int(sum(sz for sz, m in zip(self.sizes, self.mask, strict=True) if m))
+
+    @property
+    def dtype(self):
+        """The state vector's dtype (the promoted dtype of the selected leaves)."""
+        return jnp.result_type(*[d for d, m in zip(self.dtypes, self.mask, strict=True) if m])
+
+    def with_mask(self, mask) -> StateMap:
+        return dataclasses.replace(self, mask=tuple(mask))
+
+    def flatten(self, carry) -> jax.Array:
+        """Carry pytree -> state vector of shape (n,)."""
+        leaves = self.treedef.flatten_up_to(carry)
+        parts = [jnp.ravel(x).astype(self.dtype) for x, m in zip(leaves, self.mask, strict=True) if m]
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _split(self, vec):
+        out, i = [], 0
+        for sz, m in zip(self.sizes, self.mask, strict=True):
+            if m:
+                out.append(vec[i : i + sz])
+                i += sz
+            else:
+                out.append(None)
+        return out
+
+    def unflatten(self, vec, carry):
+        """Replace the selected leaves of ``carry`` by the entries of ``vec`` (n,); other leaves are kept."""
+        leaves = self.treedef.flatten_up_to(carry)
+        new = [
+            x if p is None else p.reshape(s).astype(d)
+            for x, p, s, d in zip(leaves, self._split(vec), self.shapes, self.dtypes, strict=True)
+        ]
+        return self.treedef.unflatten(new)
+
+    def add(self, carry, vec):
+        """Return ``carry`` with ``vec`` (n,) added to its selected leaves (perturbation injection)."""
+        leaves = self.treedef.flatten_up_to(carry)
+        new = [
+            x if p is None else x + p.reshape(s).astype(d)
+            for x, p, s, d in zip(leaves, self._split(vec), self.shapes, self.dtypes, strict=True)
+        ]
+        return self.treedef.unflatten(new)
+
+    def example_index(self) -> np.ndarray:
+        """Example (batch) index of every state-vector entry, assuming each selected leaf has a leading batch
+        axis.
+
+        Returns:
+            int array (n,): ``b`` for entries that belong to batch example ``b``.
+        """
+        idx = []
+        for shape, m in zip(self.shapes, self.mask, strict=True):
+            if not m:
+                continue
+            if len(shape) == 0:
+                raise ValueError("a selected carry leaf is a scalar: it has no leading batch axis")
+            per = int(np.prod(shape[1:], dtype=np.int64))
+            idx.append(np.repeat(np.arange(shape[0]), per))
+        return np.concatenate(idx)
+
+    def selection_in(self, full: StateMap) -> np.ndarray:
+        """Indices of this map's state entries inside the state vector of ``full`` (a superset selection)."""
+        idx, i = [], 0
+        for sz, m, mf in zip(self.sizes, self.mask, full.mask, strict=True):
+            if m and not mf:
+                raise ValueError("selection is not a subset of the full state")
+            if mf:
+                if m:
+                    idx.append(np.arange(i, i + sz))
+                i += sz
+        return np.concatenate(idx)
+
+
+def is_traced(*trees) -> bool:
+    """True if any leaf of the given pytrees is a JAX tracer (so eager checks must be skipped)."""
+    return any(isinstance(x, jax.core.Tracer) for t in trees for x in jax.tree_util.tree_leaves(t))
+
+
+def check_finite(carry, name="carry0") -> None:
+    """Raise ValueError if a floating leaf of ``carry`` holds NaN or inf (skipped under tracing)."""
+    if is_traced(carry):
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]:
+        if _is_inexact(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
+            where = jax.tree_util.keystr(path)
+            raise ValueError(f"{name} has non-finite values (NaN or inf) in leaf {where}")
+
+
+def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[StateMap, int]:
+    """Check that ``step``, ``carry0`` and ``xs`` fit together; return the StateMap and T.
+
+    Checks (free, by ``jax.eval_shape``): ``xs`` leaves share a leading time axis T > 0; ``step(carry0,
+    xs[0])``
+    runs and returns a carry with the same structure, shapes and dtypes as ``carry0``. Eagerly (when not
+    traced):
+    ``carry0`` is finite.
+
+    Raises:
+        ValueError: naming the mismatch.
+    """
+    if not callable(step):
+        raise ValueError(f"step must be callable, got {type(step).__name__}")
+    xs_leaves = jax.tree_util.tree_leaves(xs)
+    if not xs_leaves:
+        raise ValueError("xs has no array leaves")
+    lens = {int(np.shape(x)[0]) if np.ndim(x) > 0 else None for x in xs_leaves}
+    if None in lens:
+        raise ValueError("xs leaves must have a leading time axis T; got a scalar leaf")
+    if len(lens) != 1:
+        raise ValueError(f"xs leaves disagree on the leading time axis: lengths {sorted(lens)}")
+    T = lens.pop()
+    if T == 0:
+        raise ValueError("xs is empty: the sequence length T (leading axis of xs) must be > 0")
+    smap = StateMap.from_carry(carry0, wrt)
+    x0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], jnp.result_type(x)), xs)
+    c0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), carry0)
+    try:
+        out = jax.eval_shape(step, c0, x0)
+    except Exception as e:
+        raise ValueError(
+            f"step(carry0, xs[0]) failed: carry0 and xs do not match the step "
+            f"(carry0 shapes {jax.tree_util.tree_map(np.shape, carry0)}, xs[0] shapes "
+            f"{jax.tree_util.tree_map(lambda x: np.shape(x)[1:], xs)}): {type(e).__name__}: {e}"
+        ) from e
+    s_in, s_out = jax.tree_util.tree_structure(carry0), jax.tree_util.tree_structure(out)
+    if s_in != s_out:
+        raise ValueError(f"step returned a carry with structure {s_out}, expected carry0's structure {s_in}")
+    for path, a, b in zip(
+        [p for p, _ in jax.tree_util.tree_flatten_with_path(carry0)[0]],
+        jax.tree_util.tree_leaves(c0),
+        jax.tree_util.tree_leaves(out),
+        strict=True,
+    ):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"step changes carry leaf {jax.tree_util.keystr(path)}: carry0 has {a.dtype}{list(a.shape)}, "
+                f"step(carry0, xs[0]) returns {b.dtype}{list(b.shape)}"
+            )
+    if check_values:
+        check_finite(carry0)
+    return smap, T

@@ -45,6 +45,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -298,6 +299,43 @@ def _check_results(shapes: Any, n: int) -> list[str]:
     return list(shapes)
 
 
+_COMPILED: OrderedDict = OrderedDict()  # (fn, static config, width, devices, dtypes, x64) -> jitted vmapped f
+_COMPILED_MAX = 16
+
+
+def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sharding: NamedSharding):
+    """``jit(vmap(fn(scfg)))`` with its results checked; reused across calls with the same ``fn`` object."""
+    try:
+        ckey = (
+            fn,
+            json.dumps(scfg, sort_keys=True),
+            width,
+            tuple(d.id for d in sharding.mesh.devices.flat),
+            tuple((k, str(v.dtype)) for k, v in cols.items()),
+            bool(jax.config.jax_enable_x64),
+        )
+        hash(ckey)
+    except TypeError:
+        ckey = None
+    if ckey is not None and ckey in _COMPILED:
+        _COMPILED.move_to_end(ckey)
+        return _COMPILED[ckey]
+    f = fn(dict(scfg))
+    if not callable(f):
+        raise ValueError(f"fn({scfg}) must return a callable, got {type(f).__name__}")
+    example = {k: jax.ShapeDtypeStruct((width,), v.dtype) for k, v in cols.items()}
+    result_names = _check_results(jax.eval_shape(jax.vmap(f), example), width)
+    clash = set(result_names) & (set(cols) | set(scfg))
+    if clash:
+        raise ValueError(f"result names {sorted(clash)} clash with axis names")
+    compiled = jax.jit(jax.vmap(f), out_shardings=sharding)
+    if ckey is not None:
+        _COMPILED[ckey] = compiled
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return compiled
+
+
 def run_sweep(
     fn: Callable[[dict], Callable[[dict], Mapping[str, Any]]],
     grid: Grid,
@@ -311,7 +349,8 @@ def run_sweep(
     """Evaluate ``fn`` on every configuration of ``grid``: vmapped per device, sharded, resumable.
 
     Args:
-        fn: ``fn(static_cfg: dict) -> f``, called once per static group that has missing chunks;
+        fn: ``fn(static_cfg: dict) -> f``, called once per static group that has missing chunks (the
+            compiled ``jit(vmap(f))`` is kept for the next call with the same ``fn`` object and group);
             ``f(traced: dict[str, scalar array]) -> dict[str, array]`` must be jittable and vmappable.
             Result names must not clash with axis names.
         grid: the ``Grid``.
@@ -394,16 +433,7 @@ def run_sweep(
         todo = [i for i in items if not done[i]]
         if not todo:
             continue
-        f = fn(dict(scfg))
-        if not callable(f):
-            raise ValueError(f"fn({scfg}) must return a callable, got {type(f).__name__}")
-        width = n_dev * chunk  # one chunk per device per step: each device vmaps over `chunk` configs
-        example = {k: jax.ShapeDtypeStruct((width,), v.dtype) for k, v in cols.items()}
-        result_names = _check_results(jax.eval_shape(jax.vmap(f), example), width)
-        clash = set(result_names) & (set(names) | set(scfg))
-        if clash:
-            raise ValueError(f"result names {sorted(clash)} clash with axis names")
-        compiled = jax.jit(jax.vmap(f), out_shardings=sharding)
+        compiled = _compiled_for(fn, scfg, cols, n_dev * chunk, sharding)
         for first in range(0, len(todo), n_dev):
             start = time.perf_counter()
             step = todo[first : first + n_dev]
@@ -416,7 +446,7 @@ def run_sweep(
                     parts += [v[s:e], np.repeat(v[e - 1 : e], chunk - (e - s))]  # pad a short last chunk
                 host[k] = np.concatenate(parts)
             args = {
-                k: jax.make_array_from_callback((width,), sharding, lambda idx, a=a: a[idx])
+                k: jax.make_array_from_callback((n_dev * chunk,), sharding, lambda idx, a=a: a[idx])
                 for k, a in host.items()
             }
             out = {k: _gather(v) for k, v in compiled(args).items()}

@@ -13,6 +13,7 @@ from gradflow.step import as_step, check_finite, unroll  # noqa: E402,F401
 # --- engine (gradflow.jacobians, streaming, spectra, lyapunov, estimators, batch) ---
 # isort: split
 from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
+from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
 
 # --- theory (gradflow.theory is imported as a module: gradflow.theory.<name>) ---
 

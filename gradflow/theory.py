@@ -1,0 +1,762 @@
+"""Mean-field predictions of gradient growth for gradflow's recurrent cells.
+
+Every prediction is a small pure function of the knobs that set it (gain g, normalization scales γ,
+batch size B, hidden size d, input-drive variance, dropout p). The derivations, step by step, are in
+``docs/theory.md``.
+
+Rate conventions (natural log, per step):
+
+- ``*_chi`` functions return χ, the mean-field growth factor per step of the **squared** norm of a
+  propagated tangent (or back-propagated) vector, E‖J v‖² / ‖v‖².
+- ``*_rate`` functions return ½ ln χ: the growth rate per step of the **norm** of such a vector. In the
+  large-width limit this is the largest Lyapunov exponent, which is also the asymptotic growth rate (at
+  large lag) of both the spectral norm and the Frobenius norm of ∂h_T/∂h_t. At finite width the measured
+  top exponent deviates from ½ ln χ by finite-size terms (Jensen: E ln ≤ ln E; fluctuations of the
+  normalizing variances; tied weights); docs/theory.md gives their measured size.
+- `linear_lyapunov_spectrum` is exact (no mean field): the exponents of a constant recurrent matrix are the
+  logs of the moduli of its eigenvalues.
+
+Batch-coupled Jacobians (BN in train mode) are over the whole batch state (n = B·d), as in the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "gauss_expectation",
+    "normalized_coordinate_expectation",
+    "tanh_variance_map",
+    "tanh_fixed_point",
+    "tanh_chi1",
+    "tanh_rnn_rate",
+    "input_drive_variance",
+    "effective_gain",
+    "linear_lyapunov_spectrum",
+    "bn_eval_matrix",
+    "cell_eval_matrix",
+    "bn_train_chi",
+    "bn_train_rate",
+    "ln_chi",
+    "ln_rate",
+    "ln_sum_chi",
+    "ln_sum_rate",
+    "bn_feedforward_rate",
+    "predict_rate",
+    "tied_weight_correction",
+    "measure_top_exponent",
+    "theory_vs_measurement",
+    "ACTIVATIONS",
+]
+
+ACTIVATIONS = ("linear", "tanh")
+
+_GH_POINTS = 121
+_SPHERE_POINTS = 160
+_SPHERE_GAUSSIAN_ABOVE = 4096
+
+
+def _phi(activation: str) -> tuple[Callable, Callable]:
+    if activation == "linear" or activation == "identity":
+        return (lambda a: a), (lambda a: np.ones_like(a))
+    if activation == "tanh":
+        return np.tanh, (lambda a: 1.0 / np.cosh(a) ** 2)
+    raise ValueError(f"unknown activation {activation!r}; choose from {ACTIVATIONS}")
+
+
+def _check_number(name: str, v, *, positive: bool = False, nonneg: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | np.floating | np.integer):
+        raise ValueError(f"{name} must be a real number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    if nonneg and v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def _check_rate_p(p) -> float:
+    p = _check_number("dropout", p, nonneg=True)
+    if p >= 1.0:
+        raise ValueError(f"dropout must be a rate in [0, 1), got {p}")
+    return p
+
+
+def _gh_nodes(n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(n_points, int) or n_points < 2:
+        raise ValueError(f"n_points must be an int >= 2, got {n_points!r}")
+    z, w = np.polynomial.hermite_e.hermegauss(n_points)
+    return z, w / np.sqrt(2.0 * np.pi)
+
+
+def gauss_expectation(
+    f: Callable[[np.ndarray], np.ndarray], q: float = 1.0, n_points: int = _GH_POINTS
+) -> float:
+    """E_z[f(√q z)], z ~ N(0, 1), by Gauss–Hermite quadrature (probabilists' weight e^{-z²/2}).
+
+    Args:
+        f: vectorized function of a NumPy array.
+        q: variance (>= 0).
+        n_points: quadrature nodes.
+
+    Returns:
+        The expectation (float). Exact for polynomials of degree < 2·n_points.
+
+    Example:
+        >>> round(gauss_expectation(lambda a: a**2, q=2.0), 12)
+        2.0
+    """
+    q = _check_number("q", q, nonneg=True)
+    z, w = _gh_nodes(n_points)
+    return float(np.sum(w * f(np.sqrt(q) * z)))
+
+
+def _sphere_nodes(n: int | None, n_points: int = _SPHERE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes/weights for one coordinate of a normalized vector of n entries (see
+    `normalized_coordinate_expectation`); n = None gives the Gaussian (n → ∞) limit."""
+    if n is None or n > _SPHERE_GAUSSIAN_ABOVE:
+        return _gh_nodes(_GH_POINTS)
+    if not isinstance(n, int | np.integer) or n < 3:
+        raise ValueError(f"normalized size n must be an int >= 3 (or None for n → ∞), got {n!r}")
+    # Y = sqrt(n-1) sin θ, density of θ ∝ cos^{n-3} θ on (-π/2, π/2): smooth, so Gauss–Legendre
+    # converges fast.
+    x, w = np.polynomial.legendre.leggauss(n_points)
+    theta = 0.5 * np.pi * x
+    wt = w * np.cos(theta) ** (n - 3)
+    wt = wt / wt.sum()
+    return np.sqrt(n - 1.0) * np.sin(theta), wt
+
+
+def normalized_coordinate_expectation(f: Callable[[np.ndarray], np.ndarray], n: int | None) -> float:
+    """E[f(Y_b)] for one entry Y_b of a normalized vector Y = √n (u − ū)/‖u − ū‖ of n entries, u ~ N(0,
+    I_n).
+
+    This is the exact distribution of one example's BN output (over a batch of n, biased variance) or of one
+    feature's LN output (over n features), when the normalized pre-activations are Gaussian and isotropic:
+    Y_b = √(n−1)·w with w a coordinate of a uniform unit vector in R^{n−1}, density ∝ (1 − w²)^{(n−4)/2}.
+    E[Y_b] = 0, E[Y_b²] = 1 exactly; n = None gives the Gaussian limit.
+
+    Example:
+        >>> round(normalized_coordinate_expectation(lambda y: y**2, 4), 10)
+        1.0
+    """
+    y, w = _sphere_nodes(n)
+    return float(np.sum(w * f(y)))
+
+
+def _expect2(f2: Callable[[np.ndarray, np.ndarray], np.ndarray], n_u: int | None, n_w: int | None) -> float:
+    """E[f2(u, w)] for independent u, w distributed as normalized coordinates (sizes n_u, n_w)."""
+    yu, wu = _sphere_nodes(n_u)
+    yw, ww = _sphere_nodes(n_w)
+    U, Wv = np.meshgrid(yu, yw, indexing="ij")
+    return float(np.sum(np.outer(wu, ww) * f2(U, Wv)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# tanh RNN (Poole et al. 2016; Schoenholz et al. 2017)
+
+
+def tanh_variance_map(q: float, gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0) -> float:
+    """One step of the pre-activation variance map q ← g² E[tanh(√q z)²] + σ_x² + σ_b².
+
+    Assumes W_hh entries N(0, g²/d) (d → ∞), an input drive W_xh x_t whose per-unit variance is σ_x²
+    (independent of h, see `input_drive_variance`) and bias entries of variance σ_b².
+    """
+    q = _check_number("q", q, nonneg=True)
+    return gain**2 * gauss_expectation(lambda a: np.tanh(a) ** 2, q) + sigma_x2 + sigma_b2
+
+
+def tanh_fixed_point(
+    gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0, *, dropout: float = 0.0, tol: float = 1e-13
+) -> float:
+    """Fixed point q* of the tanh pre-activation variance map (iterated from q = 1 until converged).
+
+    Dropout p on h (inverted, fresh or per-sequence mask) enters as g² → g²/(1−p) (`effective_gain`).
+    Returns 0 in the ordered regime without drive (g_eff ≤ 1, σ_x² = σ_b² = 0).
+
+    Example:
+        >>> round(tanh_fixed_point(2.0), 4)   # σ_w² = 4, σ_b = 0
+        2.1215
+    """
+    g = effective_gain(_check_number("gain", gain, nonneg=True), dropout)
+    sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
+    sb = _check_number("sigma_b2", sigma_b2, nonneg=True)
+    if sx + sb == 0.0 and g <= 1.0:
+        return 0.0
+    q = 1.0
+    for _ in range(100000):
+        qn = tanh_variance_map(q, g, sx, sb)
+        if abs(qn - q) <= tol * max(1.0, q):
+            return qn
+        q = qn
+    raise ValueError(f"variance map did not converge (gain={gain}, sigma_x2={sigma_x2}, sigma_b2={sigma_b2})")
+
+
+def tanh_chi1(gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0, *, dropout: float = 0.0) -> float:
+    """χ₁ = g_eff² E[tanh'(√q* z)²]: mean-field growth per step of the squared norm of a tangent vector.
+
+    Example:
+        >>> round(tanh_chi1(2.0), 4)
+        1.3627
+    """
+    g = effective_gain(gain, dropout)
+    q = tanh_fixed_point(gain, sigma_x2, sigma_b2, dropout=dropout)
+    return g**2 * gauss_expectation(lambda a: 1.0 / np.cosh(a) ** 4, q)
+
+
+def tanh_rnn_rate(
+    gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0, *, dropout: float = 0.0
+) -> float:
+    """Predicted largest Lyapunov exponent (norm growth rate per step) of a random tanh RNN: ½ ln χ₁.
+
+    In the chaotic regime (q* > 0) this is the mean-field value of the top exponent (Engelken et al.
+    2020). Where the zero fixed point is stable (no drive, g ≤ 1) the Jacobian is W_hh itself and the exact
+    exponent is ln ρ(W_hh) (`linear_lyapunov_spectrum`), whose large-d limit is ln g = ½ ln χ₁ (circular law).
+    """
+    return 0.5 * math.log(tanh_chi1(gain, sigma_x2, sigma_b2, dropout=dropout))
+
+
+def input_drive_variance(W_xh, x_second_moment: float = 1.0, gates: int = 1) -> float:
+    """Per-unit variance σ_x² of the input drive W_xh x_t for inputs with E[x_k²] = x_second_moment, i.i.d.
+
+    σ_x² = mean over units of Σ_k W_xh[i, k]² · E[x²] (first gate block for gated cells). With gradflow's
+    lecun_normal W_xh of shape (G·d, input_size), whose fan-in axis is -2, entries have variance 1/(G·d), so
+    σ_x² ≈ input_size / (G·d) · E[x²].
+    """
+    W = np.asarray(W_xh, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W_xh must be 2-D (G*d, input_size), got shape {W.shape}")
+    if W.shape[0] % gates:
+        raise ValueError(f"W_xh rows {W.shape[0]} not divisible by gates={gates}")
+    d = W.shape[0] // gates
+    return float(np.mean(np.sum(W[:d] ** 2, axis=1)) * _check_number("x_second_moment", x_second_moment))
+
+
+def effective_gain(gain: float, dropout: float = 0.0) -> float:
+    """Mean-field gain seen through inverted dropout on h: g_eff = g / √(1 − p).
+
+    Inverted dropout (keep-probability 1 − p, kept units × 1/(1−p)) multiplies the second moment of the
+    state and
+    of a tangent vector alike by 1/(1 − p) before they reach W_hh; in the mean field this is g² → g²/(1−p).
+    Where the recurrent product is normalized (BN_h or LN_h), g cancels, so dropout leaves χ unchanged.
+    """
+    g = _check_number("gain", gain, nonneg=True)
+    return g / math.sqrt(1.0 - _check_rate_p(dropout))
+
+
+# ----------------------------------------------------------------------------------------------------
+# exact: linear recurrences and BN in eval mode
+
+
+def linear_lyapunov_spectrum(W) -> np.ndarray:
+    """Exact Lyapunov exponents of h_t = M h_{t-1} + (input): ln |eigenvalues of M|, sorted descending.
+
+    The singular values of M^k grow as |λ_i|^k (k → ∞), so these are the asymptotic per-step growth rates of
+    the singular values of ∂h_T/∂h_t = M^{T-t}.
+
+    Args:
+        W: (n, n) recurrent matrix (column-vector convention, ∂h_t/∂h_{t-1} = W).
+
+    Returns:
+        (n,) exponents, largest first (−inf for a zero eigenvalue).
+
+    Example:
+        >>> linear_lyapunov_spectrum(np.diag([2.0, 0.5])).round(4).tolist()
+        [0.6931, -0.6931]
+    """
+    M = np.asarray(W, dtype=np.float64)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"W must be a square matrix, got shape {M.shape}")
+    if not np.all(np.isfinite(M)):
+        raise ValueError("W has non-finite entries")
+    with np.errstate(divide="ignore"):
+        return np.sort(np.log(np.abs(np.linalg.eigvals(M))))[::-1]
+
+
+def bn_eval_matrix(W_hh, scale, var, eps: float = 1e-5) -> np.ndarray:
+    """Effective recurrent matrix of BN_h(W_hh h) in eval mode: diag(γ / √(var + ε)) W_hh.
+
+    Args:
+        W_hh: (d, d).
+        scale: (d,) BN γ.
+        var: (d,) running variance (for per-step statistics pass the row used, e.g. the last one, t_max
+        − 1).
+        eps: BN ε.
+    """
+    W = np.asarray(W_hh, dtype=np.float64)
+    s, v = np.asarray(scale, np.float64), np.asarray(var, np.float64)
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"W_hh must be square (d, d), got {W.shape}")
+    if s.shape != (W.shape[0],) or v.shape != (W.shape[0],):
+        raise ValueError(f"scale and var must have shape ({W.shape[0]},), got {s.shape}, {v.shape}")
+    if np.any(v + eps <= 0):
+        raise ValueError("var + eps must be > 0")
+    return (s / np.sqrt(v + eps))[:, None] * W
+
+
+def cell_eval_matrix(spec, variables, t: int | None = None) -> np.ndarray:
+    """Exact ∂h_t/∂h_{t-1} of a linear-recurrence preset in eval mode (``linear``, ``bn_notanh``).
+
+    Args:
+        spec: a preset name or `gradflow.cells.CellSpec` of the rnn family with identity activation and
+        no LN.
+        variables: the cell's variables ({"params", "batch_stats"}).
+        t: the step whose per-step statistics row is used (default: the last row, t_max − 1, i.e. the
+            asymptotic regime t ≥ t_max − 1).
+
+    Returns:
+        (d, d) matrix M; the exact exponents are `linear_lyapunov_spectrum(M)`.
+    """
+    from gradflow import cells as _cells
+
+    s = _cells.PRESETS[spec] if isinstance(spec, str) and spec in _cells.PRESETS else spec
+    if isinstance(spec, str) and spec not in _cells.PRESETS:
+        raise ValueError(f"unknown cell {spec!r}; choose from {_cells.CELLS}")
+    if s.family != "rnn" or s.activation != "identity" or "ln" in (s.norm_h, s.norm_sum):
+        raise ValueError(
+            "cell_eval_matrix needs an rnn cell with identity activation and no LN (linear in h)"
+        )
+    if s.norm_sum == "bn":
+        raise ValueError("norm_sum='bn' is not supported by cell_eval_matrix")
+    W = np.asarray(variables["params"]["W_hh"], np.float64)
+    if s.norm_h != "bn":
+        return W
+    bs = variables["batch_stats"]["bn_h"]
+    var = np.asarray(bs["var"], np.float64)
+    if var.ndim == 2:
+        row = var.shape[0] - 1 if t is None else min(int(t), var.shape[0] - 1)
+        var = var[row]
+    return bn_eval_matrix(W, variables["params"]["bn_h"]["scale"], var, s.bn_eps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# batch norm in train mode (batch-coupled), layer norm
+
+
+def _bn_bracket(dphi, phi, gamma_h, gamma_x, bias, n, n_x):
+    """Moments shared by the BN/LN predictions (see docs/theory.md §3)."""
+
+    def y(u, w):
+        return gamma_h * u + gamma_x * w + bias
+
+    E = lambda f: _expect2(lambda u, w: f(u, w, y(u, w)), n, n_x)
+    return {
+        "dphi2": E(lambda u, w, a: dphi(a) ** 2),
+        "dphi": E(lambda u, w, a: dphi(a)),
+        "u2dphi2": E(lambda u, w, a: u**2 * dphi(a) ** 2),
+        "phi2": E(lambda u, w, a: phi(a) ** 2),
+        "phi": E(lambda u, w, a: phi(a)),
+        "uphi": E(lambda u, w, a: u * phi(a)),
+        "wphi": E(lambda u, w, a: w * phi(a)),
+    }
+
+
+def bn_train_chi(
+    gamma_h: float,
+    gamma_x: float = 0.0,
+    batch_size: int = 32,
+    activation: str = "linear",
+    bias: float = 0.0,
+    dropout: float = 0.0,
+) -> float:
+    """Mean-field χ per step of h_t = φ(γ_h·BN(W_hh h_{t-1}) + γ_x·BN(W_xh x_t) + b), BN in train mode.
+
+    The per-step Jacobian over the whole batch state (n = B·d) couples the examples through the batch
+    statistics. Derivation (docs/theory.md §3), for d → ∞ with random W_hh (any gain: it cancels):
+
+        χ = γ_h² (B−1) / ((B−3) v) · [E φ'² − (E[u² φ'²] + Var φ') / (B−1)]
+
+    with y = γ_h u + γ_x w + b, u, w the normalized recurrent / input coordinates (exact finite-B law of a
+    normalized entry), v the expected batch variance of h = φ(y). For φ = identity:
+    χ = γ_h² / (γ_h² + γ_x²) · (B−2)/(B−3). The factor (B−1)/(B−3) is E[1/σ²] of a χ²_{B−1} batch variance
+    (Jensen), (B−2)/(B−1) the fraction a tangent keeps when BN projects out its feature's normalized
+    direction. Inputs absent (x = 0) ⇒ BN_x outputs 0: pass γ_x = 0. Dropout on h (inverted) cancels to
+    leading order (it scales the tangent and σ² alike) and is accepted only to make that explicit.
+
+    Args:
+        gamma_h: BN_h scale γ_h (the same for every feature).
+        gamma_x: BN_x scale γ_x (0 without input).
+        batch_size: B >= 4 (E[1/σ²] diverges for B <= 3).
+        activation: "linear" (bn_notanh) or "tanh" (bn_tanh).
+        bias: b (the same for every unit).
+        dropout: hidden dropout p (no effect at this order).
+
+    Returns:
+        χ (squared-norm growth per step).
+
+    Example:
+        >>> round(bn_train_chi(1.0, 0.0, 8), 6)   # (B-2)/(B-3)
+        1.2
+    """
+    B = batch_size
+    if not isinstance(B, int | np.integer) or B < 4:
+        raise ValueError(f"batch_size must be an int >= 4 (E[1/σ²] is infinite for B <= 3), got {B!r}")
+    gh = _check_number("gamma_h", gamma_h)
+    gx = _check_number("gamma_x", gamma_x)
+    b = _check_number("bias", bias)
+    _check_rate_p(dropout)
+    phi, dphi = _phi(activation)
+    m = _bn_bracket(dphi, phi, gh, gx, b, B, B if gx != 0.0 else None)
+    var_phi = m["phi2"] - m["phi"] ** 2
+    resid = var_phi - m["uphi"] ** 2 - m["wphi"] ** 2
+    v = var_phi - resid / B
+    bracket = m["dphi2"] - (m["u2dphi2"] + m["dphi2"] - m["dphi"] ** 2) / (B - 1)
+    return gh**2 * (B - 1) / ((B - 3) * v) * bracket
+
+
+def bn_train_rate(gamma_h, gamma_x=0.0, batch_size=32, activation="linear", bias=0.0, dropout=0.0) -> float:
+    """½ ln `bn_train_chi`: predicted top Lyapunov exponent of a BN(train)-recurrent cell (norm, per
+    step)."""
+    return 0.5 * math.log(bn_train_chi(gamma_h, gamma_x, batch_size, activation, bias, dropout))
+
+
+def bn_feedforward_rate(batch_size: int, activation: str = "linear") -> float:
+    """Gradient growth rate per layer of a deep BN network at init, h_l = φ(BN(W_l h_{l-1})), untied
+    random W_l.
+
+    The same batch-coupled mean field as `bn_train_chi` with γ = 1 and no input (Yang et al. 2019: gradients
+    explode with depth at a rate set by B, whatever the weight variance): linear φ gives ½ ln((B−2)/(B−3)).
+    Returns the norm rate (natural log per layer).
+
+    Example:
+        >>> round(bn_feedforward_rate(8), 4)
+        0.0912
+    """
+    return bn_train_rate(1.0, 0.0, batch_size, activation)
+
+
+def ln_chi(
+    gamma_h: float,
+    gamma_x: float = 0.0,
+    hidden_size: int | None = None,
+    activation: str = "linear",
+    bias: float = 0.0,
+    dropout: float = 0.0,
+) -> float:
+    """Mean-field χ per step of h_t = D(φ(γ_h·LN(W_hh h_{t-1}) + γ_x·ξ_t + b)): LN on the recurrent path.
+
+    ξ_t is the normalized input path (BN_x(W_xh x_t) in ``ln_notanh``, unit variance per coordinate).
+    LN couples
+    the features of one example, not the examples. Derivation (docs/theory.md §4):
+
+        χ = γ_h² / m · [(d−1) E φ'² − E[u² φ'²]] / (d−3),   m = E[φ(y)²] (raw second moment of h)
+
+    which for φ = identity is γ_h² / (γ_h² + γ_x²) · (d−2)/(d−3). The gain g cancels, and so does dropout
+    (accepted to make that explicit). hidden_size None means d → ∞.
+    """
+    d = hidden_size
+    if d is not None and (not isinstance(d, int | np.integer) or d < 4):
+        raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
+    gh = _check_number("gamma_h", gamma_h)
+    gx = _check_number("gamma_x", gamma_x)
+    b = _check_number("bias", bias)
+    _check_rate_p(dropout)
+    phi, dphi = _phi(activation)
+    m = _bn_bracket(dphi, phi, gh, gx, b, d, None)
+    if d is None:
+        return gh**2 * m["dphi2"] / m["phi2"]
+    return gh**2 / m["phi2"] * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
+
+
+def ln_rate(gamma_h, gamma_x=0.0, hidden_size=None, activation="linear", bias=0.0, dropout=0.0) -> float:
+    """½ ln `ln_chi` (norm growth rate per step)."""
+    return 0.5 * math.log(ln_chi(gamma_h, gamma_x, hidden_size, activation, bias, dropout))
+
+
+def ln_sum_chi(
+    gamma: float,
+    gain: float,
+    sigma_x2: float = 0.0,
+    hidden_size: int | None = None,
+    activation: str = "linear",
+    bias: float = 0.0,
+    dropout: float = 0.0,
+) -> float:
+    """Mean-field χ of h_t = D(φ(γ·LN(W_hh h_{t-1} + W_xh x_t) + b)): LN after the sum (``ln_tanh``).
+
+    Here the gain does not cancel: σ² = g_eff² m + σ_x², so
+
+        χ = γ² g_eff² / (g_eff² m + σ_x²) · [(d−1) E φ'² − E[u² φ'²]] / (d−3),   m = E[φ(γu + b)²],
+
+    with g_eff = g/√(1−p) (`effective_gain`) and σ_x² the input-drive variance (`input_drive_variance`).
+    """
+    d = hidden_size
+    if d is not None and (not isinstance(d, int | np.integer) or d < 4):
+        raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
+    g2 = effective_gain(gain, dropout) ** 2
+    gm = _check_number("gamma", gamma)
+    sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
+    b = _check_number("bias", bias)
+    phi, dphi = _phi(activation)
+    m = _bn_bracket(dphi, phi, gm, 0.0, b, d, None)
+    pref = gm**2 * g2 / (g2 * m["phi2"] + sx)
+    if d is None:
+        return pref * m["dphi2"]
+    return pref * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
+
+
+def ln_sum_rate(
+    gamma, gain, sigma_x2=0.0, hidden_size=None, activation="linear", bias=0.0, dropout=0.0
+) -> float:
+    """½ ln `ln_sum_chi` (norm growth rate per step)."""
+    return 0.5 * math.log(ln_sum_chi(gamma, gain, sigma_x2, hidden_size, activation, bias, dropout))
+
+
+# ----------------------------------------------------------------------------------------------------
+# dispatcher over presets
+
+
+def predict_rate(
+    name: str,
+    *,
+    hidden_size: int,
+    batch_size: int,
+    gain: float = 1.0,
+    gamma: float | None = None,
+    gamma_x: float | None = None,
+    sigma_x2: float = 0.0,
+    has_input: bool = True,
+    dropout: float = 0.0,
+    train: bool = True,
+) -> float:
+    """Predicted top Lyapunov exponent (norm, per step) of a preset at initialization.
+
+    Args:
+        name: "tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh" or "ln_tanh".
+        hidden_size: d.
+        batch_size: B (used by BN in train mode).
+        gain: g of W_hh.
+        gamma: γ of the normalization on the recurrent path (default: the preset's init).
+        gamma_x: γ of BN_x (default: the preset's BN γ init).
+        sigma_x2: input-drive variance of W_xh x_t (unnormalized input paths: tanh, linear, ln_tanh).
+        has_input: False when x_t = 0 (BN_x then outputs its shift only: γ_x is irrelevant).
+        dropout: hidden dropout p (train mode).
+        train: BN batch statistics (True). Eval mode of BN cells is exact: use `cell_eval_matrix`.
+
+    Returns:
+        The predicted rate. "linear" returns the large-d value ln g_eff (the exact value for a given W is
+        max `linear_lyapunov_spectrum`).
+    """
+    from gradflow import cells as _cells
+
+    if name not in ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh"):
+        raise ValueError(f"no mean-field prediction for {name!r}")
+    spec = _cells.PRESETS[name]
+    p = dropout if train else 0.0
+    sx = sigma_x2 if has_input else 0.0
+    if name == "tanh":
+        return tanh_rnn_rate(gain, sx, 0.0, dropout=p)
+    if name == "linear":
+        return math.log(effective_gain(gain, p))
+    if name in ("bn_notanh", "bn_tanh"):
+        if not train:
+            raise ValueError("BN in eval mode is exact: use cell_eval_matrix + linear_lyapunov_spectrum")
+        gh = spec.bn_gamma_init if gamma is None else gamma
+        gx = (spec.bn_gamma_init if gamma_x is None else gamma_x) if has_input else 0.0
+        act = "linear" if spec.activation == "identity" else spec.activation
+        return bn_train_rate(gh, gx, batch_size, act, 0.0, p)
+    if name == "ln_notanh":
+        gh = spec.ln_gamma_init if gamma is None else gamma
+        gx = (spec.bn_gamma_init if gamma_x is None else gamma_x) if has_input else 0.0
+        return ln_rate(gh, gx, hidden_size, "linear", 0.0, p)
+    gm = spec.ln_gamma_init if gamma is None else gamma
+    return ln_sum_rate(gm, gain, sx, hidden_size, "tanh", 0.0, p)
+
+
+# ----------------------------------------------------------------------------------------------------
+# measurement side (an independent jvp-based top Lyapunov exponent) and paired numbers for figures
+
+
+def tied_weight_correction(W_hh, gain: float) -> float:
+    """ln(ρ(W_hh)/g): correction to the mean-field rate of cells whose Jacobian is a scalar ×
+    (projection) × W_hh.
+
+    With LN on the recurrent path (``ln_notanh``) and for ``linear``, the per-example Jacobian is
+    (γ/σ_t) P_t W_hh with a *scalar* 1/σ_t, so with tied weights the product over steps behaves like
+    W_hh^k and its growth is set by the spectral radius ρ(W_hh) rather than by the mean-field
+    √(E‖W v‖²/‖v‖²) = g. For a finite Gaussian W_hh, ρ exceeds g by O(√(ln d / d)) (about +0.02–0.05
+    in ln at d = 128–512), a bias that shrinks only slowly with d. Cells with a per-unit random diagonal
+    in the Jacobian (tanh, BN per feature) mix the directions and follow the mean field instead
+    (docs/theory.md §6).
+    """
+    g = _check_number("gain", gain, positive=True)
+    return float(linear_lyapunov_spectrum(W_hh)[0] - math.log(g))
+
+
+def measure_top_exponent(step, carry0, xs, key, burn: int | None = None) -> tuple[float, float]:
+    """Top Lyapunov exponent of a step by propagating one tangent vector with `jax.jvp` (renormalized
+    each step).
+
+    An independent measurement, no engine code: the tangent covers every floating leaf of the carry
+    (the whole
+    batch state for batch-coupled steps); integer leaves pass through.
+
+    Args:
+        step: ``step(carry, x_t) -> carry``.
+        carry0: initial carry (leaves with a leading batch axis).
+        xs: (T, B, input_size) inputs.
+        key: PRNG key of the random initial tangent.
+        burn: steps discarded as transient (default T // 3).
+
+    Returns:
+        (mean log growth per step after the transient, its standard error from the per-step scatter).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    T = int(jnp.shape(xs)[0])
+    burn = T // 3 if burn is None else int(burn)
+    if not 0 <= burn < T - 1:
+        raise ValueError(f"burn must be in [0, T-1) with T={T}, got {burn}")
+    leaves, treedef = jax.tree_util.tree_flatten(carry0)
+    is_f = [jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact) for v in leaves]
+    if not any(is_f):
+        raise ValueError("carry has no floating leaves to differentiate")
+
+    def split(c):
+        ls = jax.tree_util.tree_leaves(c)
+        return [v for v, f in zip(ls, is_f, strict=True) if f], [
+            v for v, f in zip(ls, is_f, strict=True) if not f
+        ]
+
+    def join(fl, ot):
+        fi, oi = iter(fl), iter(ot)
+        return jax.tree_util.tree_unflatten(treedef, [next(fi) if f else next(oi) for f in is_f])
+
+    fl0, ot0 = split(carry0)
+    keys = jax.random.split(key, len(fl0))
+    v0 = [jax.random.normal(k, jnp.shape(v), jnp.asarray(v).dtype) for k, v in zip(keys, fl0, strict=True)]
+    nrm = lambda vs: jnp.sqrt(sum(jnp.sum(v**2) for v in vs))
+    n0 = nrm(v0)
+    v0 = [v / n0 for v in v0]
+
+    @jax.jit
+    def run(fl0, ot0, v0, xs):
+        def body(c, x):
+            fl, ot, v = c
+            out = step(join(fl, ot), x)
+            f = lambda fl_: split(step(join(fl_, ot), x))[0]
+            fl2, v2 = jax.jvp(f, (fl,), (v,))
+            n = nrm(v2)
+            return (fl2, split(out)[1], [w / n for w in v2]), jnp.log(n)
+
+        return jax.lax.scan(body, (fl0, ot0, v0), xs)[1]
+
+    logs = np.asarray(run(fl0, ot0, v0, xs), dtype=np.float64)[burn:]
+    if not np.all(np.isfinite(logs)):
+        raise ValueError("non-finite tangent growth (state or tangent overflowed)")
+    return float(logs.mean()), float(logs.std() / math.sqrt(len(logs)))
+
+
+_MEASURABLE = ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh")
+
+
+def theory_vs_measurement(
+    name: str,
+    configs,
+    *,
+    hidden_size: int = 256,
+    batch_size: int = 16,
+    input_size: int = 16,
+    steps: int = 600,
+    burn: int | None = None,
+    key=None,
+    dtype: str = "float64",
+) -> dict[str, np.ndarray]:
+    """Predicted vs measured top Lyapunov exponent of a preset at init, over a list of configurations.
+
+    Each configuration is a dict with any of: ``gain`` (g of a Gaussian W_hh, default 1), ``gamma``
+    (scale of the recurrent-path normalization), ``gamma_x`` (BN_x scale), ``has_input`` (default True:
+    x_t ~ N(0, 1) i.i.d.; False: x_t = 0), ``dropout`` (hidden dropout p, fresh mask per step), ``seed``
+    (default 0). The cell is built with `gradflow.make_cell`, the normalization scales are overwritten
+    after init, the step runs in train mode (`gradflow.as_step`), and the measurement is
+    `measure_top_exponent` on the whole carry.
+
+    Returns:
+        dict of (n_configs,) arrays: "predicted", "measured", "stderr", "tied_correction" (ln
+        ρ(W_hh)/g, relevant
+        for ln_notanh and linear, see `tied_weight_correction`), and each config key used.
+
+    Example:
+        >>> out = theory_vs_measurement("bn_notanh", [{"gamma_x": 0.0}], hidden_size=32,
+        ...                             batch_size=8, steps=60, key=jax.random.PRNGKey(0))  # doctest: +SKIP
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from gradflow import cells as _cells
+    from gradflow.step import as_step
+
+    if name not in _MEASURABLE:
+        raise ValueError(f"theory_vs_measurement supports {_MEASURABLE}, got {name!r}")
+    if key is None:
+        raise ValueError("key is required (explicit PRNG key)")
+    configs = list(configs)
+    allowed = {"gain", "gamma", "gamma_x", "has_input", "dropout", "seed"}
+    cols: dict[str, list] = {
+        k: [] for k in ("predicted", "measured", "stderr", "tied_correction", *sorted(allowed))
+    }
+    for i, cfg in enumerate(configs):
+        bad = set(cfg) - allowed
+        if bad:
+            raise ValueError(f"unknown configuration keys {sorted(bad)}; allowed {sorted(allowed)}")
+        g = float(cfg.get("gain", 1.0))
+        p = float(cfg.get("dropout", 0.0))
+        has_input = bool(cfg.get("has_input", True))
+        seed = int(cfg.get("seed", 0))
+        cell = _cells.make_cell(
+            name, hidden_size, input_size, gain=g, recurrent_init="gaussian", dropout=p, dtype=dtype
+        )
+        k_init, k_x, k_v, k_d = jax.random.split(jax.random.fold_in(key, 1000 * i + seed), 4)
+        variables = _cells.init_cell(cell, k_init, batch_size=batch_size)
+        params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+        gh = cfg.get("gamma")
+        gx = cfg.get("gamma_x")
+        for sub in ("bn_h", "ln_h", "ln_sum"):
+            if sub in params and gh is not None:
+                params[sub]["scale"] = jnp.full_like(params[sub]["scale"], gh)
+        if "bn_x" in params and gx is not None:
+            params["bn_x"]["scale"] = jnp.full_like(params["bn_x"]["scale"], gx)
+        gh_used = float(next((params[s]["scale"][0] for s in ("bn_h", "ln_h", "ln_sum") if s in params), 1.0))
+        gx_used = float(params["bn_x"]["scale"][0]) if "bn_x" in params else 0.0
+        variables = {**variables, "params": params}
+        step = as_step(cell, variables, train=True, key=k_d if p > 0 else None)
+        dt = jnp.float64 if dtype == "float64" else jnp.float32
+        xs = jax.random.normal(k_x, (steps, batch_size, input_size), dt)
+        if not has_input:
+            xs = jnp.zeros_like(xs)
+        carry0 = cell.initialize_carry(batch_size)
+        carry0 = {**carry0, "h": jax.random.normal(k_v, carry0["h"].shape, dt)}
+        meas, se = measure_top_exponent(step, carry0, xs, jax.random.fold_in(k_v, 1), burn)
+        sx2 = input_drive_variance(params["W_xh"], 1.0) if has_input else 0.0
+        pred = predict_rate(
+            name,
+            hidden_size=hidden_size,
+            batch_size=batch_size,
+            gain=g,
+            gamma=gh_used,
+            gamma_x=gx_used,
+            sigma_x2=sx2,
+            has_input=has_input,
+            dropout=p,
+        )
+        corr = tied_weight_correction(np.asarray(params["W_hh"]), g) if g > 0 else 0.0
+        for k, v in (
+            ("predicted", pred),
+            ("measured", meas),
+            ("stderr", se),
+            ("tied_correction", corr),
+            ("gain", g),
+            ("gamma", gh_used),
+            ("gamma_x", gx_used),
+            ("has_input", has_input),
+            ("dropout", p),
+            ("seed", seed),
+        ):
+            cols[k].append(v)
+    return {k: np.asarray(v) for k, v in cols.items()}

@@ -16,6 +16,7 @@ from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_j
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
 
 # --- theory (gradflow.theory is imported as a module: gradflow.theory.<name>) ---
+from gradflow import theory  # noqa: E402,F401
 
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 

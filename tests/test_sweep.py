@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gradflow
+from gradflow.jacobians import jacobian_norms
 from gradflow.sweep import Grid, load_table, run_sweep, to_dataframe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -216,6 +218,44 @@ def test_rnn_sweep_matches_python_loop(rnn_table):
     for g, s, r in zip(rnn_table["gain"], rnn_table["seed"], rate, strict=True):
         w = g * np.asarray(jax.random.normal(jax.random.key(s), (6, 6))) / np.sqrt(6)
         assert r <= np.log(np.linalg.norm(w, 2)) + 1e-5
+
+
+def engine_rate_fn(static):
+    """The engine in a sweep: log σ_max(∂h_T/∂h_0) / T of a gradflow tanh cell, W_hh scaled by the gain."""
+    d, T = static["d"], static["T"]
+    cell = gradflow.make_cell("tanh", d, 1)
+
+    def f(c):
+        k_init, k_x = jax.random.split(jax.random.key(c["seed"]))
+        variables = gradflow.init_cell(cell, k_init)
+        params = {**variables["params"], "W_hh": variables["params"]["W_hh"] * c["gain"]}
+        step = gradflow.as_step(cell, {**variables, "params": params})
+        xs = jax.random.normal(k_x, (T, 1, 1))
+        r = jacobian_norms(step, cell.initialize_carry(1), xs, spectral="svd")
+        return {"rate": jnp.log(r.spectral_norms[0]) / T}
+
+    return f
+
+
+def test_engine_sweep_matches_numpy_jacobian_products():
+    """Real engine measurements across gains and seeds vs products of per-step Jacobians in float64 NumPy."""
+    d, T = 4, 8
+    grid = Grid(static={"d": [d], "T": [T]}, traced={"gain": [0.5, 1.0, 2.5], "seed": [0, 1]})
+    table = run_sweep(engine_rate_fn, grid, chunk=4)
+    cell = gradflow.make_cell("tanh", d, 1)
+    for g, s, rate in zip(table["gain"], table["seed"], table["rate"], strict=True):
+        k_init, k_x = jax.random.split(jax.random.key(s))
+        p = jax.tree_util.tree_map(
+            lambda a: np.asarray(a, np.float64), gradflow.init_cell(cell, k_init)["params"]
+        )
+        w = p["W_hh"] * np.float64(np.float32(g))
+        xs = np.asarray(jax.random.normal(k_x, (T, 1, 1)), np.float64)
+        h, prod = np.zeros(d), np.eye(d)
+        for t in range(T):  # h_t = tanh(W_hh h + W_xh x_t + b), J_t = diag(1 - h_t^2) W_hh
+            h = np.tanh(w @ h + p["W_xh"] @ xs[t, 0] + p["b"])
+            prod = ((1 - h**2)[:, None] * w) @ prod
+        np.testing.assert_allclose(rate, np.log(np.linalg.norm(prod, 2)) / T, rtol=1e-4, atol=1e-5)
+    assert table["rate"][table["gain"] == 0.5].max() < table["rate"][table["gain"] == 2.5].min()
 
 
 def test_float64_sweep(x64):

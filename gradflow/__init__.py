@@ -21,3 +21,5 @@ from gradflow import theory  # noqa: E402,F401
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 
 # --- sweeps (gradflow.sweep) ---
+# isort: split
+from gradflow.sweep import Grid, load_table, run_sweep, to_dataframe  # noqa: E402,F401

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 # --- cells, steps (gradflow.norm, gradflow.cells, gradflow.step) ---
 from gradflow.cells import CELLS, PRESETS, CellSpec, describe, init_cell, make_cell  # noqa: E402,F401
 from gradflow.norm import batch_norm, layer_norm  # noqa: E402,F401
-from gradflow.step import as_step, check_finite, unroll  # noqa: E402,F401
+from gradflow.step import as_step, check_finite, unroll, unroll_cell  # noqa: E402,F401
 
 # --- engine (gradflow.jacobians, streaming, spectra, lyapunov, estimators, batch) ---
 # isort: split

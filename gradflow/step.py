@@ -7,6 +7,7 @@ the whole batch at once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from flax import nnx
 
 from gradflow.cells import _Cell, init_cell
 
-__all__ = ["as_step", "unroll", "check_finite"]
+__all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
 Step = Callable[[Any, jax.Array], Any]
 
@@ -36,10 +37,16 @@ def check_finite(tree: Any, what: str = "variables") -> None:
         raise ValueError(f"non-finite values (NaN or inf) in {what} at {', '.join(bad)}")
 
 
+@functools.lru_cache(maxsize=256)
+def _expected_shapes(cls, spec, hidden_size, input_size):
+    cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
+    return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
+
+
 def _check_shapes_against(cell: _Cell, variables: dict) -> None:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
-    expected = jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
+    expected = _expected_shapes(type(cell), cell.spec, cell.hidden_size, cell.input_size)
     for col, exp in expected.items():
         if col not in variables:
             raise ValueError(f"variables lack the {col!r} collection this cell needs")
@@ -172,6 +179,17 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
         >>> gradflow.unroll(step, cell.initialize_carry(4), jnp.ones((7, 4, 2)))["h"].shape
         (7, 4, 3)
     """
+    _check_sequence(carry0, xs)
+
+    def body(carry, x):
+        new = step(carry, x)
+        return new, new
+
+    _, states = jax.lax.scan(body, carry0, xs)
+    return states
+
+
+def _check_sequence(carry0: Any, xs: Any) -> None:
     leaves = jax.tree_util.tree_leaves(xs)
     if not leaves:
         raise ValueError("xs is empty")
@@ -191,9 +209,61 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
                 f"B={B} of xs (T, B, ...)"
             )
 
-    def body(carry, x):
-        new = step(carry, x)
-        return new, new
 
-    _, states = jax.lax.scan(body, carry0, xs)
-    return states
+def unroll_cell(
+    cell: _Cell,
+    variables: dict,
+    carry0: Any,
+    xs: jax.Array,
+    train: bool = False,
+    key: jax.Array | None = None,
+) -> tuple[Any, dict]:
+    """Run one of our cells over a sequence, updating BN running averages in train mode (for training code).
+
+    Unlike ``unroll(as_step(...))``, which is pure, in train mode the running averages of every BN are updated
+    step by step (row min(t, t_max − 1) at step t for per-step statistics) and returned.
+
+    Args:
+        cell: one of our cells (`gradflow.make_cell`).
+        variables: ``{"params": ..., "batch_stats": ...}``.
+        carry0: initial carry (``cell.initialize_carry(B)``).
+        xs: (T, B, input_size).
+        train: batch statistics, running-average updates and dropout (True) or eval mode (False).
+        key: dropout key (required in train mode when the cell has dropout).
+
+    Returns:
+        ``(states, variables)``: states with a leading time axis T (``states[t-1]`` = h_t) and the variables
+        with updated ``batch_stats`` (unchanged in eval mode or without BN).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, gradflow
+        >>> cell = gradflow.make_cell("bn_tanh", 3, 2, t_max=5)
+        >>> v = gradflow.init_cell(cell, jax.random.key(0))
+        >>> carry0, xs = cell.initialize_carry(4), jnp.ones((5, 4, 2))
+        >>> states, v = gradflow.unroll_cell(cell, v, carry0, xs, train=True)
+        >>> states["h"].shape, v["batch_stats"]["bn_h"]["mean"].shape
+        ((5, 4, 3), (5, 3))
+    """
+    if not isinstance(cell, _Cell):
+        raise ValueError(f"unroll_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
+    as_step(cell, variables, train=train, key=key)  # the same eager checks (shapes, finiteness, dropout key)
+    _check_sequence(carry0, xs)
+    rngs = {"dropout": key} if (train and cell.spec.dropout > 0) else {}
+    params, stats = variables["params"], variables.get("batch_stats")
+    update = train and stats is not None
+
+    def body(c, x):
+        carry, stats = c
+        v = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+        if update:
+            (new, _), upd = cell.apply(v, carry, x, train=True, mutable=["batch_stats"], rngs=rngs)
+            stats = upd["batch_stats"]
+        else:
+            new, _ = cell.apply(v, carry, x, train=train, rngs=rngs)
+        return (new, stats), new
+
+    (_, stats), states = jax.lax.scan(body, (carry0, stats), xs)
+    out = {"params": params}
+    if stats is not None:
+        out["batch_stats"] = stats
+    return states, out

@@ -175,3 +175,29 @@ def test_adapter_errors():
     state["hf"]["kernel"][...] = state["hf"]["kernel"][...].at[0, 0].set(jnp.nan)
     with pytest.raises(ValueError, match=r"non-finite.*kernel"):
         gradflow.as_step(m, state)
+
+
+def test_unroll_cell_updates_per_step_statistics_like_a_loop(x64):
+    T, B, t_max = 5, 6, 3
+    cell = gradflow.make_cell("bn_notanh", 3, 2, dtype="float64", t_max=t_max)
+    variables = gradflow.init_cell(cell, jax.random.key(0))
+    xs = jnp.asarray(np.random.default_rng(7).normal(size=(T, B, 2)) * 2 + 1)
+    states, new = gradflow.unroll_cell(cell, variables, cell.initialize_carry(B), xs, train=True)
+    # reference: a Python loop of cell.apply with mutable batch_stats, and a NumPy momentum update of bn_x
+    v, carry = variables, cell.initialize_carry(B)
+    W_xh = np.asarray(variables["params"]["W_xh"])
+    mean_x = np.zeros((t_max, 3))
+    for t in range(T):
+        (carry, _), upd = cell.apply(v, carry, xs[t], train=True, mutable=["batch_stats"])
+        v = {"params": v["params"], "batch_stats": upd["batch_stats"]}
+        np.testing.assert_allclose(states["h"][t], carry["h"], atol=1e-12)
+        r = min(t, t_max - 1)
+        mean_x[r] = 0.9 * mean_x[r] + 0.1 * (np.asarray(xs[t]) @ W_xh.T).mean(0)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12), new, v)
+    np.testing.assert_allclose(new["batch_stats"]["bn_x"]["mean"], mean_x, atol=1e-12)
+    # the pure step in train mode gives the same states (batch statistics) without touching the statistics
+    pure = gradflow.unroll(gradflow.as_step(cell, variables, train=True), cell.initialize_carry(B), xs)
+    np.testing.assert_allclose(pure["h"], states["h"], atol=1e-12)
+    # eval mode: nothing updated
+    _, same = gradflow.unroll_cell(cell, variables, cell.initialize_carry(B), xs, train=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, same, variables)

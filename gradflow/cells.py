@@ -319,7 +319,13 @@ class _Cell(nn.Module):
 
     @property
     def dtype(self):
-        return jnp.dtype(self.spec.dtype)
+        dt = jnp.dtype(self.spec.dtype)
+        if jax.dtypes.canonicalize_dtype(dt) != dt:
+            raise ValueError(
+                f"dtype {self.spec.dtype!r} needs 64-bit JAX: run under `with jax.enable_x64(True):` "
+                "(or jax.config.update('jax_enable_x64', True))"
+            )
+        return dt
 
     def initialize_carry(self, batch_size: int) -> dict[str, jax.Array]:
         """Zero state: ``{"h": (B, d), "t": (B,) int32}`` (plus ``"c": (B, d)`` for an LSTM)."""

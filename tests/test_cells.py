@@ -435,3 +435,9 @@ def test_shape_and_finiteness_errors():
     # shape errors are static: they raise under jit too
     with pytest.raises(ValueError, match="input_size mismatch"):
         jax.jit(step)(carry, jnp.ones((4, 5)))
+
+
+def test_float64_without_x64_raises():
+    cell = gradflow.make_cell("tanh", 3, 2, dtype="float64")
+    with pytest.raises(ValueError, match="64-bit"):
+        gradflow.init_cell(cell, jax.random.key(0))

@@ -13,7 +13,11 @@ from gradflow.step import as_step, check_finite, unroll, unroll_cell  # noqa: E4
 # --- engine (gradflow.jacobians, streaming, spectra, lyapunov, estimators, batch) ---
 # isort: split
 from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
+from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F401
+from gradflow.spectra import GrowthRate, SpectrumResult, growth_rate, spectra, spectrum_of  # noqa: E402,F401
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
+
+# isort: split
 
 # --- theory (gradflow.theory is imported as a module: gradflow.theory.<name>) ---
 from gradflow import theory  # noqa: E402,F401

@@ -1,0 +1,86 @@
+"""Lyapunov spectra (Benettin / QR) against eigenvalue moduli, orthogonal maps and the log-det identity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradflow.lyapunov import lyapunov_spectrum, qr_log_diagonals
+
+
+def _rand(key, shape, scale=1.0):
+    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+
+
+def _linear_with_eigs(key):
+    """W = V A V^-1 with A block-diagonal: eigenvalues 1.2, -0.5, 0.3 and a complex pair 0.9 e^{+-0.7i}."""
+    c, s = 0.9 * np.cos(0.7), 0.9 * np.sin(0.7)
+    A = np.zeros((5, 5))
+    A[0, 0], A[1, 1], A[2, 2] = 1.2, -0.5, 0.3
+    A[3:, 3:] = [[c, -s], [s, c]]
+    V = np.asarray(_rand(key, (5, 5))) + 2 * np.eye(5)
+    return V @ A @ np.linalg.inv(V), V
+
+
+def test_linear_exponents_are_log_eigenvalue_moduli(x64):
+    W, V = _linear_with_eigs(0)
+    T, transient = 1500, 100
+    r = lyapunov_spectrum(lambda h, x: h @ jnp.asarray(W).T, jnp.zeros((1, 5)), jnp.zeros((T, 1, 1)),
+                          transient=transient)
+    ref = np.sort(np.log(np.abs(np.linalg.eigvals(W))))[::-1]
+    # for a constant linear map the finite-time error is bounded by about log(cond(V)) / steps
+    tol = 2 * np.log(np.linalg.cond(V)) / (T - transient)
+    np.testing.assert_allclose(r.exponents, ref, atol=tol)
+    assert np.all(np.diff(np.asarray(r.exponents)) <= 0)
+    assert r.n_steps == T - transient
+    # top-k only
+    r3 = lyapunov_spectrum(lambda h, x: h @ jnp.asarray(W).T, jnp.zeros((1, 5)), jnp.zeros((T, 1, 1)), k=2,
+                           transient=transient, key=jax.random.PRNGKey(3))
+    np.testing.assert_allclose(r3.exponents, ref[:2], atol=tol)
+
+
+def test_orthogonal_all_zero(x64):
+    d = 6
+    Q, _ = np.linalg.qr(np.asarray(_rand(1, (d, d))))
+    r = lyapunov_spectrum(lambda h, x: h @ jnp.asarray(Q).T, jnp.zeros((1, d)), jnp.zeros((200, 1, 1)))
+    np.testing.assert_allclose(r.exponents, 0.0, atol=1e-13)
+    np.testing.assert_allclose(r.stderr, 0.0, atol=1e-13)
+
+
+def test_sum_equals_mean_log_det_and_segments(x64):
+    """sum_i log|R_ii| = log|det J_t| at every step: the full spectrum sums to the mean log|det J|."""
+    d, B, T, transient = 4, 2, 120, 20
+    W, U = _rand(2, (d, d), 2.0 / np.sqrt(d)), _rand(3, (d, 1))
+    step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
+    h0, xs = _rand(4, (B, d), 0.5), _rand(5, (T, B, 1))
+    r = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5)
+    hs = [h0]
+    for x in xs:
+        hs.append(step(hs[-1], x))
+    jac = jax.jit(lambda h, x: jax.jacfwd(lambda v: step(v.reshape(B, d), x).ravel())(h.ravel()))
+    logdet = [np.linalg.slogdet(np.asarray(jac(hs[t], xs[t])))[1] for t in range(transient, T)]
+    np.testing.assert_allclose(np.sum(r.exponents), np.mean(logdet), rtol=1e-10)
+    # standard errors: spread of 5 segment means, computed here from the per-step logs
+    logs = np.asarray(qr_log_diagonals(step, h0, xs))[transient:]
+    seg = logs.reshape(5, -1, B * d).mean(axis=1)
+    order = np.argsort(-logs.mean(axis=0))
+    np.testing.assert_allclose(r.stderr, (seg.std(axis=0, ddof=1) / np.sqrt(5))[order], rtol=1e-10)
+    assert np.all(np.asarray(r.stderr) > 0)
+
+
+def test_bad_inputs():
+    step = lambda h, x: jnp.tanh(h)
+    h0, xs = jnp.zeros((1, 3)), jnp.zeros((20, 1, 1))
+    with pytest.raises(ValueError, match="k must"):
+        lyapunov_spectrum(step, h0, xs, k=4)
+    with pytest.raises(ValueError, match="k must"):
+        lyapunov_spectrum(step, h0, xs, k=0)
+    with pytest.raises(ValueError, match="transient"):
+        lyapunov_spectrum(step, h0, xs, transient=20)
+    with pytest.raises(ValueError, match="segments"):
+        lyapunov_spectrum(step, h0, xs, transient=15, segments=6)
+    carry = {"h": h0, "c": h0}
+    with pytest.raises(ValueError, match="whole state"):
+        lyapunov_spectrum(lambda c, x: c, carry, xs, wrt={"h": True, "c": False})
+    with pytest.raises(ValueError, match="T"):
+        lyapunov_spectrum(step, h0, xs[:0])

@@ -7,6 +7,7 @@ file is also their worker: ``python tests/test_sweep.py <mode> <out>``.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -75,6 +76,20 @@ def _worker(mode: str, out: str) -> None:
         table = run_sweep(rnn_rate_fn, RNN_GRID, chunk=RNN_CHUNK, progress=seen.append)
         assert {i["n_devices"] for i in seen} == {4}
         np.savez(out, **table)
+    elif mode == "multi":
+        # several processes ("hosts") on this machine, CPU collectives over gloo
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        pid = int(os.environ["SWEEP_PROCESS_ID"])
+        jax.distributed.initialize(f"localhost:{os.environ['SWEEP_PORT']}", 2, pid)
+        assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
+        seen = []
+        table = run_sweep(closed_form_fn, MULTI_GRID, store=out, chunk=MULTI_CHUNK, progress=seen.append)
+        if pid == 0:
+            assert {i["n_devices"] for i in seen} == {4}
+            loaded = sum(not i["computed"] for i in seen)
+            np.savez(os.path.join(out, "table.npz"), loaded=loaded, **table)
+        else:
+            assert table is None
     elif mode == "kill":
         k = int(os.environ["SWEEP_KILL_AFTER"])
         computed = []
@@ -89,12 +104,16 @@ def _worker(mode: str, out: str) -> None:
         raise SystemExit(f"unknown mode {mode}")
 
 
-def _run_worker(mode, out, **env):
+def _worker_env(**env):
     full_env = dict(os.environ, OPENBLAS_NUM_THREADS="1", **env)
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    return full_env
+
+
+def _run_worker(mode, out, **env):
     return subprocess.run(
         [sys.executable, os.path.abspath(__file__), mode, str(out)],
-        env=full_env,
+        env=_worker_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -271,6 +290,46 @@ def test_four_devices_same_results(tmp_path, rnn_table):
     with np.load(out, allow_pickle=True) as z:
         four = {k: z[k] for k in z.files}
     _assert_tables_equal(rnn_table, four)
+
+
+MULTI_GRID = Grid(static={"p": [1, 2], "k": [3]}, traced={"a": [0.5, 1.5, -2.0, 3.0], "seed": [0, 7, 9]})
+MULTI_CHUNK = 5  # 12 configurations per group -> chunks of 5, 5, 2; 6 chunks in all
+
+
+def test_two_processes_resume_same_results(tmp_path):
+    """The multi-host path: 2 processes x 2 CPU devices (jax.distributed, gloo collectives) on a store that
+    already holds 2 chunks: process 0 decides what is done, both compute the rest, process 0 writes."""
+    store = tmp_path / "store"
+    reference = run_sweep(closed_form_fn, MULTI_GRID, store=store, chunk=MULTI_CHUNK)
+    chunks = sorted(f for f in os.listdir(store) if f.startswith("chunk-"))
+    for f in chunks[2:]:
+        os.unlink(store / f)
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(XLA_FLAGS="--xla_force_host_platform_device_count=2", SWEEP_PORT=port)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "multi", str(store)],
+            env=_worker_env(**env, SWEEP_PROCESS_ID=str(pid)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    with np.load(store / "table.npz", allow_pickle=True) as z:
+        multi = {k: z[k] for k in z.files}
+    assert int(multi.pop("loaded")) == 2
+    _assert_tables_equal(reference, multi)
+    assert len([f for f in os.listdir(store) if f.startswith("chunk-")]) == len(chunks) == 6
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ Several hosts: after ``jax.distributed.initialize()``, ``jax.devices()`` spans e
 works unchanged: every process runs ``run_sweep`` with the same grid; which chunks are done is decided by
 process 0 and broadcast; inputs are built with ``jax.make_array_from_callback`` (each process fills its own
 shards); results are gathered with ``multihost_utils.process_allgather``; only process 0 reads and writes
-the store and returns the table (other processes return ``None``). This path has not been run on several
-hosts yet.
+the store and returns the table (other processes return ``None``). This path is tested with 2 processes
+on one machine (CPU devices, gloo collectives), not yet across real hosts.
 """
 
 from __future__ import annotations

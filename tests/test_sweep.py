@@ -388,6 +388,17 @@ def test_store_keys_tag_and_chunking(tmp_path):
     _assert_tables_equal(t1, load_table(tmp_path, tag="v1"))
 
 
+def test_results_with_different_shapes_per_group(tmp_path):
+    """z has k entries: k differs between static groups, so z becomes an object column of per-row arrays."""
+    g = Grid(static={"p": [1], "k": [2, 3]}, traced={"a": [1.0, 2.0], "seed": [0]})
+    t = run_sweep(closed_form_fn, g, store=tmp_path)
+    assert t["z"].dtype == object and t["y"].dtype == np.float32
+    expected = [np.arange(2) * 1.0, np.arange(2) * 2.0, np.arange(3) * 1.0, np.arange(3) * 2.0]
+    for got, want in zip(t["z"], expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    _assert_tables_equal(t, load_table(tmp_path))
+
+
 def test_to_dataframe(rnn_table):
     pd = pytest.importorskip("pandas")
     df = to_dataframe(rnn_table)

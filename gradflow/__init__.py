@@ -12,6 +12,14 @@ from gradflow.step import as_step, check_finite, unroll, unroll_cell  # noqa: E4
 
 # --- engine (gradflow.jacobians, streaming, spectra, lyapunov, estimators, batch) ---
 # isort: split
+from gradflow.batch import (  # noqa: E402,F401
+    BatchBlockNorms,
+    FrozenComparison,
+    batch_block_norms,
+    batch_blocks,
+    frozen_statistics_comparison,
+)
+from gradflow.estimators import HutchinsonResult, PowerResult, hutchinson_frobenius, top_singular_value  # noqa: E402,F401
 from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
 from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F401
 from gradflow.spectra import GrowthRate, SpectrumResult, growth_rate, spectra, spectrum_of  # noqa: E402,F401
@@ -23,7 +31,9 @@ from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E40
 from gradflow import theory  # noqa: E402,F401
 
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
+# isort: split
+from gradflow import tasks, train  # noqa: E402,F401
 
 # --- sweeps (gradflow.sweep) ---
 # isort: split
-from gradflow.sweep import Grid, load_table, run_sweep, to_dataframe  # noqa: E402,F401
+from gradflow.sweep import Grid, load_table, pivot, run_sweep, to_dataframe  # noqa: E402,F401

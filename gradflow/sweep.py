@@ -55,7 +55,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["Grid", "run_sweep", "load_table", "to_dataframe", "grid_sharding"]
+__all__ = ["Grid", "run_sweep", "load_table", "pivot", "to_dataframe", "grid_sharding"]
 
 _FORMAT = 1
 _PREFIX = "chunk-"
@@ -567,6 +567,57 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
         vals = [res[k] for _, res in ordered]
         table[k] = _concat([np.asarray(v)[None] for v in vals])
     return table
+
+
+def pivot(table: Mapping[str, np.ndarray], axes: Sequence[str], column: str) -> tuple[dict, np.ndarray]:
+    """Reshape one result column of a tidy table into an array indexed by some of its axes.
+
+    Args:
+        table: a table from :func:`run_sweep` or :func:`load_table`.
+        axes: column names whose values index the output (each row must be identified by them alone).
+        column: the result column to reshape; rows may hold arrays of one common shape S.
+
+    Returns:
+        ``(coords, array)``: ``coords[axis]`` the axis's values in order of first appearance (grid order for
+        ``run_sweep``'s table), ``array`` of shape ``(len(coords[a0]), len(coords[a1]), ...) + S``.
+
+    Raises:
+        ValueError: unknown column, rows not identified by ``axes`` (a repeated combination), missing
+            combinations, or per-row arrays of different shapes.
+
+    Example:
+        >>> t = run_sweep(lambda s: (lambda c: {"y": c["a"] * c["b"]}),
+        ...               Grid(traced={"a": [1.0, 2.0], "b": [10.0, 20.0, 30.0]}))
+        >>> coords, y = pivot(t, ["a", "b"], "y")
+        >>> y.shape, y[1, 2].item()
+        ((2, 3), 60.0)
+    """
+    axes = list(axes)
+    for name in [*axes, column]:
+        if name not in table:
+            raise ValueError(f"unknown column {name!r}; the table has {sorted(table)}")
+    values = table[column]
+    if values.dtype == object:
+        if len({np.shape(v) for v in values}) > 1:
+            raise ValueError(f"column {column!r} holds arrays of different shapes; pivot one static group")
+        values = np.stack([np.asarray(v) for v in values])
+    coords, index = {}, []
+    for a in axes:
+        col = np.asarray(table[a])
+        uniq = list(dict.fromkeys(col.tolist()))
+        pos = {v: i for i, v in enumerate(uniq)}
+        coords[a] = np.array(uniq)
+        index.append(np.array([pos[v] for v in col.tolist()], dtype=np.int64))
+    shape = tuple(len(coords[a]) for a in axes)
+    flat = np.ravel_multi_index(index, shape) if axes else np.zeros(len(values), np.int64)
+    counts = np.bincount(flat, minlength=math.prod(shape))
+    if counts.max(initial=0) > 1:
+        raise ValueError(f"rows are not identified by {axes}: add the other varying axes")
+    if counts.min(initial=1) == 0:
+        raise ValueError(f"the table lacks {int(np.sum(counts == 0))} combination(s) of {axes}")
+    out = np.empty((math.prod(shape),) + values.shape[1:], values.dtype)
+    out[flat] = values
+    return coords, out.reshape(shape + values.shape[1:])
 
 
 def to_dataframe(table: Mapping[str, np.ndarray]):

@@ -18,7 +18,7 @@ import pytest
 
 import gradflow
 from gradflow.jacobians import jacobian_norms
-from gradflow.sweep import Grid, load_table, run_sweep, to_dataframe
+from gradflow.sweep import Grid, load_table, pivot, run_sweep, to_dataframe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -397,6 +397,28 @@ def test_results_with_different_shapes_per_group(tmp_path):
     for got, want in zip(t["z"], expected, strict=True):
         np.testing.assert_array_equal(got, want)
     _assert_tables_equal(t, load_table(tmp_path))
+
+
+def test_pivot(rnn_table):
+    coords, rate = pivot(rnn_table, ["T", "gain", "seed"], "rate")
+    assert rate.shape == (2, 5, 3)
+    np.testing.assert_array_equal(coords["T"], [12, 16])
+    np.testing.assert_array_equal(coords["gain"], [0.5, 1.0, 1.5, 3.0, 5.0])
+    for T, g, s, r in zip(
+        rnn_table["T"], rnn_table["gain"], rnn_table["seed"], rnn_table["rate"], strict=True
+    ):
+        i, j, k = list(coords["T"]).index(T), list(coords["gain"]).index(g), list(coords["seed"]).index(s)
+        assert rate[i, j, k] == r
+    _, h = pivot(rnn_table, ["seed", "gain", "T"], "h_T")  # axes in any order; trailing result shape kept
+    assert h.shape == (3, 5, 2, 6)
+    np.testing.assert_array_equal(h[2, 4, 1], rnn_table["h_T"][-1])
+    with pytest.raises(ValueError, match="not identified"):
+        pivot(rnn_table, ["gain", "seed"], "rate")
+    with pytest.raises(ValueError, match="unknown column"):
+        pivot(rnn_table, ["gain"], "nope")
+    partial = {k: v[:-1] for k, v in rnn_table.items()}
+    with pytest.raises(ValueError, match="lacks 1 combination"):
+        pivot(partial, ["T", "gain", "seed"], "rate")
 
 
 def test_to_dataframe(rnn_table):

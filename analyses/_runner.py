@@ -30,8 +30,9 @@ Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, `
   unfinished analysis, dropped when it finishes.
 
 Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow package
-and the analysis module's source without its ``plot`` / ``_plot*`` functions (so a change to the code that
-produces numbers recomputes them, a change to a figure's looks only redraws it). The plot key hashes the data
+and the analysis module's code without its ``plot`` / ``_plot*`` functions, docstrings and comments (so a
+change to the code that produces numbers recomputes them; a change to a figure's looks or to the text only
+redraws). The plot key hashes the data
 key, the whole module source and ``analyses/_style.py``. An analysis whose sidecar holds the current data key
 is not recomputed; it is redrawn from its saved data when the plot key differs or a figure file is missing.
 ``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
@@ -289,11 +290,17 @@ def gradflow_code_hash() -> str:
 
 
 def _source_without_plot(source: str) -> str:
-    """Module source with ``plot`` and ``_plot*`` functions removed (canonical ``ast`` form)."""
+    """Module source without ``plot`` / ``_plot*`` functions, docstrings and comments (``ast`` form)."""
     tree = ast.parse(source)
     tree.body = [n for n in tree.body
                  if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
                          and (n.name == "plot" or n.name.startswith("_plot")))]
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
     return ast.unparse(tree)
 
 

@@ -59,6 +59,12 @@ PRESET_COLORS = {
     "gru": "#393b79",
 }
 
+#: A fixed marker per preset, so that overlapping curves stay distinguishable.
+PRESET_MARKERS = {
+    "tanh": "o", "linear": "x", "bn_notanh": "s", "bn_input_tanh": "v", "bn_tanh": "D", "ln_notanh": "^",
+    "ln_tanh": "<", "lstm": ">", "bn_lstm": "P", "ln_lstm": "*", "gru": "h",
+}
+
 PRESET_LABELS = {
     "tanh": "tanh",
     "linear": "linear (no tanh)",
@@ -95,6 +101,11 @@ def apply() -> None:
 def color(name: str, i: int = 0):
     """The colour of a preset (a stable fallback colour for other names, indexed by ``i``)."""
     return PRESET_COLORS.get(name, _FALLBACK[i % len(_FALLBACK)])
+
+
+def marker(name: str) -> str:
+    """The marker of a preset ("o" for other names)."""
+    return PRESET_MARKERS.get(name, "o")
 
 
 def label(name: str) -> str:

@@ -124,7 +124,7 @@ def plot(data: dict) -> dict:
     ax = axes[len(presets)]
     for i, p in enumerate(presets):
         r = data["rate"][i].mean(axis=1)
-        ax.plot(gains, r, "o-", color=_style.color(p, i), label=p, ms=3)
+        ax.plot(gains, r, "-", marker=_style.marker(p), color=_style.color(p, i), label=p, ms=3, mfc="none")
     ax.axhline(0.0, color="0.4", lw=0.7)
     ax.set_xscale("log")
     ax.set_xticks(gains)

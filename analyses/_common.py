@@ -242,7 +242,7 @@ def _forward_fn(cell, train: bool, checkpoints: tuple):
             hnorm = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(new_carry["h"]), axis=-1)))
             return (new_carry, Q, logscale, buf), (logscale, hnorm)
 
-        init = (carry0, Q0, jnp.zeros((), jnp.float32), buf0)
+        init = (carry0, Q0, jnp.zeros((), xs.dtype), buf0)
         (_, _, _, buf), (logfro, hnorm) = jax.lax.scan(body, init, (xs, jnp.arange(xs.shape[0])))
         return logfro, hnorm, buf
 

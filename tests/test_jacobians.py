@@ -244,3 +244,20 @@ def test_bad_inputs_raise_clear_errors():
         jacobians(lambda c, x: c, carry, xs, wrt={"h": False, "t": True})
     with pytest.raises(ValueError, match="wrt"):
         jacobians(lambda c, x: c, carry, xs, wrt={"q": True})
+
+
+def test_real_preset_bn_lstm_train_mode(x64):
+    """gradflow's own bn_lstm cell in train mode (batch-coupled, dict carry with an int32 't')."""
+    import gradflow
+
+    d, din, B, T = 2, 2, 3, 4
+    cell = gradflow.make_cell("bn_lstm", d, din, dtype="float64")
+    variables = gradflow.init_cell(cell, jax.random.PRNGKey(0), batch_size=B)
+    step = gradflow.as_step(cell, variables, train=True)
+    carry0 = cell.initialize_carry(B)
+    carry0 = {**carry0, "h": _rand(30, (B, d), 0.5), "c": _rand(31, (B, d), 0.5)}
+    xs = _rand(32, (T, B, din))
+    r = jacobians(step, carry0, xs)
+    assert r.matrices.shape == (T, 2 * B * d, 2 * B * d)
+    np.testing.assert_allclose(r.matrices, jacfwd_product(step, carry0, xs), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(r.matrices[1], fd_jacobian(step, carry0, xs, 1), rtol=1e-6, atol=1e-8)

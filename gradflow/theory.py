@@ -21,9 +21,12 @@ Batch-coupled Jacobians (BN in train mode) are over the whole batch state (n = B
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -606,9 +609,6 @@ def measure_top_exponent(step, carry0, xs, key, burn: int | None = None) -> tupl
     Returns:
         (mean log growth per step after the transient, its standard error from the per-step scatter).
     """
-    import jax
-    import jax.numpy as jnp
-
     T = int(jnp.shape(xs)[0])
     burn = T // 3 if burn is None else int(burn)
     if not 0 <= burn < T - 1:
@@ -653,6 +653,26 @@ def measure_top_exponent(step, carry0, xs, key, burn: int | None = None) -> tupl
     return float(logs.mean()), float(logs.std() / math.sqrt(len(logs)))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _cell_tangent_logs(cell, variables, carry0, xs, v0, dkey):
+    """Per-step log growth of one tangent of carry["h"] through our rnn-family cell in train mode (the cell's
+    own ``apply``, batch statistics, dropout with ``dkey`` folded per step by the cell)."""
+    rngs = {"dropout": dkey} if cell.spec.dropout > 0 else {}
+
+    def step(c, x):
+        (new, _), _ = cell.apply(variables, c, x, train=True, mutable=["batch_stats"], rngs=rngs)
+        return new
+
+    def body(cv, x):
+        c, v = cv
+        f = lambda h: step({**c, "h": h}, x)["h"]
+        h2, v2 = jax.jvp(f, (c["h"],), (v,))
+        n = jnp.linalg.norm(v2)
+        return ({**c, "h": h2, "t": c["t"] + 1}, v2 / n), jnp.log(n)
+
+    return jax.lax.scan(body, (carry0, v0), xs)[1]
+
+
 _MEASURABLE = ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh")
 
 
@@ -674,8 +694,8 @@ def theory_vs_measurement(
     (scale of the recurrent-path normalization), ``gamma_x`` (BN_x scale), ``has_input`` (default True:
     x_t ~ N(0, 1) i.i.d.; False: x_t = 0), ``dropout`` (hidden dropout p, fresh mask per step), ``seed``
     (default 0). The cell is built with `gradflow.make_cell`, the normalization scales are overwritten
-    after init, the step runs in train mode (`gradflow.as_step`), and the measurement is
-    `measure_top_exponent` on the whole carry.
+    after init, the cell runs in train mode (its own ``apply``, as `gradflow.as_step` wraps it), and
+    the measurement is     `measure_top_exponent` on the whole carry.
 
     Returns:
         dict of (n_configs,) arrays: "predicted", "measured", "stderr", "tied_correction" (ln
@@ -686,11 +706,7 @@ def theory_vs_measurement(
         >>> out = theory_vs_measurement("bn_notanh", [{"gamma_x": 0.0}], hidden_size=32,
         ...                             batch_size=8, steps=60, key=jax.random.PRNGKey(0))  # doctest: +SKIP
     """
-    import jax
-    import jax.numpy as jnp
-
     from gradflow import cells as _cells
-    from gradflow.step import as_step
 
     if name not in _MEASURABLE:
         raise ValueError(f"theory_vs_measurement supports {_MEASURABLE}, got {name!r}")
@@ -709,12 +725,15 @@ def theory_vs_measurement(
         p = float(cfg.get("dropout", 0.0))
         has_input = bool(cfg.get("has_input", True))
         seed = int(cfg.get("seed", 0))
+        # gain 1 in the spec and W_hh scaled by g afterwards (same law as the gaussian init with gain g): one
+        # compiled runner per (preset, sizes, dropout) serves every gain and γ
         cell = _cells.make_cell(
-            name, hidden_size, input_size, gain=g, recurrent_init="gaussian", dropout=p, dtype=dtype
+            name, hidden_size, input_size, gain=1.0, recurrent_init="gaussian", dropout=p, dtype=dtype
         )
         k_init, k_x, k_v, k_d = jax.random.split(jax.random.fold_in(key, 1000 * i + seed), 4)
         variables = _cells.init_cell(cell, k_init, batch_size=batch_size)
         params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+        params["W_hh"] = params["W_hh"] * g
         gh = cfg.get("gamma")
         gx = cfg.get("gamma_x")
         for sub in ("bn_h", "ln_h", "ln_sum"):
@@ -725,14 +744,21 @@ def theory_vs_measurement(
         gh_used = float(next((params[s]["scale"][0] for s in ("bn_h", "ln_h", "ln_sum") if s in params), 1.0))
         gx_used = float(params["bn_x"]["scale"][0]) if "bn_x" in params else 0.0
         variables = {**variables, "params": params}
-        step = as_step(cell, variables, train=True, key=k_d if p > 0 else None)
         dt = jnp.float64 if dtype == "float64" else jnp.float32
         xs = jax.random.normal(k_x, (steps, batch_size, input_size), dt)
         if not has_input:
             xs = jnp.zeros_like(xs)
         carry0 = cell.initialize_carry(batch_size)
         carry0 = {**carry0, "h": jax.random.normal(k_v, carry0["h"].shape, dt)}
-        meas, se = measure_top_exponent(step, carry0, xs, jax.random.fold_in(k_v, 1), burn)
+        v0 = jax.random.normal(jax.random.fold_in(k_v, 1), carry0["h"].shape, dt)
+        logs = np.asarray(_cell_tangent_logs(cell, variables, carry0, xs, v0 / jnp.linalg.norm(v0), k_d))
+        b0 = steps // 3 if burn is None else int(burn)
+        if not 0 <= b0 < steps - 1:
+            raise ValueError(f"burn must be in [0, steps-1), got {b0}")
+        logs = logs[b0:]
+        if not np.all(np.isfinite(logs)):
+            raise ValueError(f"non-finite tangent growth for configuration {cfg}")
+        meas, se = float(logs.mean()), float(logs.std() / math.sqrt(len(logs)))
         sx2 = input_drive_variance(params["W_xh"], 1.0) if has_input else 0.0
         pred = predict_rate(
             name,

@@ -2,10 +2,11 @@
 configurations, measured in the same run.
 
 The swept function is a real engine measurement: the per-step growth rate of ∂h_T/∂h_0 of a tanh cell,
-``log σ_max(∂h_T/∂h_0) / T`` from :func:`gradflow.jacobians.jacobian_norms`, across recurrent gains and seeds.
-The loop calls one jitted single-configuration function per configuration; the sweep evaluates the same
-function vmapped over chunks, sharded over every device. Both are compiled first (compile times are printed
-apart), the results are checked equal, then each is timed over ``--repeats`` passes (best pass kept).
+``log σ_max(∂h_T/∂h_0) / T`` from :func:`gradflow.streaming.streaming_log_norms` (exact, renormalized),
+across recurrent gains and seeds. The loop calls one jitted single-configuration function per
+configuration; the sweep evaluates the same function vmapped over chunks, sharded over every device. Both
+are compiled first (compile times are printed apart), the results are checked equal (on the contracting
+configurations, see ``measure``), then each is timed over ``--repeats`` passes (best pass kept).
 
 ``python -m benchmarks.bench_sweep [--quick] [--d 32] [--T 64] [--gains 16] [--seeds 8]``
 """
@@ -21,11 +22,10 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gradflow  # noqa: E402
-from gradflow.jacobians import jacobian_norms  # noqa: E402
+from gradflow.streaming import streaming_log_norms  # noqa: E402
 from gradflow.sweep import Grid, run_sweep  # noqa: E402
 
 
@@ -48,8 +48,8 @@ def rate_fn(static):
         params = {**variables["params"], "W_hh": w * c["gain"].astype(w.dtype)}
         step = gradflow.as_step(cell, {**variables, "params": params})
         xs = jax.random.normal(k_x, (T, B, 1), dtype)
-        r = jacobian_norms(step, cell.initialize_carry(B), xs, spectral=static["spectral"])
-        log_norms = jnp.log(r.spectral_norms)
+        r = streaming_log_norms(step, cell.initialize_carry(B), xs, spectral=static["spectral"])
+        log_norms = r.log_spectral
         return {"rate": log_norms[0] / T, "log_norms": log_norms}
 
     return f
@@ -92,7 +92,8 @@ def measure(d=32, T=64, n_gains=16, n_seeds=8, batch=1, spectral="svd", chunk=No
 
     Keys: n (configurations), devices, loop_compile_s, sweep_compile_s, loop_cps, sweep_cps,
     sweep_store_cps (with atomic chunk writes), resume_cps (a finished store, load only), speedup
-    (sweep_cps / loop_cps), max_abs_diff (rates, sweep vs loop).
+    (sweep_cps / loop_cps), n_contracting, max_abs_diff and max_log_norm_diff (sweep vs loop on the
+    contracting configurations, checked), max_abs_diff_chaotic (reported only).
     """
     grid = Grid(
         static={"preset": [preset], "d": [d], "T": [T], "B": [batch], "spectral": [spectral]},
@@ -110,13 +111,19 @@ def measure(d=32, T=64, n_gains=16, n_seeds=8, batch=1, spectral="svd", chunk=No
     table = sweep()
     sweep_first = time.perf_counter() - start
 
+    # Same results: where the dynamics contract (rate < 0), rounding differences between the batched and the
+    # unbatched compilation shrink along the trajectory, so the two must agree closely. Where the rate is
+    # positive (chaotic), a float32 trajectory decorrelates from any differently-rounded one after ~15/rate
+    # steps, so per-configuration values legitimately differ; there we only report the difference (in float64
+    # the two agree to ~1e-12 at these sizes).
     diff = np.abs(table["rate"] - loop_out["rate"])
-    if not np.allclose(table["rate"], loop_out["rate"], rtol=1e-4, atol=1e-5):
-        raise AssertionError(f"sweep and loop disagree: max |diff| = {diff.max():.3g}")
-    # float32: batched and unbatched kernels round differently and chaotic gains amplify it over the lags
-    # (up to ~1e-3 in a log-norm at d=16, T=32; in float64 the two agree to ~1e-12).
-    log_diff = np.abs(table["log_norms"] - loop_out["log_norms"]).max()
-    if log_diff > 1e-2:
+    stable = (table["rate"] < -0.02) & (loop_out["rate"] < -0.02)
+    if not stable.any():
+        raise AssertionError("no contracting configuration to compare sweep and loop on; include small gains")
+    if not np.allclose(table["rate"][stable], loop_out["rate"][stable], rtol=1e-4, atol=1e-5):
+        raise AssertionError(f"sweep and loop disagree: max |rate diff| = {diff[stable].max():.3g}")
+    log_diff = np.abs(table["log_norms"][stable] - loop_out["log_norms"][stable]).max()
+    if log_diff > 1e-3:
         raise AssertionError(f"sweep and loop disagree on the all-lag log-norms: max |diff| = {log_diff:.3g}")
 
     loop_s = _best(lambda: python_loop(rate_fn, grid), repeats)
@@ -140,8 +147,10 @@ def measure(d=32, T=64, n_gains=16, n_seeds=8, batch=1, spectral="svd", chunk=No
         "sweep_store_cps": n / store_s,
         "resume_cps": n / resume_s,
         "speedup": loop_s / sweep_s,
-        "max_abs_diff": float(diff.max()),
+        "n_contracting": int(stable.sum()),
+        "max_abs_diff": float(diff[stable].max()),
         "max_log_norm_diff": float(log_diff),
+        "max_abs_diff_chaotic": float(diff[~stable].max(initial=0.0)),
     }
 
 
@@ -158,8 +167,10 @@ def report(r) -> str:
             f"vectorized sweep (vmap + sharding), in memory:  {r['sweep_cps']:10.1f} configurations/s",
             f"vectorized sweep, atomic chunk writes to disk:  {r['sweep_store_cps']:10.1f} configurations/s",
             f"resuming a finished store (load only):          {r['resume_cps']:10.1f} configurations/s",
-            f"ratio sweep / loop: {r['speedup']:.2f}x "
-            f"(results equal: max |rate diff| {r['max_abs_diff']:.2g})",
+            f"ratio sweep / loop: {r['speedup']:.2f}x",
+            f"same results on the {r['n_contracting']} contracting configurations: max |rate diff| "
+            f"{r['max_abs_diff']:.2g}, max |log-norm diff| {r['max_log_norm_diff']:.2g}; chaotic ones "
+            f"(float32 trajectories decorrelate): max |rate diff| {r['max_abs_diff_chaotic']:.2g}",
         ]
     )
 

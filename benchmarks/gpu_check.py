@@ -14,7 +14,10 @@ What it measures, all in this run on ``jax.devices()[0]``:
    ``spectral=None``). The useful work is one (n, n) @ (n, n) product per step, 2·n³·T flops; the script
    reports that rate as a fraction of the matmul rate measured at the same n and precision.
 3. A small sweep (``benchmarks.bench_sweep.measure``: tanh-cell rates across gains x seeds, vectorized
-   vs a Python loop, results checked equal).
+   vs a Python loop, results checked equal), at ``"highest"`` matmul precision.
+
+Each stage's results are written as soon as it ends; a failing engine path or sweep is recorded as an error
+and the script goes on.
 
 The results are printed and written as JSON to ``--json`` (default ``$OUT/gpu_check.json`` when ``OUT`` is
 set).
@@ -138,6 +141,14 @@ def main(argv=None):
     if info["platform"] != "gpu" and not args.tiny:
         print("warning: no GPU found; these are not GPU figures", flush=True)
     results = {"device": info, "tiny": args.tiny, "matmul": [], "engine": [], "sweep": None}
+    path = args.json or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
+    started = time.perf_counter()
+
+    def save():  # after every stage, so that a run cut short keeps what it measured
+        results["elapsed_s"] = time.perf_counter() - started
+        if path:
+            with open(path, "w") as fh:
+                json.dump(results, fh, indent=1)
 
     for n in sizes:
         rates = {}
@@ -145,8 +156,12 @@ def main(argv=None):
             rates[precision] = matmul_rate(n, None if precision == "default" else precision)
             results["matmul"].append({"n": n, "precision": precision, "flops_per_s": rates[precision]})
             print(f"matmul n={n} precision={precision}: {rates[precision] / 1e12:.2f} TFLOP/s", flush=True)
+        save()
         for method in methods:
-            r = engine_case(n, T, method)
+            try:
+                r = engine_case(n, T, method)
+            except Exception as err:  # record and go on: one failing path must not hide the others
+                r = {"n": n, "T": T, "method": method, "skipped": f"error: {type(err).__name__}: {err}"}
             if "skipped" not in r:
                 r["fraction_of_matmul_default"] = r["flops_per_s"] / rates["default"]
                 r["fraction_of_matmul_highest"] = r["flops_per_s"] / rates["highest"]
@@ -162,6 +177,7 @@ def main(argv=None):
             else:
                 print(f"engine {method} n={n}: skipped ({r['skipped']})", flush=True)
             results["engine"].append(r)
+            save()
 
     if not args.no_sweep:
         from benchmarks.bench_sweep import measure, report
@@ -171,15 +187,18 @@ def main(argv=None):
             if args.tiny
             else dict(d=128, T=256, n_gains=16, n_seeds=16)
         )
-        r = measure(**size, spectral="power")
-        print(report(r), flush=True)
+        try:
+            # "highest": the sweep-vs-loop check compares float32 results, which TF32 would blur
+            with jax.default_matmul_precision("highest"):
+                r = measure(**size, spectral="power")
+            print(report(r), flush=True)
+        except Exception as err:
+            r = {"error": f"{type(err).__name__}: {err}"}
+            print("sweep failed:", r["error"], flush=True)
         results["sweep"] = r
 
-    path = args.json or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
-    if path:
-        with open(path, "w") as fh:
-            json.dump(results, fh, indent=1)
-        print("wrote", path, flush=True)
+    save()
+    print(f"done in {results['elapsed_s']:.0f} s" + (f"; wrote {path}" if path else ""), flush=True)
     return results
 
 

@@ -50,7 +50,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -178,7 +177,7 @@ class Grid:
         names = list(self.traced)
         grids = np.meshgrid(*self.traced.values(), indexing="ij")
         cols = {}
-        float_dtype = jnp.zeros((), float).dtype
+        float_dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float32 unless x64 is on
         for name, g in zip(names, grids, strict=True):
             flat = g.reshape(-1)
             kind = flat.dtype.kind

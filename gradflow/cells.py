@@ -34,6 +34,7 @@ BN_c / LN_c always has its own β.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -555,7 +556,7 @@ def init_cell(cell: _Cell, key: jax.Array, batch_size: int = 1) -> dict:
     Args:
         cell: one of our cells (`make_cell`).
         key: PRNG key.
-        batch_size: batch used to trace the init (> 0; the variables do not depend on it).
+        batch_size: > 0; kept for API symmetry, the variables do not depend on it.
 
     Returns:
         ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` only when the cell has BN; running means 0,
@@ -564,7 +565,20 @@ def init_cell(cell: _Cell, key: jax.Array, batch_size: int = 1) -> dict:
     if not isinstance(cell, _Cell):
         raise ValueError(f"init_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     _check_positive_int("batch_size", batch_size)
-    carry = cell.initialize_carry(batch_size)
-    x = jnp.zeros((batch_size, cell.input_size), cell.dtype)
-    variables = cell.init({"params": key}, carry, x, train=False)
-    return {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
+    cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)
+    # the variables do not depend on the batch size: one compiled init per cell configuration
+    return _jitted_init(type(cell), cell.spec, cell.hidden_size, cell.input_size)(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted_init(cls, spec, hidden_size, input_size):
+    """One compiled init per cell configuration (eager init compiles every initializer op separately)."""
+    cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
+
+    def init(key):
+        carry = cell.initialize_carry(1)
+        x = jnp.zeros((1, input_size), cell.dtype)
+        variables = cell.init({"params": key}, carry, x, train=False)
+        return {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
+
+    return jax.jit(init)

@@ -239,12 +239,17 @@ def _write_chunk(
 
 
 def _read_chunk(path: str) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["_meta"]))
-        cols = {k[4:]: z[k] for k in z.files if k.startswith("cfg:")}
-        out = {k[4:]: z[k] for k in z.files if k.startswith("out:")}
-    cols = {k: cols[k] for k in meta["traced_names"]}
-    out = {k: out[k] for k in meta["result_names"]}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["_meta"]))
+            cols = {k[4:]: z[k] for k in z.files if k.startswith("cfg:")}
+            out = {k[4:]: z[k] for k in z.files if k.startswith("out:")}
+        cols = {k: cols[k] for k in meta["traced_names"]}
+        out = {k: out[k] for k in meta["result_names"]}
+    except Exception as err:  # our writes are atomic: this is a file damaged or written by something else
+        raise ValueError(
+            f"chunk file {path} is unreadable ({type(err).__name__}: {err}); delete it to recompute"
+        ) from err
     return meta, cols, out
 
 
@@ -385,6 +390,8 @@ def run_sweep(
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if not isinstance(tag, str):
         raise ValueError(f"tag must be a str, got {type(tag).__name__}")
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise ValueError(f"progress must be None, a bool or a callable, got {type(progress).__name__}")
     sharding = grid_sharding(devices)
     n_dev = sharding.mesh.devices.size
     writer = jax.process_index() == 0

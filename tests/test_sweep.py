@@ -202,8 +202,15 @@ def test_run_sweep_rejects_bad_input(tmp_path):
         run_sweep(lambda s: lambda c: {"a": c["a"]}, g)
     with pytest.raises(ValueError, match="callable"):
         run_sweep(lambda s: 3, g)
+    with pytest.raises(ValueError, match="progress"):
+        run_sweep(ok, g, progress="yes")
     with pytest.raises(ValueError, match="no completed chunks"):
         load_table(tmp_path)
+    run_sweep(ok, g, store=tmp_path)
+    (chunk,) = [f for f in os.listdir(tmp_path) if f.startswith("chunk-")]
+    (tmp_path / chunk).write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="unreadable"):
+        run_sweep(ok, g, store=tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------

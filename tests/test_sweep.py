@@ -78,7 +78,10 @@ def _worker(mode: str, out: str) -> None:
         np.savez(out, **table)
     elif mode == "multi":
         # several processes ("hosts") on this machine, CPU collectives over gloo
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except Exception:  # a jaxlib without CPU collectives: the test skips
+            raise SystemExit(77) from None
         pid = int(os.environ["SWEEP_PROCESS_ID"])
         jax.distributed.initialize(f"localhost:{os.environ['SWEEP_PORT']}", 2, pid)
         assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
@@ -331,6 +334,8 @@ def test_two_processes_resume_same_results(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    if 77 in [p.returncode for p in procs]:
+        pytest.skip("this jaxlib has no CPU collectives (gloo)")
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     with np.load(store / "table.npz", allow_pickle=True) as z:
         multi = {k: z[k] for k in z.files}

@@ -1,12 +1,10 @@
 """Carry <-> state-vector flattening and input validation shared by the Jacobian engine.
 
 The engine differentiates a step ``step(carry, x_t) -> carry`` with respect to a *state vector*: the
-concatenation
-of the selected carry leaves, each flattened in C order (batch-major), in ``jax.tree_util`` leaf order. Only
-inexact
-(floating) leaves can be selected; integer leaves (a step counter ``t``) pass through untouched. An optional
-``wrt``
-pytree of bools (the carry's structure, or a prefix of it) narrows the selection further.
+concatenation of the selected carry leaves, each flattened in C order (batch-major), in ``jax.tree_util`` leaf
+order. Only inexact (floating) leaves can be selected; integer leaves (a step counter ``t``) pass through
+untouched. An optional ``wrt`` pytree of bools (the carry's structure, or a prefix of it) narrows the
+selection further.
 
 Example:
     >>> import jax.numpy as jnp
@@ -44,8 +42,7 @@ def resolve_mask(carry, wrt=None) -> tuple[bool, ...]:
 
     Raises:
         ValueError: if ``wrt`` is not a prefix of the carry's structure, selects an integer leaf explicitly
-            as the
-            only content, or selects nothing.
+            as the only content, or selects nothing.
     """
     leaves = jax.tree_util.tree_leaves(carry)
     if not leaves:
@@ -202,10 +199,8 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
     """Check that ``step``, ``carry0`` and ``xs`` fit together; return the StateMap and T.
 
     Checks (free, by ``jax.eval_shape``): ``xs`` leaves share a leading time axis T > 0; ``step(carry0,
-    xs[0])``
-    runs and returns a carry with the same structure, shapes and dtypes as ``carry0``. Eagerly (when not
-    traced):
-    ``carry0`` is finite.
+    xs[0])`` runs and returns a carry with the same structure, shapes and dtypes as ``carry0``. Eagerly (when
+    not traced): ``carry0`` is finite.
 
     Raises:
         ValueError: naming the mismatch.

@@ -7,12 +7,10 @@ of h_T with respect to all eps at once: a single reverse pass whose cotangent is
 propagated backwards by one matrix product per step.
 
 :func:`jacobian_norms` computes the same norms by the same reverse pass written as an explicit reverse scan,
-but
-never stores the (T, n, n) matrices (memory O(n^2) beyond the stored forward states).
+but never stores the (T, n, n) matrices (memory O(n^2) beyond the stored forward states).
 
 The compiled functions are cached by ``jax.jit`` keyed on the step function object (static argument): reuse
-the
-same step object to avoid recompiling. All functions may also be called inside a user's ``jit``/``vmap``.
+the same step object to avoid recompiling. All functions may also be called inside a user's ``jit``/``vmap``.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow._state import StateMap, is_traced, resolve_mask, validate_inputs
+from gradflow._state import StateMap, is_traced, validate_inputs
 
 __all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory"]
 
@@ -36,8 +34,7 @@ class JacobianResult(NamedTuple):
 
     Attributes:
         matrices: (T, n, n) with ``matrices[t] = ∂h_T/∂h_t`` (rows: components of h_T, columns: of h_t), or
-            None
-            when only norms were asked for.
+            None when only norms were asked for.
         spectral_norms: (T,) largest singular value of ``matrices[t]`` (exact by SVD, or a power-iteration
             estimate when ``spectral="power"``; NaN when ``spectral=None``).
         frobenius_norms: (T,) Frobenius norm of ``matrices[t]``.
@@ -83,12 +80,10 @@ def _raise_if_nonfinite(flags) -> None:
 
 
 def power_norm(M, v, n_iter):
-    """``n_iter`` power iterations on M^T M from ``v``; returns (||M v||, v) with v normalized (a lower
-    bound).
+    """``n_iter`` power iterations on M^T M from ``v``; returns (||M v||, v), v normalized (a lower bound).
 
     The warm start ``v`` is mixed with a fixed spread-out vector so that a direction that decayed at earlier
-    lags
-    can be picked up again.
+    lags can be picked up again.
     """
     n = v.shape[0]
     r = jnp.cos(jnp.arange(n, dtype=v.dtype) * 2.399963) / jnp.sqrt(n / 2.0)
@@ -99,7 +94,7 @@ def power_norm(M, v, n_iter):
         w = M.T @ (M @ v)
         return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny), None
 
-    v, _ = jax.lax.scan(it, v, None, length=n_iter)
+    v, _ = jax.lax.scan(it, v, None, length=n_iter, unroll=max(1, min(n_iter, 8)))
     return jnp.linalg.norm(M @ v), v
 
 
@@ -155,20 +150,16 @@ def jacobians(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> 
         carry0: initial carry pytree h_0 (leaves with a leading batch axis B).
         xs: inputs, leaves with a leading time axis: (T, B, input_size).
         wrt: optional pytree of bools (the carry's structure or a prefix) selecting the leaves that make up
-            the
-            state; default all inexact leaves. With a partial selection the result is the corresponding block
-            of the
-            whole-state Jacobian (other leaves still carry the dynamics).
+            the state; default all inexact leaves. With a partial selection the result is the corresponding
+            block of the whole-state Jacobian (other leaves still carry the dynamics).
         spectral: "svd" (exact spectral norms by batched SVD, the default), "power" (warm-started power
-            iteration,
-            ``power_iters`` iterations per lag; a lower-bound estimate) or None (skip: NaN).
+            iteration, ``power_iters`` iterations per lag; a lower-bound estimate) or None (skip: NaN).
         power_iters: iterations per lag for ``spectral="power"``.
 
     Returns:
         JacobianResult with ``matrices`` (T, n, n), ``spectral_norms`` (T,), ``frobenius_norms`` (T,),
-        ``lags`` (T,).
-        Memory: T * n^2 numbers; use :func:`jacobian_norms` or :mod:`gradflow.streaming` when that does not
-            fit.
+        ``lags`` (T,). Memory: T * n^2 numbers; use :func:`jacobian_norms` or :mod:`gradflow.streaming` when
+        that does not fit.
 
     Raises:
         ValueError: if the step does not accept (carry0, xs[0]) or changes the carry's
@@ -237,7 +228,7 @@ def _norms_jit(step, mask, spectral, power_iters, carry0, xs):
         G, v = carry
         h, x = inp
         G = step_vjp_rows(step, full, h, x, G)
-        M = G[:, sel]
+        M = G if sel_map.n == full.n else G[:, sel]  # no gather when the whole state is selected
         fro = jnp.sqrt(jnp.sum(jnp.square(M)))
         if spectral == "svd":
             s = jnp.linalg.norm(M, ord=2)
@@ -256,8 +247,7 @@ def jacobian_norms(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20
 
     The same reverse pass as :func:`jacobians` written as a reverse ``lax.scan`` that carries the (n, n_full)
     cotangent matrix G_t = ∂h_T/∂h_t and reduces it to norms at each step (no renormalization: values are the
-    plain
-    products, so they can over/underflow for long sequences; see
+    plain products, so they can over/underflow for long sequences; see
     :func:`gradflow.streaming.streaming_log_norms`).
 
     Args:
@@ -310,7 +300,3 @@ def step_jacobians(step, carry0, xs, *, wrt=None):
     smap, _ = validate_inputs(step, carry0, xs, wrt)
     return _step_jacobians_jit(step, smap.mask, carry0, xs)
 
-
-def mask_for(carry0, wrt=None):
-    """The resolved per-leaf selection mask (a hashable tuple of bools)."""
-    return resolve_mask(carry0, wrt)

@@ -98,7 +98,7 @@ def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes):
         fn = jnp.sqrt(jnp.sum(jnp.square(G)))  # >= 1 unless G == 0
         G = G / jnp.where(fn > 0, fn, 1.0)
         s, c = _kahan_add(s, c, jnp.log(amax) + jnp.log(fn))
-        M = G[:, sel]
+        M = G if sel_map.n == full.n else G[:, sel]  # no gather when the whole state is selected
         log_f = s + jnp.log(jnp.sqrt(jnp.sum(jnp.square(M)))) + offset
         if spectral == "svd":
             log_s = s + jnp.log(jnp.linalg.norm(M, ord=2))

@@ -1,0 +1,189 @@
+"""Engine benchmarks: every number is a ratio against a baseline timed (or compiled) in the same run.
+
+``python -m benchmarks.bench_engine [--quick]``
+
+1. Exact all-lag norms (tanh RNN, B = 1, n = 256, T = 1000) as a fraction of the machine's dense float32
+   matmul rate, counting 2 T n^3 flops. The rate is the larger of one big (2048^2) matmul and a scan of T
+   n x n matmuls, both measured here.
+2. All-lag Jacobians versus each lag separately with ``jax.jacrev`` (n = 128, T = 1000): a few lags of the
+   per-lag baseline are timed (compiled once per lag, compile time excluded), time(lag) is fitted as
+   a + b * lag and summed over lag = 1..T (extrapolated).
+3. Peak memory of the streaming mode versus a bare forward pass (and the materialized mode) at n = 256,
+   T = 10^4, from XLA's compiled ``memory_analysis()`` (argument + output + temp bytes; nothing is run).
+4. Singular-value spectra at every lag versus the T SVDs alone, and a full Lyapunov spectrum (k = n = 128,
+   T = 10^4) versus a chain of T QR factorizations of n x n matrices.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gradflow.jacobians import _jacobians_jit, _norms_jit, jacobians  # noqa: E402
+from gradflow.lyapunov import _qr_jit  # noqa: E402
+from gradflow.spectra import _svals  # noqa: E402
+from gradflow.streaming import _stream_jit  # noqa: E402
+
+
+def _time(f, *args, repeats=3):
+    """Best wall time of ``repeats`` calls after one warm-up (compile) call."""
+    jax.block_until_ready(f(*args))
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _tanh_problem(n, T, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    W = jax.random.normal(k1, (n, n)) * (1.2 / np.sqrt(n))
+    step = lambda h, x: jnp.tanh(h @ W.T + x)
+    h0 = jnp.zeros((1, n))
+    xs = 0.5 * jax.random.normal(k2, (T, 1, n))
+    return step, h0, xs
+
+
+def matmul_rate(n, T, big):
+    """Dense float32 matmul rate (flop/s): max of one big x big matmul and a scan of T n x n matmuls."""
+    A = jax.random.normal(jax.random.PRNGKey(1), (big, big))
+    t_big = _time(jax.jit(lambda a: a @ a), A)
+    B = jax.random.normal(jax.random.PRNGKey(2), (n, n)) / np.sqrt(n)
+    chain = jax.jit(lambda c: jax.lax.scan(lambda c, _: (c @ B, None), c, None, length=T)[0])
+    t_chain = _time(chain, jnp.eye(n))
+    r_big, r_chain = 2 * big**3 / t_big, 2 * T * n**3 / t_chain
+    print(f"  dense f32 matmul: {big}^2 one-shot {r_big / 1e9:.1f} GFLOP/s; scan of {T} {n}^2 "
+          f"{r_chain / 1e9:.1f} GFLOP/s")
+    return max(r_big, r_chain)
+
+
+def bench_norms(n, T, big):
+    print(f"[1] exact all-lag norms, tanh RNN n={n}, T={T} (flops counted: 2 T n^3)")
+    rate = matmul_rate(n, T, big)
+    step, h0, xs = _tanh_problem(n, T)
+    flops = 2 * T * n**3
+    m = (True,)
+    rows = [
+        ("jacobians (one jacrev; matrices + Frobenius)", lambda: _jacobians_jit(step, m, None, 0, h0, xs)),
+        ("jacobian_norms (reverse scan; Frobenius only)", lambda: _norms_jit(step, m, None, 0, h0, xs)),
+        ("jacobian_norms (+ spectral, 4 power its/lag)", lambda: _norms_jit(step, m, "power", 4, h0, xs)),
+    ]
+    for name, f in rows:
+        t = _time(f)
+        print(f"  {name}: {t:.3f} s = {flops / t / rate:.0%} of the matmul rate")
+
+
+def bench_per_lag(n, T, lags):
+    print(f"[2] all-lag Jacobians vs each lag separately with jax.jacrev, n={n}, T={T}")
+    step, h0, xs = _tanh_problem(n, T, seed=1)
+    t_all = _time(lambda: _jacobians_jit(step, (True,), None, 0, h0, xs))
+    t_norms = _time(lambda: _norms_jit(step, (True,), None, 0, h0, xs))
+
+    def unroll(h, xs_tail):
+        return jax.lax.scan(lambda c, x: (step(c, x), None), h, xs_tail)[0]
+
+    per_lag = jax.jit(lambda h_t, xs_tail: jax.jacrev(lambda h: unroll(h, xs_tail).ravel())(h_t))
+    prefix = jax.jit(unroll)
+    times = []
+    for lag in lags:
+        t = T - lag
+        h_t = prefix(h0, xs[:t])
+        times.append(_time(per_lag, h_t, xs[t:], repeats=5))
+    b, a = np.polyfit(np.asarray(lags, float), np.asarray(times), 1)
+    all_lags = np.arange(1, T + 1)
+    total = float(np.sum(np.maximum(a + b * all_lags, 0)))
+    print(f"  all lags at once: {t_all:.3f} s; per-lag jacrev timed at lags {list(lags)}: "
+          + ", ".join(f"{x * 1e3:.1f} ms" for x in times))
+    print(f"  per-lag total extrapolated (time = a + b*lag fitted, summed over lag 1..{T}): {total:.1f} s")
+    print(f"  speedup of the all-lag matrices (jacobians): {total / t_all:.0f}x (extrapolated)")
+    print(f"  speedup of the all-lag norms (jacobian_norms, {t_norms:.3f} s): {total / t_norms:.0f}x "
+          "(extrapolated)")
+
+
+def _mem(compiled):
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+def bench_memory(n, T):
+    print(f"[3] peak memory, n={n}, T={T} (XLA compiled memory_analysis(): argument + output + temp - alias)")
+    W = jnp.eye(n) * 0.5
+    step = lambda h, x: jnp.tanh(h @ W.T + x)
+    h0 = jax.ShapeDtypeStruct((1, n), jnp.float32)
+    xs = jax.ShapeDtypeStruct((T, 1, n), jnp.float32)
+
+    def fwd(h, x):
+        return jax.lax.scan(lambda c, x: (step(c, x), c), h, x)
+
+    m_fwd = _mem(jax.jit(fwd).lower(h0, xs).compile())
+    m_stream = _mem(_stream_jit.lower(step, (True,), "power", 4, h0, xs, None).compile())
+    m_mat = _mem(_jacobians_jit.lower(step, (True,), None, 0, h0, xs).compile())
+    if m_fwd is None:
+        print("  memory_analysis() not available on this backend")
+        return
+    mb = 1024**2
+    print(f"  bare forward pass (stores the states): {m_fwd / mb:.1f} MiB")
+    print(f"  streaming log-norms: {m_stream / mb:.1f} MiB ({(m_stream - m_fwd) / mb:+.1f} MiB vs forward)")
+    print(f"  materialized jacobians (T, n, n): {m_mat / mb:.1f} MiB "
+          f"({(m_mat - m_fwd) / mb:+.1f} MiB vs forward)")
+
+
+def bench_spectra(n, T):
+    print(f"[4a] singular values at every lag, tanh RNN n={n}, T={T}, vs the {T} SVDs alone")
+    step, h0, xs = _tanh_problem(n, T, seed=2)
+    mats = jacobians(step, h0, xs, spectral=None).matrices
+    t_svd = _time(_svals, mats, repeats=2)
+    t_full = _time(lambda: _svals(_jacobians_jit(step, (True,), None, 0, h0, xs)[0]), repeats=2)
+    print(f"  T SVDs of {n}x{n}: {t_svd:.3f} s; Jacobians + SVDs: {t_full:.3f} s = {t_full / t_svd:.2f}x")
+
+
+def bench_lyapunov(n, T):
+    print(f"[4b] full Lyapunov spectrum k=n={n}, T={T}, vs a chain of {T} QR factorizations of {n}x{n}")
+    step, h0, xs = _tanh_problem(n, T, seed=3)
+    A = jax.random.normal(jax.random.PRNGKey(4), (n, n))
+
+    def qr_chain(Q):
+        def body(Q, _):
+            Q, R = jnp.linalg.qr(A + Q)
+            return Q, jnp.diagonal(R)
+
+        return jax.lax.scan(body, Q, None, length=T)
+
+    t_qr = _time(jax.jit(qr_chain), jnp.eye(n), repeats=2)
+    Q0 = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(5), (n, n)))[0]
+    t_ly = _time(lambda: _qr_jit(step, n, h0, xs, Q0), repeats=2)
+    print(f"  {T} QRs: {t_qr:.3f} s; Lyapunov spectrum: {t_ly:.3f} s = {t_ly / t_qr:.2f}x")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_engine", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the targets' sizes)")
+    args = p.parse_args(argv)
+    print(f"devices: {jax.devices()}; OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
+    if args.quick:
+        bench_norms(64, 200, 512)
+        bench_per_lag(32, 200, (10, 100, 200))
+        bench_memory(64, 2000)
+        bench_spectra(32, 50)
+        bench_lyapunov(32, 500)
+    else:
+        bench_norms(256, 1000, 2048)
+        bench_per_lag(128, 1000, (10, 250, 500, 1000))
+        bench_memory(256, 10_000)
+        bench_spectra(128, 200)
+        bench_lyapunov(128, 10_000)
+
+
+if __name__ == "__main__":
+    main()

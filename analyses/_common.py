@@ -321,3 +321,35 @@ def classify(rate: float, stderr: float = 0.0, threshold: float = 0.01) -> str:
     if rate < -threshold:
         return "vanishes"
     return "neutral"
+
+
+# ------------------------------------------------------------------------------------------- Lyapunov
+
+
+@functools.lru_cache(maxsize=256)
+def _lyap_fn(cell, train: bool, k: int | None, transient: int, segments: int):
+    from gradflow.lyapunov import lyapunov_spectrum
+
+    @jax.jit
+    def f(variables, carry0, xs, key, qkey):
+        step = gradflow.as_step(cell, variables, train=train, key=key if _needs_key(cell, train) else None)
+        r = lyapunov_spectrum(step, carry0, xs, k=k, transient=transient, segments=segments, key=qkey)
+        return r.exponents, r.stderr
+
+    return f
+
+
+def lyapunov(cell, variables, carry0, xs, key=None, train: bool = True, k: int | None = None,
+             transient: int = 0, segments: int = 10, seed: int = 0) -> dict:
+    """Top-k Lyapunov exponents (``gradflow.lyapunov_spectrum``, Benettin QR) compiled once per cell shape.
+
+    Returns:
+        dict: ``exponents`` (k,) descending (ln per step), ``stderr`` (k,) from ``segments`` segments.
+    """
+    f = _lyap_fn(cell, bool(train), None if k is None else int(k), int(transient), int(segments))
+    key = jax.random.key(0) if key is None else key
+    e, s = f(variables, carry0, xs, key, jax.random.PRNGKey(seed))
+    e, s = np.asarray(e, np.float64), np.asarray(s, np.float64)
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(s))):
+        raise ValueError("non-finite Lyapunov exponents: the states overflowed; shorten T or lower the gain")
+    return {"exponents": e, "stderr": s}

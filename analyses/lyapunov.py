@@ -1,0 +1,202 @@
+"""lyapunov: full Lyapunov spectra per preset, and the largest exponent against gain with theory overlaid.
+
+The exponents (``gradflow.lyapunov_spectrum``: Benettin's QR method, natural log per step, standard errors
+from independent segments) are the asymptotic growth rates of the singular values of ∂h_T/∂h_t: λ₁ > 0 means
+gradients explode, λ₁ < 0 that every direction vanishes. Cells run in train mode at initialization, driven by
+i.i.d. N(0, 1) inputs from a typical state; batch-coupled cells are analysed over the whole batch state.
+The predictions are ``gradflow.theory.predict_rate`` (mean field, large width, with the finite-B / finite-d
+factors of the BN and LN formulas), evaluated with the input-drive variance of the measured cell's W_xh.
+
+Example::
+
+    from analyses import lyapunov
+    data = lyapunov.run({**lyapunov.CONFIG, **lyapunov.QUICK})
+    figs = lyapunov.plot(data)   # {"lyapunov_spectra": ..., "lyapunov_gain": ...}
+"""
+
+from __future__ import annotations
+
+import jax
+import matplotlib.ticker
+import numpy as np
+
+import gradflow
+from analyses import _common, _style
+from analyses._runner import memo, say
+
+NAME = "lyapunov"
+CONFIG = {
+    "spectra_presets": ["tanh", "linear", "bn_notanh", "bn_input_tanh", "bn_tanh", "ln_notanh", "ln_tanh",
+                        "lstm", "bn_lstm", "ln_lstm", "gru"],
+    "spectra_hidden": 16,
+    "spectra_batch": 8,
+    "spectra_T": 400,
+    "spectra_transient": 100,
+    "dropout_margin": 0.2,
+    "top_presets": ["tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh", "lstm", "gru"],
+    "gains": [0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0],
+    "max_gain": {"linear": 1.4},
+    "hidden": 32,
+    "batch": 8,
+    "input_size": 8,
+    "input_scale": 1.0,
+    "T": 1000,
+    "transient": 200,
+    "segments": 10,
+    "burn_in": 20,
+    "seed": 0,
+    "theory_points": 41,
+    "dtype": "float64",
+}
+QUICK = {"spectra_presets": ["tanh", "bn_notanh", "ln_notanh", "lstm"], "spectra_hidden": 6,
+         "spectra_batch": 4, "spectra_T": 120, "spectra_transient": 30,
+         "top_presets": ["tanh", "bn_notanh", "ln_notanh"],
+         "gains": [0.5, 1.0, 2.0], "hidden": 8, "batch": 4, "T": 150, "transient": 30, "burn_in": 5,
+         "theory_points": 9}
+FULL = {"spectra_hidden": 32, "spectra_T": 2000, "spectra_transient": 300, "hidden": 64, "batch": 16,
+        "T": 3000, "transient": 500}
+
+THEORY = ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh")
+
+
+def _sigma_x2(variables, gates: int, input_scale: float) -> float:
+    W_xh = np.asarray(variables["params"]["W_xh"])
+    return gradflow.theory.input_drive_variance(W_xh, input_scale ** 2, gates)
+
+
+def run(config: dict, progress=None) -> dict:
+    """Compute the spectra, the top exponent across gains and the predictions.
+
+    Returns:
+        dict with ``spectra_presets`` (P,), ``spectra`` (P, n_max) exponents descending, padded at the end
+        with the last exponent, ``spectra_n`` (P,) the number of exponents computed (all n, or the finite
+        top (1 − p − margin)·n under dropout p), ``spectra_state`` (P,) the state size n, ``spectra_se``
+        (P, n_max);
+        long-format rows of the gain sweep ``top_preset`` (R,) names, ``top_gain`` (R,), ``top_exp`` (R,),
+        ``top_se`` (R,), ``top_theory`` (R,) (0 where ``top_has_theory`` is 0); the theory curves
+        ``curve_preset`` (C,), ``curve_gain`` (C,), ``curve_rate`` (C,); and configuration scalars.
+    """
+    c = config
+    f64 = c["dtype"] == "float64"
+    spectra, ses, ns, states = [], [], [], []
+    with jax.enable_x64(f64):
+        for p in c["spectra_presets"]:
+            def spec_one(p=p):
+                cell, v, c0, xs, key = _common.setup(
+                    p, c["spectra_hidden"], c["input_size"], c["spectra_batch"], c["spectra_T"], c["seed"],
+                    c["input_scale"], burn_in=c["burn_in"], dtype=c["dtype"])
+                n = sum(int(np.prod(a.shape)) for k_, a in c0.items() if k_ != "t")
+                # Dropout zeroes a fraction p of the units each step: those directions have exponent -inf,
+                # so only the top (1 - p - margin)·n exponents are finite and computed.
+                k = n if cell.spec.dropout == 0 else int((1.0 - cell.spec.dropout - c["dropout_margin"]) * n)
+                out = _common.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
+                                       segments=c["segments"])
+                return {**out, "n": n}
+
+            r = memo(progress, f"spectrum_{p}", spec_one)
+            spectra.append(r["exponents"])
+            ses.append(r["stderr"])
+            ns.append(len(r["exponents"]))
+            states.append(int(r["n"]))
+            say(progress, f"spectrum {p}: n = {ns[-1]}, λ1 = {r['exponents'][0]:+.4f} ± {r['stderr'][0]:.4f}")
+        n_max = max(ns)
+        pad = lambda a: np.concatenate([a, np.full(n_max - len(a), a[-1])])
+        rows = {"p": [], "g": [], "e": [], "se": [], "th": [], "has": []}
+        curves = {"p": [], "g": [], "r": []}
+        for p in c["top_presets"]:
+            gmax = c["max_gain"].get(p, np.inf)
+            gains = [g for g in c["gains"] if g <= gmax]
+
+            def sweep(p=p, gains=gains):
+                e, se, sx = [], [], []
+                for g in gains:
+                    cell, v, c0, xs, key = _common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"],
+                                                         c["seed"], c["input_scale"], burn_in=c["burn_in"],
+                                                         gain=float(g), dtype=c["dtype"])
+                    r = _common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"],
+                                         segments=c["segments"])
+                    e.append(r["exponents"][0])
+                    se.append(r["stderr"][0])
+                    sx.append(_sigma_x2(v, cell.gates, c["input_scale"]))
+                return {"e": np.array(e), "se": np.array(se), "sx": np.array(sx)}
+
+            r = memo(progress, f"top_{p}", sweep)
+            spec = gradflow.PRESETS[p]
+            for j, g in enumerate(gains):
+                has = p in THEORY
+                th = (gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"], gain=g,
+                                                   sigma_x2=float(r["sx"][j]), dropout=spec.dropout)
+                      if has else 0.0)
+                rows["p"].append(p)
+                rows["g"].append(g)
+                rows["e"].append(float(r["e"][j]))
+                rows["se"].append(float(r["se"][j]))
+                rows["th"].append(float(th))
+                rows["has"].append(int(has))
+            if p in THEORY:
+                sx = float(np.mean(r["sx"]))
+                for g in np.geomspace(min(gains), max(gains), c["theory_points"]):
+                    curves["p"].append(p)
+                    curves["g"].append(float(g))
+                    curves["r"].append(gradflow.theory.predict_rate(
+                        p, hidden_size=c["hidden"], batch_size=c["batch"], gain=float(g), sigma_x2=sx,
+                        dropout=spec.dropout))
+            pairs = zip(gains, r["e"], strict=True)
+            say(progress, f"top exponent {p}: " + ", ".join(f"g={g:g}: {e:+.3f}" for g, e in pairs))
+    return {"spectra_presets": list(c["spectra_presets"]), "spectra": np.stack([pad(a) for a in spectra]),
+            "spectra_se": np.stack([pad(a) for a in ses]), "spectra_n": np.asarray(ns),
+            "spectra_state": np.asarray(states),
+            "top_preset": rows["p"], "top_gain": np.asarray(rows["g"]), "top_exp": np.asarray(rows["e"]),
+            "top_se": np.asarray(rows["se"]), "top_theory": np.asarray(rows["th"]),
+            "top_has_theory": np.asarray(rows["has"]), "curve_preset": curves["p"],
+            "curve_gain": np.asarray(curves["g"]), "curve_rate": np.asarray(curves["r"]),
+            "hidden": c["hidden"], "batch": c["batch"], "T": c["T"], "transient": c["transient"],
+            "spectra_hidden": c["spectra_hidden"], "spectra_batch": c["spectra_batch"],
+            "spectra_T": c["spectra_T"], "input_scale": c["input_scale"]}
+
+
+def plot(data: dict) -> dict:
+    """``lyapunov_spectra``: λ_i against i/n per preset; ``lyapunov_gain``: λ₁ against gain with theory."""
+    fig, axes = _style.figure(1, 2, width=9.5, height=3.4)
+    rnn = [p for p in data["spectra_presets"] if gradflow.PRESETS.get(p) is None
+           or gradflow.PRESETS[p].family == "rnn"]
+    for ax, group, title in ((axes[0], rnn, "simple recurrences"),
+                             (axes[1], [p for p in data["spectra_presets"] if p not in rnn], "gated cells")):
+        for p in group:
+            i = data["spectra_presets"].index(p)
+            k, n = int(data["spectra_n"][i]), int(data["spectra_state"][i])
+            lam = data["spectra"][i, :k]
+            lab = _style.label(p) + (f" (top {k}/{n}: dropout)" if k < n else "")
+            ax.plot((np.arange(k) + 0.5) / n, lam, "-", color=_style.color(p, i), label=lab)
+        ax.axhline(0.0, color="0.4", lw=0.7)
+        _style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=_style.LYAP, title=title,
+                      legend="lower left")
+    fig.suptitle(f"Full Lyapunov spectra at initialization (d = {data['spectra_hidden']}, batch "
+                 f"{data['spectra_batch']}: n = batch·state, T = {data['spectra_T']}, train mode, driven)",
+                 fontsize=9)
+
+    fig2, (a1, a2) = _style.figure(1, 2, width=9.5, height=3.6, sharey=True)
+    preset_rows = np.asarray(data["top_preset"])
+    curve_p = np.asarray(data["curve_preset"])
+    order = list(dict.fromkeys(data["top_preset"]))
+    for i, p in enumerate(order):
+        ax = a1 if p in ("tanh", "linear", "ln_tanh", "lstm", "gru") else a2
+        m = preset_rows == p
+        col = _style.color(p, i)
+        ax.errorbar(data["top_gain"][m], data["top_exp"][m], yerr=data["top_se"][m], fmt=_style.marker(p),
+                    color=col, ms=4, mfc="none", capsize=2, label=f"{p} (measured)")
+        mc = curve_p == p
+        if mc.any():
+            ax.plot(data["curve_gain"][mc], data["curve_rate"][mc], "-", color=col, lw=1.0, alpha=0.8,
+                    label=f"{p} (theory)")
+    for ax, title in ((a1, "gain-dependent cells"), (a2, "normalized recurrent path")):
+        ax.axhline(0.0, color="0.4", lw=0.7)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([0.25, 0.5, 1, 2, 4])
+        _style.finish(ax, xlabel=_style.GAIN, ylabel=_style.LYAP if ax is a1 else None, title=title,
+                      legend="lower right")
+    fig2.suptitle(f"Largest Lyapunov exponent against gain (d = {data['hidden']}, batch {data['batch']}, "
+                  f"T = {data['T']}; markers ± s.e., lines: gradflow.theory mean field)", fontsize=9)
+    return {"lyapunov_spectra": fig, "lyapunov_gain": fig2}

@@ -24,9 +24,32 @@ import numpy as np
 
 import gradflow
 
-#: Cell options that only set initial values: the returned cell is built without them, so that one
-#: compilation serves every gain / γ (they enter through the variables).
-INIT_ONLY = frozenset({"gain", "recurrent_init", "bn_gamma_init", "ln_gamma_init", "forget_bias"})
+#: Cell options that only scale initial values: the cell is built and initialized without them and the
+#: variables are scaled (W_hh by the gain ratio, every BN / LN scale set to its γ), so that one compilation
+#: serves every gain / γ. ``tests/test_analyses.py`` checks the result equals ``init_cell`` of
+#: ``make_cell(preset, ..., gain=g, bn_gamma_init=γ)``.
+INIT_ONLY = frozenset({"gain", "bn_gamma_init", "ln_gamma_init"})
+
+
+@functools.lru_cache(maxsize=256)
+def _init_fn(cell, batch: int):
+    return jax.jit(lambda key: gradflow.init_cell(cell, key, batch_size=batch))
+
+
+def _scaled_variables(cell, variables: dict, options: dict) -> dict:
+    spec = cell.spec
+    params = dict(variables["params"])
+    if "gain" in options:
+        if spec.gain == 0:
+            raise ValueError("cannot rescale a W_hh initialised with gain 0")
+        params["W_hh"] = params["W_hh"] * (float(options["gain"]) / spec.gain)
+    for name, sub in list(params.items()):
+        if not isinstance(sub, dict) or "scale" not in sub:
+            continue
+        for prefix, opt in (("bn_", "bn_gamma_init"), ("ln_", "ln_gamma_init")):
+            if name.startswith(prefix) and opt in options:
+                params[name] = {**sub, "scale": jnp.full_like(sub["scale"], float(options[opt]))}
+    return {**variables, "params": params}
 
 
 def options_key(options: dict | None) -> tuple:
@@ -70,9 +93,9 @@ def setup(preset: str, d: int, input_size: int, batch: int, T: int, seed: int, i
         :data:`INIT_ONLY` options (the variables carry them).
     """
     cell = cell_for(preset, d, input_size, **{k: v for k, v in options.items() if k not in INIT_ONLY})
-    init = cell_for(preset, d, input_size, **options)
     k_init, k_x, k_drop, k_h = jax.random.split(jax.random.key(seed), 4)
-    variables = gradflow.init_cell(init, k_init, batch_size=batch)
+    variables = _scaled_variables(cell, _init_fn(cell, int(batch))(k_init),
+                                  {k: v for k, v in options.items() if k in INIT_ONLY})
     xs = input_scale * jax.random.normal(k_x, (T, batch, input_size), cell.dtype)
     carry0 = cell.initialize_carry(batch)
     keys = iter(jax.random.split(k_h, 4))

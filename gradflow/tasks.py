@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -102,7 +103,7 @@ class Task:
         """
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return self._sampler(key, int(batch_size))
+        return _jitted(self._sampler)(key, int(batch_size))
 
     def eval_set(self, key: jax.Array, size: int = 1024) -> tuple[jax.Array, jax.Array]:
         """The evaluation set: the fixed test split of a dataset, or ``size`` fresh sequences from ``key``.
@@ -147,11 +148,7 @@ class Task:
         Returns:
             Scalar loss.
         """
-        if self.kind == "regression":
-            return jnp.mean((outputs[..., 0] - ys) ** 2)
-        logp = jax.nn.log_softmax(outputs, axis=-1)
-        picked = jnp.take_along_axis(logp, ys[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return -jnp.mean(picked)
+        return _loss(outputs, ys, self.kind)
 
     def accuracy(self, outputs: jax.Array, ys: jax.Array) -> jax.Array:
         """Fraction correct.
@@ -159,18 +156,45 @@ class Task:
         Adding: predictions within :data:`ADDING_TOLERANCE` of the target. Copy: the last
         :data:`COPY_RECALL` steps (the symbols to recall; chance 1/8). Classification: argmax == label.
         """
-        if self.kind == "regression":
-            return jnp.mean(jnp.abs(outputs[..., 0] - ys) < ADDING_TOLERANCE)
-        pred = jnp.argmax(outputs, axis=-1)
-        if self.readout == "all":
-            return jnp.mean(pred[-COPY_RECALL:] == ys[-COPY_RECALL:])
-        return jnp.mean(pred == ys)
+        return _accuracy(outputs, ys, self.kind, self.readout)
 
     def solved(self, loss: float) -> bool | None:
         """Whether ``loss`` meets the criterion ``loss < solve_fraction * baseline``; None if undefined."""
         if self.solve_fraction is None:
             return None
         return bool(np.isfinite(loss) and loss < self.solve_fraction * self.baseline)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _loss(outputs, ys, kind):
+    if kind == "regression":
+        return jnp.mean((outputs[..., 0] - ys) ** 2)
+    logp = jax.nn.log_softmax(outputs, axis=-1)
+    picked = jnp.take_along_axis(logp, ys[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return -jnp.mean(picked)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _accuracy(outputs, ys, kind, readout):
+    if kind == "regression":
+        return jnp.mean(jnp.abs(outputs[..., 0] - ys) < ADDING_TOLERANCE)
+    pred = jnp.argmax(outputs, axis=-1)
+    if readout == "all":
+        return jnp.mean(pred[-COPY_RECALL:] == ys[-COPY_RECALL:])
+    return jnp.mean(pred == ys)
+
+
+_JIT_CACHE: dict = {}
+
+
+def _jitted(sampler):
+    """One compiled sampler per task (eager sampling would dispatch and compile op by op)."""
+    f = _JIT_CACHE.get(sampler)
+    if f is None:
+        if len(_JIT_CACHE) > 256:
+            _JIT_CACHE.clear()
+        f = _JIT_CACHE[sampler] = jax.jit(sampler, static_argnums=1)
+    return f
 
 
 def _check_length(name: str, value: Any, minimum: int) -> int:

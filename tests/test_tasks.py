@@ -26,8 +26,7 @@ def test_adding_layout_and_targets():
         assert len(marked) == 2
         assert marked[0] < T // 2 <= marked[1]
         assert ys[b] == pytest.approx(u[marked[0], b] + u[marked[1], b], abs=1e-6)
-    # both markers cover the whole of their half over many draws
-    _, _ = tasks.adding(4).sample(jax.random.key(1), 4)
+    # the first marker covers the whole first half over many draws
     first = np.argmax(m[: T // 2], axis=0)
     assert set(first) == set(range(T // 2))
 

@@ -1,0 +1,748 @@
+"""Train our cells on the long-range tasks with optax, recording what happens to the gradients.
+
+The model is one of our cells (:func:`gradflow.make_cell`) scanned over the sequence, followed by a linear
+readout from the last state h_T (adding, digits) or from every state h_t (copy). Training uses Adam with an
+optional global-norm gradient clip; the pre-clip gradient norm is always recorded. In training, BN uses batch
+statistics and updates its running averages (row t of the per-step statistics at step t, threaded through the
+scan); in evaluation (``train=False``) BN uses the running averages and dropout is off.
+
+Recorded while training (:class:`TrainResult` ``history``):
+
+- ``loss``, ``accuracy``, ``grad_norm`` (pre-clip global norm) for every step;
+- ``eval_loss``, ``eval_accuracy`` on the evaluation set every ``eval_every`` steps (and at the end);
+- ``grad_flow``: ‖∂L/∂h_t‖ for every t (Frobenius norm over the batch and the features of the gradient of the
+  batch-mean loss) every ``record_every`` steps, a (records, T) heatmap over training step and time. It comes
+  from one ``jax.grad`` with respect to zero perturbations added to the scanned states (the engine's trick).
+
+After training, :func:`mode_gap` compares train-mode and eval-mode results (BN cells), also on sequences
+longer than those trained on, and :func:`lyapunov` gives the largest Lyapunov exponents of the trained cell.
+
+Runs are deterministic given ``TrainConfig.seed`` (step i's batch and dropout masks come from
+``fold_in(key(seed), i)``), and a run resumed from a checkpoint reproduces the uninterrupted one exactly.
+A non-finite loss or gradient stops training and marks the run as diverged (the last finite parameters are
+kept); it does not raise.
+
+Example:
+    >>> import gradflow
+    >>> from gradflow import tasks, train
+    >>> task = tasks.adding(10)
+    >>> cell = gradflow.make_cell("lstm", 16, task.input_size)
+    >>> result = train.train(cell, task, train.TrainConfig(steps=20, batch_size=16, eval_every=10))
+    >>> result.history["loss"].shape, result.diverged
+    ((20,), False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradflow.cells import _Cell, init_cell
+from gradflow.tasks import Task
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "batch_for_step",
+    "evaluate",
+    "forward",
+    "gradient_flow",
+    "init_params",
+    "load_checkpoint",
+    "lyapunov",
+    "mode_gap",
+    "train",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training run.
+
+    Attributes:
+        steps: number of Adam steps.
+        batch_size: sequences per step.
+        learning_rate: Adam's step size.
+        clip_norm: clip the gradient to this global norm (None: no clipping). The pre-clip norm is recorded.
+        seed: seeds the initialization, every batch, every dropout mask and the synthetic evaluation set.
+        eval_every: evaluate (eval mode) every this many steps, and at the end.
+        eval_size: sequences in the evaluation set of synthetic tasks (datasets use their test split).
+        record_every: record ‖∂L/∂h_t‖ every this many steps (from step 0), and at the last step.
+        checkpoint_every: with a checkpoint path, save every this many steps (0: only at the end).
+    """
+
+    steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clip_norm: float | None = None
+    seed: int = 0
+    eval_every: int = 50
+    eval_size: int = 512
+    record_every: int = 25
+    checkpoint_every: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if (
+            isinstance(self.checkpoint_every, bool)
+            or not isinstance(self.checkpoint_every, int | np.integer)
+            or self.checkpoint_every < 0
+        ):
+            raise ValueError(
+                f"TrainConfig.checkpoint_every must be an int >= 0, got {self.checkpoint_every!r}"
+            )
+        if not (
+            isinstance(self.learning_rate, int | float)
+            and math.isfinite(self.learning_rate)
+            and self.learning_rate > 0
+        ):
+            raise ValueError(
+                f"TrainConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}"
+            )
+        if self.clip_norm is not None and not (
+            isinstance(self.clip_norm, int | float) and math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ValueError(
+                f"TrainConfig.clip_norm must be None or a positive finite number, got {self.clip_norm!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
+            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes:
+        cell: the trained cell (module).
+        task: the task.
+        config: the :class:`TrainConfig`.
+        params: ``{"cell": cell params, "readout": {"W": (out, d), "b": (out,)}}``.
+        batch_stats: the cell's BN running statistics (``{}`` without BN).
+        opt_state: the optimizer state at the end (``optax.ScaleByAdamState``: ``count``, ``mu``, ``nu``).
+        initial: ``{"params": ..., "batch_stats": ...}`` at initialization (for before/after comparisons).
+        history: numpy arrays: ``loss``, ``accuracy``, ``grad_norm`` (steps,), NaN after a divergence;
+            ``eval_step``, ``eval_loss``, ``eval_accuracy`` (n_eval,); ``flow_step`` (n_rec,) and
+            ``grad_flow`` (n_rec, T).
+        steps_done: steps whose updates were applied.
+        diverged: True when a non-finite loss or gradient stopped training.
+        message: why training stopped.
+        elapsed_s: wall time of this call (seconds).
+    """
+
+    cell: _Cell
+    task: Task
+    config: TrainConfig
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+    initial: dict
+    history: dict[str, np.ndarray]
+    steps_done: int
+    diverged: bool
+    message: str
+    elapsed_s: float
+
+    @property
+    def variables(self) -> dict:
+        """The trained cell's variables ``{"params": ..., ["batch_stats": ...]}`` (for ``as_step``)."""
+        return _cell_variables(self.params["cell"], self.batch_stats)
+
+    @property
+    def final_eval(self) -> tuple[float, float]:
+        """(loss, accuracy) of the last evaluation."""
+        return float(self.history["eval_loss"][-1]), float(self.history["eval_accuracy"][-1])
+
+
+# --------------------------------------------------------------------------------------------- the model
+
+
+def _cell_variables(cell_params, batch_stats) -> dict:
+    out = {"params": cell_params}
+    if batch_stats:
+        out["batch_stats"] = batch_stats
+    return out
+
+
+def _check_cell_task(cell, task: Task) -> None:
+    if not isinstance(cell, _Cell):
+        raise ValueError(f"train expects a gradflow cell (gradflow.make_cell), got {type(cell).__name__}")
+    if not isinstance(task, Task):
+        raise ValueError(f"expected a gradflow.tasks.Task, got {type(task).__name__}")
+    if cell.input_size != task.input_size:
+        raise ValueError(
+            f"input_size mismatch: task {task.name!r} feeds {task.input_size} features per step, "
+            f"the cell expects {cell.input_size}"
+        )
+
+
+def init_params(cell: _Cell, task: Task, key: jax.Array) -> tuple[dict, dict]:
+    """Initial parameters of cell + readout, and the cell's BN statistics.
+
+    The readout ``W`` (output_size, d) has N(0, 1/d) entries, ``b`` is zero.
+
+    Args:
+        cell: one of our cells, with ``input_size == task.input_size``.
+        task: the task (its ``output_size``).
+        key: PRNG key.
+
+    Returns:
+        ``(params, batch_stats)``: ``params = {"cell": ..., "readout": {"W", "b"}}``; ``batch_stats`` is
+        ``{}`` when the cell has no BN.
+    """
+    _check_cell_task(cell, task)
+    kc, kr = jax.random.split(key)
+    variables = init_cell(cell, kc)
+    d = cell.hidden_size
+    W = jax.random.normal(kr, (task.output_size, d), cell.dtype) / math.sqrt(d)
+    params = {
+        "cell": variables["params"],
+        "readout": {"W": W, "b": jnp.zeros((task.output_size,), cell.dtype)},
+    }
+    return params, dict(variables.get("batch_stats", {}))
+
+
+def forward(
+    cell: _Cell,
+    params: dict,
+    batch_stats: dict,
+    xs: jax.Array,
+    *,
+    train: bool,
+    key: jax.Array | None = None,
+    perturb: jax.Array | None = None,
+    readout: str = "last",
+):
+    """Run cell + readout over a sequence.
+
+    Args:
+        cell: one of our cells.
+        params: ``{"cell": ..., "readout": {"W", "b"}}``.
+        batch_stats: BN running statistics (``{}`` without BN).
+        xs: (T, B, input_size).
+        train: train mode (batch statistics with running-average updates, dropout) or eval mode.
+        key: dropout key (required in train mode when the cell has dropout); one key per sequence, the cell
+            folds in the step counter.
+        perturb: optional (T, B, d) added to h_t after each step (zeros: the gradient with respect to it is
+            ∂L/∂h_t).
+        readout: ``"last"`` (outputs (B, out) from h_T) or ``"all"`` (outputs (T, B, out) from every h_t).
+
+    Returns:
+        ``(outputs, hs, new_batch_stats)``: ``hs`` (T, B, d) the (perturbed) states h_1..h_T;
+        ``new_batch_stats`` the running statistics after the sequence (unchanged in eval mode).
+    """
+    xs = jnp.asarray(xs)
+    if xs.ndim != 3 or xs.shape[-1] != cell.input_size:
+        raise ValueError(f"xs must have shape (T, B, input_size={cell.input_size}), got {xs.shape}")
+    if readout not in ("last", "all"):
+        raise ValueError(f"readout must be 'last' or 'all', got {readout!r}")
+    T, B = xs.shape[:2]
+    d = cell.hidden_size
+    if train and cell.spec.dropout > 0 and key is None:
+        raise ValueError("train mode with dropout needs a dropout key")
+    if perturb is None:
+        perturb = jnp.zeros((T, B, d), cell.dtype)
+    elif perturb.shape != (T, B, d):
+        raise ValueError(f"perturb must have shape (T, B, d) = {(T, B, d)}, got {perturb.shape}")
+    rngs = {"dropout": key} if key is not None else {}
+    has_bn = bool(batch_stats)
+
+    def body(state, inp):
+        carry, bs = state
+        x, eps = inp
+        variables = _cell_variables(params["cell"], bs)
+        if train and has_bn:
+            (new_carry, _), upd = cell.apply(
+                variables, carry, x, train=True, mutable=["batch_stats"], rngs=rngs
+            )
+            bs = upd["batch_stats"]
+        else:
+            new_carry, _ = cell.apply(variables, carry, x, train=train, rngs=rngs)
+        new_carry = {**new_carry, "h": new_carry["h"] + eps}
+        return (new_carry, bs), new_carry["h"]
+
+    (_, new_bs), hs = jax.lax.scan(body, (cell.initialize_carry(B), batch_stats), (xs, perturb))
+    W, b = params["readout"]["W"], params["readout"]["b"]
+    h_out = hs[-1] if readout == "last" else hs
+    return h_out @ W.T + b, hs, new_bs
+
+
+def _loss_fn(cell, task, params, perturb, batch_stats, xs, ys, key, train):
+    out, _, new_bs = forward(
+        cell, params, batch_stats, xs, train=train, key=key, perturb=perturb, readout=task.readout
+    )
+    return task.loss(out, ys), (new_bs, task.accuracy(out, ys))
+
+
+def gradient_flow(
+    cell: _Cell,
+    task: Task,
+    params: dict,
+    batch_stats: dict,
+    xs: jax.Array,
+    ys: jax.Array,
+    *,
+    train: bool = True,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """‖∂L/∂h_t‖ for every t: the Frobenius norm over (B, d) of the gradient of the batch-mean loss.
+
+    One ``jax.grad`` with respect to zero perturbations added to every state. In train mode with BN, the
+    gradient includes the paths through the batch statistics.
+
+    Args:
+        cell, task, params, batch_stats: the model (see :func:`forward`).
+        xs: (T, B, input_size); ys: the task's targets.
+        train: train or eval mode.
+        key: dropout key (train mode).
+
+    Returns:
+        (T,) norms; entry t-1 belongs to h_t.
+    """
+    T, B = xs.shape[:2]
+    zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
+    g = jax.grad(lambda e: _loss_fn(cell, task, params, e, batch_stats, xs, ys, key, train)[0])(zeros)
+    return jnp.sqrt(jnp.sum(g * g, axis=(1, 2)))
+
+
+def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The training batch and dropout key of step ``step`` (what :func:`train` uses).
+
+    Returns:
+        ``(xs, ys, dropout_key)``.
+    """
+    return _batch(task, config.batch_size, jax.random.key(config.seed), step)
+
+
+def _batch(task, batch_size, root, step):
+    k = jax.random.fold_in(jax.random.fold_in(root, 0), step)
+    kdata, kdrop = jax.random.split(k)
+    xs, ys = task.sample(kdata, batch_size)
+    return xs, ys, kdrop
+
+
+def _eval_key(config: TrainConfig) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(config.seed), 2)
+
+
+# Adam's direction (optax.scale_by_adam), then the learning rate, both traced: one compiled step serves every
+# seed, learning rate and clip norm of a (cell, task, batch size).
+_ADAM = optax.scale_by_adam()
+
+_COMPILED: dict = {}
+_COMPILED_MAX = 64
+
+
+def _cached(key, build):
+    """Reuse jitted functions across calls (the same cell, task object and batch size)."""
+    if key not in _COMPILED:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
+def _make_train_step(cell, task, batch_size):
+    return _cached(("train", cell, task, batch_size), lambda: _build_train_step(cell, task, batch_size))
+
+
+def _build_train_step(cell, task, batch_size):
+    @jax.jit
+    def train_step(state, step, root, lr, clip):
+        """One Adam step; ``clip`` is the global-norm threshold (inf: none), as optax.clip_by_global_norm."""
+        xs, ys, kdrop = _batch(task, batch_size, root, step)
+        T, B = xs.shape[:2]
+        zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
+        grad_fn = jax.value_and_grad(_loss_fn, argnums=(2, 3), has_aux=True)
+        (loss, (bs, acc)), (g, g_h) = grad_fn(
+            cell, task, state["params"], zeros, state["batch_stats"], xs, ys, kdrop, True
+        )
+        gnorm = optax.tree.norm(g)
+        factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
+        g_clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), g)
+        direction, opt_state = _ADAM.update(g_clipped, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state["params"], direction)
+        new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
+        metrics = {
+            "loss": loss,
+            "accuracy": acc,
+            "grad_norm": gnorm,
+            "grad_flow": jnp.sqrt(jnp.sum(g_h * g_h, axis=(1, 2))),
+        }
+        return new, metrics
+
+    return train_step
+
+
+def _make_eval(cell, task):
+    return _cached(("eval", cell, task), lambda: _build_eval(cell, task))
+
+
+def _build_eval(cell, task):
+    def _eval(params, batch_stats, xs, ys, key, train):
+        out, _, _ = forward(cell, params, batch_stats, xs, train=train, key=key, readout=task.readout)
+        return task.loss(out, ys), task.accuracy(out, ys)
+
+    return jax.jit(_eval, static_argnums=5)
+
+
+def evaluate(
+    cell: _Cell,
+    task: Task,
+    params: dict,
+    batch_stats: dict,
+    xs: jax.Array,
+    ys: jax.Array,
+    *,
+    train: bool = False,
+    key: jax.Array | None = None,
+) -> tuple[float, float]:
+    """Loss and accuracy of the model on ``(xs, ys)``.
+
+    Args:
+        cell, task, params, batch_stats: the model.
+        xs, ys: a batch (e.g. ``task.eval_set(key)``).
+        train: evaluate in train mode (batch statistics, dropout with ``key``; running averages not kept).
+        key: dropout key for train mode.
+
+    Returns:
+        ``(loss, accuracy)`` as floats.
+    """
+    f = _make_eval(cell, task)
+    loss, acc = f(params, batch_stats, xs, ys, key, bool(train))
+    return float(loss), float(acc)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def _identity(cell: _Cell, task: Task, config: TrainConfig) -> str:
+    cfg = dataclasses.asdict(config)
+    cfg.pop("steps")
+    cfg.pop("checkpoint_every")
+    return json.dumps(
+        {
+            "cell": repr(cell.spec),
+            "hidden": cell.hidden_size,
+            "input": cell.input_size,
+            "task": task.name,
+            "seq_len": task.seq_len,
+            "config": cfg,
+        },
+        sort_keys=True,
+    )
+
+
+def _save_checkpoint(path: str, state: dict, step: int, history: dict, identity: str) -> None:
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+    for k, v in history.items():
+        arrays[f"hist_{k}"] = np.asarray(v)
+    arrays["step"] = np.asarray(step)
+    arrays["identity"] = np.asarray(identity)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str, template: dict) -> tuple[dict, int, dict, str]:
+    """Read a checkpoint written by :func:`train`.
+
+    Args:
+        path: the ``.npz`` file.
+        template: a state pytree with the same structure (``{"params", "batch_stats", "opt_state"}``).
+
+    Returns:
+        ``(state, step, history, identity)``.
+
+    Raises:
+        ValueError: the file does not match the template (other cell, task or optimizer).
+    """
+    with np.load(path, allow_pickle=False) as z:
+        leaves_t, treedef = jax.tree_util.tree_flatten(template)
+        n = sum(1 for k in z.files if k.startswith("leaf_"))
+        if n != len(leaves_t):
+            raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_t)}")
+        leaves = []
+        for i, t in enumerate(leaves_t):
+            a = z[f"leaf_{i:05d}"]
+            if a.shape != np.shape(t):
+                raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(t)}")
+            leaves.append(jnp.asarray(a, dtype=jnp.asarray(t).dtype))
+        state = jax.tree_util.tree_unflatten(treedef, leaves)
+        history = {k[5:]: z[k] for k in z.files if k.startswith("hist_")}
+        return state, int(z["step"]), history, str(z["identity"])
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def train(
+    cell: _Cell,
+    task: Task,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train cell + readout on a task with Adam.
+
+    Args:
+        cell: one of our cells (``gradflow.make_cell``) with ``input_size == task.input_size``. With per-step
+            BN statistics, choose ``t_max >= task.seq_len`` (steps beyond share the last row).
+        task: a :class:`gradflow.tasks.Task`.
+        config: :class:`TrainConfig` (default values if None).
+        checkpoint: path of a ``.npz`` checkpoint. If it exists and matches (same cell, task and
+            configuration apart from ``steps``), training resumes from it; it is (re)written atomically every
+            ``checkpoint_every`` steps and at the end.
+        progress: called with a one-line message at every evaluation (None: silent).
+
+    Returns:
+        :class:`TrainResult`. A non-finite loss or gradient ends training with ``diverged=True`` (the last
+        finite parameters are kept and the remaining per-step entries are NaN).
+
+    Example:
+        >>> import gradflow
+        >>> from gradflow import tasks, train
+        >>> task = tasks.adding(10)
+        >>> cell = gradflow.make_cell("tanh", 16, 2)
+        >>> r = train.train(cell, task, train.TrainConfig(steps=10, batch_size=8, eval_every=5))
+        >>> r.history["eval_step"].tolist()
+        [0, 5, 10]
+    """
+    t0 = time.perf_counter()
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    _check_cell_task(cell, task)
+    say = progress if progress is not None else (lambda _m: None)
+
+    root = jax.random.key(config.seed)
+    params, batch_stats = init_params(cell, task, jax.random.fold_in(root, 1))
+    initial = {"params": params, "batch_stats": batch_stats}
+    train_step = _make_train_step(cell, task, config.batch_size)
+    state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
+    hyper = (
+        root,
+        jnp.float32(config.learning_rate),
+        jnp.float32(np.inf if config.clip_norm is None else config.clip_norm),
+    )
+    eval_fn = _make_eval(cell, task)
+    xs_eval, ys_eval = task.eval_set(_eval_key(config), config.eval_size)
+
+    S = config.steps
+    hist = {
+        "loss": np.full(S, np.nan),
+        "accuracy": np.full(S, np.nan),
+        "grad_norm": np.full(S, np.nan),
+        "eval_step": [],
+        "eval_loss": [],
+        "eval_accuracy": [],
+        "flow_step": [],
+        "grad_flow": [],
+    }
+    identity = _identity(cell, task, config)
+    start = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state, start, saved, saved_id = load_checkpoint(os.fspath(checkpoint), state)
+        if saved_id != identity:
+            raise ValueError(
+                f"checkpoint {checkpoint} was written for another run "
+                f"(cell, task or configuration differ): {saved_id} != {identity}"
+            )
+        if start > S:
+            raise ValueError(f"checkpoint {checkpoint} is at step {start}, beyond steps={S}")
+        n = min(start, len(saved["loss"]))
+        for k in ("loss", "accuracy", "grad_norm"):
+            hist[k][:n] = saved[k][:n]
+        for k in ("eval_step", "eval_loss", "eval_accuracy", "flow_step"):
+            hist[k] = list(saved[k])
+        hist["grad_flow"] = list(saved["grad_flow"]) if saved["grad_flow"].size else []
+        say(f"resumed from {checkpoint} at step {start}")
+
+    def record_eval(step):
+        loss, acc = eval_fn(state["params"], state["batch_stats"], xs_eval, ys_eval, None, False)
+        hist["eval_step"].append(step)
+        hist["eval_loss"].append(float(loss))
+        hist["eval_accuracy"].append(float(acc))
+        train_loss = hist["loss"][step - 1] if step > 0 else float("nan")
+        say(
+            f"{task.name} T={task.seq_len} step {step}/{S}: train loss {train_loss:.4g}, eval loss "
+            f"{float(loss):.4g} (baseline {task.baseline:.4g}), eval acc {float(acc):.3f}"
+        )
+
+    def snapshot():
+        out = {
+            k: (np.asarray(v) if not isinstance(v, list) else np.asarray(v, dtype=float))
+            for k, v in hist.items()
+            if k != "grad_flow"
+        }
+        out["eval_step"] = np.asarray(hist["eval_step"], dtype=np.int64)
+        out["flow_step"] = np.asarray(hist["flow_step"], dtype=np.int64)
+        out["grad_flow"] = np.stack(hist["grad_flow"]) if hist["grad_flow"] else np.zeros((0, task.seq_len))
+        return out
+
+    def save(step):
+        if checkpoint is not None:
+            _save_checkpoint(os.fspath(checkpoint), state, step, snapshot(), identity)
+
+    diverged, message = False, f"finished {S} steps"
+    if start == 0 and not hist["eval_step"]:
+        record_eval(0)
+    step = start
+    while step < S:
+        new_state, m = train_step(state, step, *hyper)
+        loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            diverged = True
+            message = (
+                f"diverged at step {step}: loss {loss}, gradient norm {gnorm} "
+                f"(kept the parameters of step {step})"
+            )
+            say(message)
+            break
+        state = new_state
+        hist["loss"][step] = loss
+        hist["accuracy"][step] = float(m["accuracy"])
+        hist["grad_norm"][step] = gnorm
+        if step % config.record_every == 0 or step == S - 1:
+            hist["flow_step"].append(step)
+            hist["grad_flow"].append(np.asarray(m["grad_flow"], dtype=np.float64))
+        step += 1
+        if step % config.eval_every == 0 or step == S:
+            record_eval(step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < S:
+            save(step)
+    if diverged and (not hist["eval_step"] or hist["eval_step"][-1] != step):
+        record_eval(step)
+    save(step)
+    return TrainResult(
+        cell=cell,
+        task=task,
+        config=config,
+        params=state["params"],
+        batch_stats=state["batch_stats"],
+        opt_state=state["opt_state"],
+        initial=initial,
+        history=snapshot(),
+        steps_done=step,
+        diverged=diverged,
+        message=message,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+# --------------------------------------------------------------------------------------------- recordings
+
+
+def mode_gap(
+    result: TrainResult,
+    lengths: Sequence[int] | None = None,
+    *,
+    key: jax.Array | None = None,
+    size: int = 512,
+) -> dict[str, np.ndarray]:
+    """Train-mode against eval-mode results of a trained model, at the trained length and longer ones.
+
+    Train mode normalizes with the evaluation batch's own statistics (and applies dropout, as in training);
+    eval mode uses the running averages (beyond ``t_max`` the last row) and no dropout. For a cell without BN
+    or dropout the two coincide.
+
+    Args:
+        result: a :class:`TrainResult`.
+        lengths: task lengths to evaluate (adding: T, copy: delay). Default: the trained length only.
+            Dataset tasks accept only their fixed length.
+        key: PRNG key of the evaluation sets and dropout (default: derived from the run's seed).
+        size: sequences per synthetic evaluation set.
+
+    Returns:
+        ``{"length", "train_loss", "eval_loss", "train_accuracy", "eval_accuracy"}``: arrays over lengths.
+    """
+    task = result.task
+    base = task.length if task.length is not None else task.seq_len
+    lengths = [base] if lengths is None else [int(n) for n in lengths]
+    key = jax.random.fold_in(_eval_key(result.config), 7) if key is None else key
+    rows = {k: [] for k in ("length", "train_loss", "eval_loss", "train_accuracy", "eval_accuracy")}
+    for i, n in enumerate(lengths):
+        t = task if n == base else task.with_length(n)
+        kd, ke = jax.random.split(jax.random.fold_in(key, i))
+        xs, ys = t.eval_set(kd, size)
+        f = _make_eval(result.cell, t)
+        tr = f(result.params, result.batch_stats, xs, ys, ke, True)
+        ev = f(result.params, result.batch_stats, xs, ys, None, False)
+        rows["length"].append(n)
+        rows["train_loss"].append(float(tr[0]))
+        rows["train_accuracy"].append(float(tr[1]))
+        rows["eval_loss"].append(float(ev[0]))
+        rows["eval_accuracy"].append(float(ev[1]))
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def lyapunov(
+    cell: _Cell,
+    variables: dict,
+    task: Task,
+    *,
+    key: jax.Array,
+    k: int = 4,
+    steps: int | None = None,
+    transient: int | None = None,
+):
+    """The ``k`` largest Lyapunov exponents of a cell (eval mode) driven by the task's inputs.
+
+    The cell runs in eval mode (a per-example map: BN with its running statistics, no dropout) on one input
+    sequence of the task: synthetic tasks at about ``steps`` steps (adding: T = steps; copy: delay
+    steps - 20), datasets one test sequence of their own length. ``gradflow.lyapunov_spectrum`` (QR
+    method) gives the exponents of the whole state (h, and c for an LSTM), natural log per step.
+
+    Args:
+        cell: one of our cells.
+        variables: ``{"params": ..., ["batch_stats": ...]}`` (``TrainResult.variables``, or the initial ones:
+            ``{"params": r.initial["params"]["cell"], "batch_stats": r.initial["batch_stats"]}``).
+        task: the task driving the cell.
+        key: PRNG key of the input sequence.
+        k: number of exponents.
+        steps: sequence length for synthetic tasks (default 4 × the task's sequence length).
+        transient: steps discarded before averaging (default a quarter of the sequence).
+
+    Returns:
+        ``gradflow.LyapunovResult`` (``exponents`` (k,) largest first, ``stderr`` (k,), ``n_steps``).
+
+    Raises:
+        ValueError: from ``lyapunov_spectrum``, e.g. when the states overflow (non-finite).
+    """
+    from gradflow import as_step, lyapunov_spectrum
+
+    if task.is_dataset:
+        xs, _ = task.eval_set(key)
+        xs = xs[:, :1]
+    else:
+        n = steps if steps is not None else 4 * task.seq_len
+        t = task.with_length(n if task.name == "adding" else max(n - 20, 1))
+        xs, _ = t.sample(key, 1)
+    T = xs.shape[0]
+    transient = T // 4 if transient is None else transient
+    step = as_step(cell, _cell_variables(variables["params"], variables.get("batch_stats", {})), train=False)
+    return lyapunov_spectrum(step, cell.initialize_carry(1), xs, k=k, transient=transient)

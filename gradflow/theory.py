@@ -692,10 +692,11 @@ def theory_vs_measurement(
 
     Each configuration is a dict with any of: ``gain`` (g of a Gaussian W_hh, default 1), ``gamma``
     (scale of the recurrent-path normalization), ``gamma_x`` (BN_x scale), ``has_input`` (default True:
-    x_t ~ N(0, 1) i.i.d.; False: x_t = 0), ``dropout`` (hidden dropout p, fresh mask per step), ``seed``
-    (default 0). The cell is built with `gradflow.make_cell`, the normalization scales are overwritten
-    after init, the cell runs in train mode (its own ``apply``, as `gradflow.as_step` wraps it), and
-    the measurement is     `measure_top_exponent` on the whole carry.
+    x_t ~ N(0, 1) i.i.d.; False: x_t = 0), ``dropout`` (hidden dropout p, fresh mask per step), ``x_scale``
+    (std of x_t, default 1), ``seed`` (default 0). The cell is built with `gradflow.make_cell`, the
+    normalization scales are overwritten after init, the cell runs in train mode (its own ``apply``, as
+    `gradflow.as_step` wraps it), and the measurement is the jvp top exponent of `measure_top_exponent`
+    (one tangent of carry["h"], renormalized each step).
 
     Returns:
         dict of (n_configs,) arrays: "predicted", "measured", "stderr", "tied_correction" (ln
@@ -713,7 +714,7 @@ def theory_vs_measurement(
     if key is None:
         raise ValueError("key is required (explicit PRNG key)")
     configs = list(configs)
-    allowed = {"gain", "gamma", "gamma_x", "has_input", "dropout", "seed"}
+    allowed = {"gain", "gamma", "gamma_x", "has_input", "dropout", "seed", "x_scale"}
     cols: dict[str, list] = {
         k: [] for k in ("predicted", "measured", "stderr", "tied_correction", *sorted(allowed))
     }
@@ -724,6 +725,7 @@ def theory_vs_measurement(
         g = float(cfg.get("gain", 1.0))
         p = float(cfg.get("dropout", 0.0))
         has_input = bool(cfg.get("has_input", True))
+        x_scale = _check_number("x_scale", cfg.get("x_scale", 1.0), nonneg=True)
         seed = int(cfg.get("seed", 0))
         # gain 1 in the spec and W_hh scaled by g afterwards (same law as the gaussian init with gain g): one
         # compiled runner per (preset, sizes, dropout) serves every gain and γ
@@ -745,7 +747,7 @@ def theory_vs_measurement(
         gx_used = float(params["bn_x"]["scale"][0]) if "bn_x" in params else 0.0
         variables = {**variables, "params": params}
         dt = jnp.float64 if dtype == "float64" else jnp.float32
-        xs = jax.random.normal(k_x, (steps, batch_size, input_size), dt)
+        xs = x_scale * jax.random.normal(k_x, (steps, batch_size, input_size), dt)
         if not has_input:
             xs = jnp.zeros_like(xs)
         carry0 = cell.initialize_carry(batch_size)
@@ -759,7 +761,7 @@ def theory_vs_measurement(
         if not np.all(np.isfinite(logs)):
             raise ValueError(f"non-finite tangent growth for configuration {cfg}")
         meas, se = float(logs.mean()), float(logs.std() / math.sqrt(len(logs)))
-        sx2 = input_drive_variance(params["W_xh"], 1.0) if has_input else 0.0
+        sx2 = input_drive_variance(params["W_xh"], x_scale**2) if has_input else 0.0
         pred = predict_rate(
             name,
             hidden_size=hidden_size,
@@ -782,6 +784,7 @@ def theory_vs_measurement(
             ("gamma_x", gx_used),
             ("has_input", has_input),
             ("dropout", p),
+            ("x_scale", x_scale),
             ("seed", seed),
         ):
             cols[k].append(v)

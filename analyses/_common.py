@@ -376,3 +376,49 @@ def lyapunov(cell, variables, carry0, xs, key=None, train: bool = True, k: int |
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(s))):
         raise ValueError("non-finite Lyapunov exponents: the states overflowed; shorten T or lower the gain")
     return {"exponents": e, "stderr": s}
+
+
+# ------------------------------------------------------------------------------------------- BN statistics
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_fn(cell):
+    @jax.jit
+    def f(variables, carry0s, xss, key):
+        rngs = {"dropout": key} if getattr(cell.spec, "dropout", 0.0) > 0 else {}
+
+        def seq(bs, inp):
+            c0, xs = inp
+
+            def stepf(cb, x):
+                carry, b = cb
+                (new, _), upd = cell.apply({**variables, "batch_stats": b}, carry, x, train=True,
+                                           mutable=["batch_stats"], rngs=rngs)
+                return (new, upd["batch_stats"]), None
+
+            (_, bs), _ = jax.lax.scan(stepf, (c0, bs), xs)
+            return bs, None
+
+        bs, _ = jax.lax.scan(seq, variables["batch_stats"], (carry0s, xss))
+        return {**variables, "batch_stats": bs}
+
+    return f
+
+
+def collect_batch_stats(cell, variables: dict, carry0s, xss, key=None) -> dict:
+    """Run sequences in train mode with mutable ``batch_stats`` (as training does) and return the variables
+    with the updated running averages.
+
+    Args:
+        cell: a cell with BN.
+        variables: its variables.
+        carry0s: initial carries stacked over N sequences (leading axis N).
+        xss: (N, T, B, input_size) inputs.
+        key: dropout key (cells with dropout).
+
+    Returns:
+        variables with the running averages after the N sequences (row t of per-step statistics updated at
+        step t of each sequence, ``r ← momentum · r + (1 − momentum) · batch value``).
+    """
+    key = jax.random.key(0) if key is None else key
+    return _stats_fn(cell)(variables, carry0s, xss, key)

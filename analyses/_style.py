@@ -164,6 +164,15 @@ def log_from_ln(y):
     return np.exp(np.clip(np.asarray(y, dtype=float), -700.0, 700.0))
 
 
+def plain_log_ticks(ax, axis: str = "y") -> None:
+    """Label a log axis with plain numbers (0.5, 2, ...), no minor labels (spans of a decade or two)."""
+    import matplotlib.ticker as mt
+
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_formatter(mt.FormatStrFormatter("%g"))
+    a.set_minor_formatter(mt.NullFormatter())
+
+
 def note(ax, text: str, loc: str = "lower left") -> None:
     """A small grey annotation in a corner of the axes."""
     pos = {"lower left": (0.02, 0.03, "left", "bottom"), "upper left": (0.02, 0.97, "left", "top"),

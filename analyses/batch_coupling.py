@@ -135,12 +135,11 @@ def plot(data: dict) -> dict:
                   title=f"true vs frozen-statistics Jacobian (B = {Bs[jmid]})", legend="lower left",
                   fontsize=6.5)
     T = int(lags[-1])
-    for i, p in enumerate(data["presets"]):
-        for j, B in enumerate(Bs):
-            if B == Bs[jmid]:
-                v = data["overstatement"][i, j, -1]
-                a3.annotate(f"{v:.3g}×", (T, v), fontsize=6.5, ha="right", va="bottom",
-                            color=_style.color(p, i))
+    _style.note(a3, f"at lag {T}: " + "; ".join(
+        f"{p} B={B}: {data['overstatement'][i, j, -1]:.3g}×" for i, p in enumerate(data["presets"])
+        for j, B in enumerate(Bs) if B == Bs[jmid]), loc="lower right")
+    a1.set_yticks([0.25, 0.5, 1, 2, 4])
+    _style.plain_log_ticks(a1)
     _style.finish(a3, xlabel=_style.LAG, ylabel="frozen / true diagonal-block spectral norm",
                   title="overstatement by the frozen-statistics shortcut", legend="upper left", fontsize=6.5)
     fig.suptitle(f"Train-mode BN couples the batch (d = {data['hidden']}, gain {data['gain']:g}, n = B·d, "

@@ -102,9 +102,6 @@ def test_frozen_statistics_comparison_bn_without_tanh(x64):
     for x in xs:
         cf, ct = frozen_step(cf, x), true_step(ct, x)
     np.testing.assert_allclose(cf["h"], ct["h"], rtol=1e-10, atol=1e-12)
-    true_blocks = np.asarray(batch_blocks(true_step, carry0, xs))
-    ref = np.linalg.norm(true_blocks[0, 0, 0], 2)
-    np.testing.assert_allclose(cmp.true.diagonal_spectral[0, 0], ref, rtol=1e-10)
 
 
 def test_bad_inputs():

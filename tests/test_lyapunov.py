@@ -54,11 +54,12 @@ def test_sum_equals_mean_log_det_and_segments(x64):
     step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
     h0, xs = _rand(4, (B, d), 0.5), _rand(5, (T, B, 1))
     r = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5)
-    hs = [h0]
+    hs, jstep = [h0], jax.jit(step)
     for x in xs:
-        hs.append(step(hs[-1], x))
-    jac = jax.jit(lambda h, x: jax.jacfwd(lambda v: step(v.reshape(B, d), x).ravel())(h.ravel()))
-    logdet = [np.linalg.slogdet(np.asarray(jac(hs[t], xs[t])))[1] for t in range(transient, T)]
+        hs.append(jstep(hs[-1], x))
+    jac = jax.jit(jax.vmap(lambda h, x: jax.jacfwd(lambda v: step(v.reshape(B, d), x).ravel())(h.ravel())))
+    J = np.asarray(jac(jnp.stack(hs[transient:T]), xs[transient:]))
+    logdet = np.linalg.slogdet(J)[1]
     np.testing.assert_allclose(np.sum(r.exponents), np.mean(logdet), rtol=1e-10)
     # standard errors: spread of 5 segment means, computed here from the per-step logs
     logs = np.asarray(qr_log_diagonals(step, h0, xs))[transient:]

@@ -274,6 +274,20 @@ def test_ln_tanh_rate_vs_measurement():
     assert m[4] < m[3] - 0.02 and pred[4] < pred[3] - 0.02
 
 
+def test_dropout_acts_as_a_larger_gain_on_unnormalized_paths():
+    # inverted dropout on h: g² -> g²/(1-p) in the mean field (docs/theory.md §2.6, §4.2)
+    out = _tvm("tanh", [{"gain": 1.5, "dropout": 0.2}, {"gain": 1.0, "dropout": 0.5}], 2)
+    # d = 256: |diff| <= 0.014 over 2 draws each in exploratory runs; tolerance 0.02
+    np.testing.assert_allclose(out["measured"], out["predicted"], atol=0.02)
+    # same as g_eff = 1/sqrt(0.5) without dropout (σ_x² ≈ 16/256 from the lecun_normal W_xh)
+    assert out["predicted"][1] == pytest.approx(th.tanh_rnn_rate(np.sqrt(2.0), 0.0625), abs=0.01)
+    assert out["measured"][1] > th.tanh_rnn_rate(1.0, 0.0625) + 0.1  # p = 0.5 turns an ordered g = 1 chaotic
+    ln = _tvm("ln_tanh", [{"gain": 1.0, "dropout": 0.5, "x_scale": 4.0}], 2)
+    # LN after the sum: σ² = g_eff² m + σ_x², so dropout weakens the input's ordering effect; |diff| <= 0.001
+    assert ln["measured"][0] == pytest.approx(ln["predicted"][0], abs=0.015)
+    assert ln["predicted"][0] > th.ln_sum_rate(1.0, 1.0, 1.0, 256, "tanh") + 0.1
+
+
 def test_bn_tanh_gamma_dependence_vs_measurement():
     cfgs = [
         {"gamma": 0.1, "gamma_x": 0.1},
@@ -309,3 +323,26 @@ def test_deep_bn_feedforward_explodes_at_batch_set_rate(x64):
     assert r8t == pytest.approx(th.bn_feedforward_rate(8, "tanh"), abs=0.025)
     # the batch size sets the rate: B = 6 explodes faster than B = 16, by the predicted margin
     assert r6 - r16 == pytest.approx(th.bn_feedforward_rate(6) - th.bn_feedforward_rate(16), abs=0.03)
+
+
+def test_bad_inputs_raise_value_error():
+    with pytest.raises(ValueError, match="unknown activation"):
+        th.ln_chi(1.0, 0.0, 64, activation="softsign")
+    with pytest.raises(ValueError, match="hidden_size"):
+        th.ln_chi(1.0, 0.0, 3)
+    with pytest.raises(ValueError, match="finite"):
+        th.bn_train_chi(float("nan"), 0.0, 8)
+    with pytest.raises(ValueError, match="no mean-field prediction"):
+        th.predict_rate("gru", hidden_size=8, batch_size=8)
+    with pytest.raises(ValueError, match="eval mode is exact"):
+        th.predict_rate("bn_notanh", hidden_size=8, batch_size=8, train=False)
+    with pytest.raises(ValueError, match="unknown configuration keys"):
+        th.theory_vs_measurement("tanh", [{"gian": 1.0}], key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="key is required"):
+        th.theory_vs_measurement("tanh", [{}])
+    with pytest.raises(ValueError, match="supports"):
+        th.theory_vs_measurement("lstm", [{}], key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="identity activation"):
+        th.cell_eval_matrix("tanh", {})
+    with pytest.raises(ValueError, match="shape"):
+        th.bn_eval_matrix(np.eye(3), np.ones(2), np.ones(3))

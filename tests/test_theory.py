@@ -225,7 +225,7 @@ def test_bn_notanh_few_input_features_break_the_isotropy_assumption():
     assert out["measured"].mean() - out["predicted"][0] > 0.03
 
 
-def test_bn_notanh_measurement_agrees_with_engine_streaming_norms():
+def test_bn_notanh_measurement_agrees_with_engine_lyapunov_and_streaming_norms():
     # the engine's log ‖∂h_T/∂h_t‖_F (Hutchinson probes over the whole batch state) grows at the top exponent
     with jax.enable_x64(True):
         d, B, T = 128, 8, 300
@@ -241,6 +241,9 @@ def test_bn_notanh_measurement_agrees_with_engine_streaming_norms():
         sel = (lags >= 60) & (lags <= T - 60)
         slope = np.polyfit(lags[sel], np.asarray(r.log_frobenius)[sel], 1)[0]
         mine, se = th.measure_top_exponent(step, c0, xs, jax.random.PRNGKey(4), burn=60)
+        lyap = gradflow.lyapunov_spectrum(step, c0, xs, k=1, transient=60, key=jax.random.PRNGKey(4))
+    # the engine's Benettin/QR top exponent on the same trajectory: the same quantity as our jvp tangent
+    assert float(lyap.exponents[0]) == pytest.approx(mine, abs=1e-3)
     # same trajectory, different lag windows / estimators: agree to the statistical scatter (~3 se + 0.01)
     assert slope == pytest.approx(mine, abs=3 * se + 0.01)
     assert slope == pytest.approx(th.bn_train_rate(1.0, 0.3, B), abs=0.04)  # d = 128: §7 bound 0.04

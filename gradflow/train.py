@@ -587,9 +587,9 @@ def train(
         hist["eval_step"].append(step)
         hist["eval_loss"].append(float(loss))
         hist["eval_accuracy"].append(float(acc))
-        train_loss = hist["loss"][step - 1] if step > 0 else float("nan")
+        train_loss = f"train loss {hist['loss'][step - 1]:.4g}, " if step > 0 else ""
         say(
-            f"{task.name} T={task.seq_len} step {step}/{S}: train loss {train_loss:.4g}, eval loss "
+            f"{task.name} T={task.seq_len} step {step}/{S}: {train_loss}eval loss "
             f"{float(loss):.4g} (baseline {task.baseline:.4g}), eval acc {float(acc):.3f}"
         )
 
@@ -733,8 +733,6 @@ def lyapunov(
     Raises:
         ValueError: from ``lyapunov_spectrum``, e.g. when the states overflow (non-finite).
     """
-    from gradflow import as_step, lyapunov_spectrum
-
     if task.is_dataset:
         xs, _ = task.eval_set(key)
         xs = xs[:, :1]
@@ -744,5 +742,25 @@ def lyapunov(
         xs, _ = t.sample(key, 1)
     T = xs.shape[0]
     transient = T // 4 if transient is None else transient
-    step = as_step(cell, _cell_variables(variables["params"], variables.get("batch_stats", {})), train=False)
-    return lyapunov_spectrum(step, cell.initialize_carry(1), xs, k=k, transient=transient)
+    f = _cached(
+        ("lyapunov", cell, int(k), int(transient)), lambda: _build_lyapunov(cell, int(k), int(transient))
+    )
+    exps, se = f(_cell_variables(variables["params"], variables.get("batch_stats", {})), xs)
+    if not (np.all(np.isfinite(np.asarray(exps))) and np.all(np.isfinite(np.asarray(se)))):
+        raise ValueError("non-finite Lyapunov exponents: the eval-mode states overflowed")
+    from gradflow.lyapunov import LyapunovResult
+
+    return LyapunovResult(exps, se, T - transient)
+
+
+def _build_lyapunov(cell, k, transient):
+    """Compiled once per (cell, k, transient): the variables are traced, so before/after share it."""
+    from gradflow import as_step, lyapunov_spectrum
+
+    @jax.jit
+    def f(variables, xs):
+        step = as_step(cell, variables, train=False)
+        r = lyapunov_spectrum(step, cell.initialize_carry(1), xs, k=k, transient=transient)
+        return r.exponents, r.stderr
+
+    return f

@@ -470,7 +470,7 @@ def run_all(
             pdir = partial_root / name / dkey
             prog = Progress(name, quiet=quiet, partial_dir=pdir, stream=stream)
             if deps:
-                inputs = {d: load_data(data_dir / d) for d in deps}
+                inputs = {d: load_data(data_dir / d) for d in deps if d in keys}
                 data = mod.run(cfg, prog, inputs=inputs)
             else:
                 data = mod.run(cfg, prog)

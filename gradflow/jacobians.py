@@ -87,7 +87,7 @@ def power_norm(M, v, n_iter):
     """
     n = v.shape[0]
     r = jnp.cos(jnp.arange(n, dtype=v.dtype) * 2.399963) / jnp.sqrt(n / 2.0)
-    v = v + 0.5 * r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(v.dtype).tiny)
+    v = v + 0.1 * r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(v.dtype).tiny)
     v = v / jnp.linalg.norm(v)
 
     def it(v, _):

@@ -577,9 +577,14 @@ def train(
         n = min(start, len(saved["loss"]))
         for k in ("loss", "accuracy", "grad_norm"):
             hist[k][:n] = saved[k][:n]
-        for k in ("eval_step", "eval_loss", "eval_accuracy", "flow_step"):
-            hist[k] = list(saved[k])
-        hist["grad_flow"] = list(saved["grad_flow"]) if saved["grad_flow"].size else []
+        # keep the records on the regular grid: a shorter run's end-of-run extras would not be in an
+        # uninterrupted run
+        keep = [i for i, st in enumerate(saved["eval_step"]) if st % config.eval_every == 0]
+        for k in ("eval_step", "eval_loss", "eval_accuracy"):
+            hist[k] = [saved[k][i] for i in keep]
+        keep = [i for i, st in enumerate(saved["flow_step"]) if st % config.record_every == 0]
+        hist["flow_step"] = [saved["flow_step"][i] for i in keep]
+        hist["grad_flow"] = [saved["grad_flow"][i] for i in keep]
         say(f"resumed from {checkpoint} at step {start}")
 
     def record_eval(step):

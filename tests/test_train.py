@@ -83,15 +83,31 @@ def test_recorded_grad_norm_is_preclip_and_clip_is_applied(small_run):
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(small_run, tmp_path):
     path = tmp_path / "ckpt.npz"
-    half = train.train(SMALL_CELL, SMALL_TASK, train.TrainConfig(**{**SMALL_CFG.__dict__, "steps": 3}),
+    # a 4-step run records extras at its end (flow at step 3, eval at step 4) that the 6-step run has not
+    half = train.train(SMALL_CELL, SMALL_TASK, train.TrainConfig(**{**SMALL_CFG.__dict__, "steps": 4}),
                        checkpoint=path)
-    assert path.exists() and half.steps_done == 3
+    assert path.exists() and half.steps_done == 4
+    assert half.history["flow_step"].tolist() == [0, 2, 3] and half.history["eval_step"].tolist() == [0, 3, 4]
     resumed = train.train(SMALL_CELL, SMALL_TASK, SMALL_CFG, checkpoint=path)
     for k in ("loss", "grad_norm", "eval_step", "eval_loss", "flow_step", "grad_flow"):
         np.testing.assert_array_equal(resumed.history[k], small_run.history[k], err_msg=k)
     for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(small_run.params),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a run killed after its step-2 checkpoint (checkpoint_every=2) resumes to the same result
+    killed = tmp_path / "killed.npz"
+
+    def kill_at_step_3(message):
+        if "step 3/" in message:
+            raise KeyboardInterrupt("simulated kill")
+
+    every2 = train.TrainConfig(**{**SMALL_CFG.__dict__, "checkpoint_every": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train.train(SMALL_CELL, SMALL_TASK, every2, checkpoint=killed, progress=kill_at_step_3)
+    assert not list(tmp_path.glob(".ckpt.*"))  # no temporary file left behind
+    again = train.train(SMALL_CELL, SMALL_TASK, SMALL_CFG, checkpoint=killed)
+    for k in ("loss", "eval_step", "eval_loss", "flow_step", "grad_flow"):
+        np.testing.assert_array_equal(again.history[k], small_run.history[k], err_msg=k)
     # a checkpoint of another run is refused
     with pytest.raises(ValueError, match="another run"):
         train.train(SMALL_CELL, SMALL_TASK, train.TrainConfig(**{**SMALL_CFG.__dict__, "seed": 9}),

@@ -5,7 +5,9 @@ from independent segments) are the asymptotic growth rates of the singular value
 gradients explode, λ₁ < 0 that every direction vanishes. Cells run in train mode at initialization, driven by
 i.i.d. N(0, 1) inputs from a typical state; batch-coupled cells are analysed over the whole batch state.
 The predictions are ``gradflow.theory.predict_rate`` (mean field, large width, with the finite-B / finite-d
-factors of the BN and LN formulas), evaluated with the input-drive variance of the measured cell's W_xh.
+factors of the BN and LN formulas), evaluated with the input-drive variance of the measured cell's W_xh; for
+``linear`` the tabulated prediction (``top_theory``) is exact, ln ρ(W_hh) of the measured matrix, and the
+curve is the mean-field ln g.
 
 Example::
 
@@ -108,7 +110,7 @@ def run(config: dict, progress=None) -> dict:
             gains = [g for g in c["gains"] if g <= gmax]
 
             def sweep(p=p, gains=gains):
-                e, se, sx = [], [], []
+                e, se, sx, ex = [], [], [], []
                 for g in gains:
                     cell, v, c0, xs, key = _common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"],
                                                          c["seed"], c["input_scale"], burn_in=c["burn_in"],
@@ -118,15 +120,21 @@ def run(config: dict, progress=None) -> dict:
                     e.append(r["exponents"][0])
                     se.append(r["stderr"][0])
                     sx.append(_sigma_x2(v, cell.gates, c["input_scale"]))
-                return {"e": np.array(e), "se": np.array(se), "sx": np.array(sx)}
+                    ex.append(float(gradflow.theory.linear_lyapunov_spectrum(np.asarray(v["params"]["W_hh"]))[0])
+                              if p == "linear" else 0.0)
+                return {"e": np.array(e), "se": np.array(se), "sx": np.array(sx), "exact": np.array(ex)}
 
             r = memo(progress, f"top_{p}", sweep)
             spec = gradflow.PRESETS[p]
             for j, g in enumerate(gains):
                 has = p in THEORY
-                th = (gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"], gain=g,
-                                                   sigma_x2=float(r["sx"][j]), dropout=spec.dropout)
-                      if has else 0.0)
+                if p == "linear":  # exact, no mean field: ln ρ(W_hh) of the measured cell's matrix
+                    th = float(r["exact"][j])
+                elif has:
+                    th = gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"],
+                                                      gain=g, sigma_x2=float(r["sx"][j]), dropout=spec.dropout)
+                else:
+                    th = 0.0
                 rows["p"].append(p)
                 rows["g"].append(g)
                 rows["e"].append(float(r["e"][j]))
@@ -185,6 +193,9 @@ def plot(data: dict) -> dict:
         col = _style.color(p, i)
         ax.errorbar(data["top_gain"][m], data["top_exp"][m], yerr=data["top_se"][m], fmt=_style.marker(p),
                     color=col, ms=4, mfc="none", capsize=2, label=f"{p} (measured)")
+        if p == "linear":
+            ax.plot(data["top_gain"][m], data["top_theory"][m], "+", color="k", ms=6,
+                    label="linear (exact: ln ρ(W_hh))")
         mc = curve_p == p
         if mc.any():
             ax.plot(data["curve_gain"][mc], data["curve_rate"][mc], "-", color=col, lw=1.0, alpha=0.8,

@@ -1,0 +1,326 @@
+"""findings: the findings table and a plain answer, generated from the other analyses' saved data.
+
+Runs last (``DEPENDS``); reads only their data, so every number in ``figures/findings.md`` and
+``figures/findings.json`` comes from code in this repository (``python -m analyses`` reproduces them; the
+source of each number is named in the table's notes). Classification of a per-step rate r (natural log per
+step): "explodes" if r > +θ, "vanishes" if r < −θ, else "neutral", with θ = ``threshold`` (0.01 ln/step: the
+norm changes by less than a factor e over 100 steps).
+
+Example::
+
+    from analyses import _runner, findings
+    inputs = {n: _runner.load_data(f"figures/data/{n}") for n in findings.DEPENDS}
+    data = findings.run(findings.CONFIG, inputs=inputs)
+    print(data["table_md"])
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from analyses import _common, _style
+
+NAME = "findings"
+DEPENDS = ("decay", "lengths", "lyapunov", "spectra", "bn_modes", "batch_coupling", "gamma_init", "dropout",
+           "training")
+CONFIG = {"threshold": 0.01, "reference_gain": 1.0}
+QUICK: dict = {}
+FULL: dict = {}
+
+COMMAND = "make figures  (python -m analyses; add --force to recompute, --only NAME to select)"
+
+
+VERB = {"vanishes": "vanish", "explodes": "explode", "neutral": "stay neutral"}
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return f"{x:+.{nd}f}"
+
+
+def _find(names, name) -> int | None:
+    names = list(names)
+    return names.index(name) if name in names else None
+
+
+def run(config: dict, progress=None, inputs: dict | None = None) -> dict:
+    """Build the table rows and the answer text.
+
+    Args:
+        config: ``threshold`` (ln/step) and ``reference_gain`` (the gain whose rate is tabulated).
+        progress: progress callback (unused but for one line).
+        inputs: name -> data of the analyses in ``DEPENDS`` that are present.
+
+    Returns:
+        dict with per-preset columns (lists / arrays of equal length P): ``preset``, ``rate`` (decay slope
+        at the reference gain, mean over seeds), ``rate_sd`` (sd over seeds), ``rate_se`` (fit s.e.),
+        ``verdict``, ``explodes_at`` / ``vanishes_at`` / ``neutral_at`` (gains, as text), ``lam1`` /
+        ``lam1_se`` / ``has_lam1`` (top Lyapunov exponent at the reference gain), ``theory`` / ``has_theory``,
+        ``rate_long`` / ``has_long`` ((1/T) ln‖∂h_T/∂h_0‖₂ at the longest T), ``eff_rank`` / ``has_rank``
+        (effective rank / n at the longest lag); ``table_md``, ``answer_md``, ``notes_md`` (Markdown); the thresholds.
+    """
+    inputs = inputs or {}
+    th = float(config["threshold"])
+    g_ref = float(config["reference_gain"])
+    dec = inputs["decay"]
+    presets = list(dec["presets"])
+    gains = np.asarray(dec["gains"], float)
+    j_ref = int(np.argmin(np.abs(gains - g_ref)))
+    P = len(presets)
+    cols: dict = {k: [] for k in ("rate", "rate_sd", "rate_se", "verdict", "explodes_at", "vanishes_at",
+                                  "neutral_at", "lam1", "lam1_se", "has_lam1", "theory", "has_theory",
+                                  "rate_long", "has_long", "eff_rank", "has_rank", "gain_spread")}
+    ly = inputs.get("lyapunov")
+    le = inputs.get("lengths")
+    sp = inputs.get("spectra")
+    for i, p in enumerate(presets):
+        r = np.asarray(dec["rate"][i])  # (G, S)
+        mean = r.mean(axis=1)
+        cols["rate"].append(float(mean[j_ref]))
+        cols["rate_sd"].append(float(r[j_ref].std(ddof=1)) if r.shape[1] > 1 else 0.0)
+        cols["rate_se"].append(float(np.asarray(dec["rate_se"][i])[j_ref].mean()))
+        cols["verdict"].append(_common.classify(float(mean[j_ref]), threshold=th))
+        by = {"explodes": [], "vanishes": [], "neutral": []}
+        for j, g in enumerate(gains):
+            by[_common.classify(float(mean[j]), threshold=th)].append(f"{g:g}")
+        cols["explodes_at"].append(", ".join(by["explodes"]) or "none")
+        cols["vanishes_at"].append(", ".join(by["vanishes"]) or "none")
+        cols["neutral_at"].append(", ".join(by["neutral"]) or "none")
+        cols["gain_spread"].append(float(mean.max() - mean.min()))
+        lam, lse, has, tv, ht = 0.0, 0.0, 0, 0.0, 0
+        if ly is not None:
+            tp = np.asarray(ly["top_preset"])
+            m = np.flatnonzero((tp == p) & (np.abs(np.asarray(ly["top_gain"]) - g_ref) < 1e-9))
+            if m.size:
+                k = int(m[0])
+                lam, lse, has = float(ly["top_exp"][k]), float(ly["top_se"][k]), 1
+                if int(ly["top_has_theory"][k]):
+                    tv, ht = float(ly["top_theory"][k]), 1
+        cols["lam1"].append(lam)
+        cols["lam1_se"].append(lse)
+        cols["has_lam1"].append(has)
+        cols["theory"].append(tv)
+        cols["has_theory"].append(ht)
+        rl, hl = 0.0, 0
+        if le is not None and (k := _find(le["presets"], p)) is not None:
+            rl, hl = float(np.asarray(le["rate"])[k, -1]), 1
+        cols["rate_long"].append(rl)
+        cols["has_long"].append(hl)
+        er, hr = 0.0, 0
+        if sp is not None and (k := _find(sp["presets"], p)) is not None:
+            er, hr = float(np.asarray(sp["eff_rank"])[k, -1] / np.asarray(sp["n"])[k]), 1
+        cols["eff_rank"].append(er)
+        cols["has_rank"].append(hr)
+
+    T_long = int(np.asarray(le["lengths"])[-1]) if le is not None else 0
+    max_lag = int(np.asarray(sp["rank_lags"])[-1]) if sp is not None else 0
+    lines = [
+        f"| preset | rate at g = {g_ref:g} (ln/step) | verdict | explodes at g ∈ | vanishes at g ∈ | "
+        f"λ₁ at g = {g_ref:g} | theory λ₁ | (1/T) ln‖∂h_T/∂h_0‖₂, T = {T_long} | eff. rank / n, lag "
+        f"{max_lag} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, p in enumerate(presets):
+        rate = f"{_fmt(cols['rate'][i])} ± {cols['rate_sd'][i]:.3f}"
+        lam = f"{_fmt(cols['lam1'][i])} ± {cols['lam1_se'][i]:.3f}" if cols["has_lam1"][i] else "—"
+        theo = _fmt(cols["theory"][i]) if cols["has_theory"][i] else "—"
+        lon = _fmt(cols["rate_long"][i], 4) if cols["has_long"][i] else "—"
+        rk = f"{cols['eff_rank'][i]:.3f}" if cols["has_rank"][i] else "—"
+        lines.append(f"| `{p}` | {rate} | {cols['verdict'][i]} | {cols['explodes_at'][i]} | "
+                     f"{cols['vanishes_at'][i]} | {lam} | {theo} | {lon} | {rk} |")
+    table = "\n".join(lines)
+    answer = _answer(presets, cols, gains, inputs, th)
+    seeds = len(np.asarray(dec["seeds"]))
+    notes = "\n".join([
+        f"- Rate: least-squares slope of ln‖∂h_T/∂h_t‖₂ against the lag over lags "
+        f"{dec['fit_from']}–{dec['T']} "
+        f"(analysis `decay`: d = {dec['hidden']}, batch {dec['batch']}, train mode, driven by N(0, "
+        f"1) inputs, "
+        f"at initialization), mean ± sd over {seeds} seeds; gains tried: "
+        f"{', '.join(f'{g:g}' for g in gains)}.",
+        f"- Verdict: explodes if rate > +{th:g}, vanishes if rate < −{th:g} ln/step (a factor e per "
+        f"{1 / th:.0f} steps), else neutral.",
+        "- λ₁: top Lyapunov exponent ± s.e. over segments (analysis `lyapunov`, Benettin QR); theory: "
+        "`gradflow.theory.predict_rate` (mean field) for the same size, batch and input variance.",
+        f"- (1/T) ln‖∂h_T/∂h_0‖₂ at T = {T_long}: analysis `lengths` (forward product, log-renormalized).",
+        "- Effective rank: exp(entropy of σ_i/Σσ) of ∂h_T/∂h_t divided by the state size n "
+        "(analysis `spectra`).",
+        f"- Reproduce: `{COMMAND}`; this table is `figures/findings.md`, its numbers "
+        f"`figures/findings.json`.",
+    ])
+    if progress is not None:
+        progress(f"{P} presets tabulated")
+    out = {"preset": presets, **{k: (v if isinstance(v[0], str) else np.asarray(v)) for k, v in cols.items()},
+           "table_md": table, "answer_md": answer, "notes_md": notes, "threshold": th,
+           "reference_gain": g_ref, "gains": gains}
+    return out
+
+
+def _answer(presets, cols, gains, inputs, th) -> str:
+    """The plain-language answer, each number read from the data, each adjective chosen by a threshold."""
+    out = []
+
+    def rate_of(p):
+        i = presets.index(p)
+        return cols["rate"][i], cols["rate_sd"][i], cols["verdict"][i], cols["gain_spread"][i], i
+
+    def gain_clause(p):
+        _, _, _, spread, i = rate_of(p)
+        if spread < th:
+            return (f"the recurrent gain has no effect (rates at g = {gains[0]:g}…{gains[-1]:g} differ by "
+                    f"{spread:.4f} ln/step: the normalization removes W_hh's scale)")
+        return (f"it explodes at g ∈ {{{cols['explodes_at'][i]}}} and vanishes at g ∈ "
+                f"{{{cols['vanishes_at'][i]}}}")
+
+    for p, name in (("bn_notanh", "BN in place of tanh (`bn_notanh`)"),
+                    ("ln_notanh", "LN on the recurrent path, BN on the input, dropout 0.2 (`ln_notanh`)")):
+        if p not in presets:
+            continue
+        r, sd, verdict, _, i = rate_of(p)
+        s = (f"**{name}**: at initialization its gradients **{VERB[verdict]}**: ‖∂h_T/∂h_t‖₂ changes by "
+             f"{_fmt(r)} ± {sd:.3f} ln per step (a factor {np.exp(100 * r):.2g} over 100 steps); "
+             f"{gain_clause(p)}.")
+        if cols["has_theory"][i]:
+            s += (f" The mean-field prediction is {_fmt(cols['theory'][i])} ln/step against a measured top "
+                  f"Lyapunov exponent of {_fmt(cols['lam1'][i])} ± {cols['lam1_se'][i]:.3f}.")
+        if cols["has_long"][i]:
+            s += f" Over the longest sequences the rate is {_fmt(cols['rate_long'][i], 4)} ln/step."
+        out.append(s)
+    if "tanh" in presets:
+        r, sd, verdict, _, i = rate_of("tanh")
+        out.append(f"**For comparison, `tanh`** at g = {gains[np.argmin(np.abs(gains - 1))]:g}: {verdict} "
+                   f"({_fmt(r)} ± {sd:.3f} ln/step); {gain_clause('tanh')}.")
+    bm = inputs.get("bn_modes")
+    if bm is not None:
+        tr, ev = float(bm["rate_train"]), float(bm["rate_eval"])
+        out.append(f"**Train vs eval mode (`{bm['preset']}`)**: beyond the {int(bm['T_stats'])} "
+                   f"steps its running "
+                   f"statistics came from, train mode {_common.classify(tr, threshold=th)} at "
+                   f"{_fmt(tr)} and eval "
+                   f"mode {_common.classify(ev, threshold=th)} at {_fmt(ev)} ln/step (eval mode is "
+                   f"a fixed linear "
+                   f"map there: exact rate ln ρ(A) = {_fmt(float(bm['eval_rate_theory']))}).")
+    bc = inputs.get("batch_coupling")
+    if bc is not None:
+        Bs = list(np.asarray(bc["batch_sizes"]))
+        i = _find(bc["presets"], "bn_notanh")
+        i = 0 if i is None else i
+        T = int(np.asarray(bc["lags"])[-1])
+        over = ", ".join(f"B = {B}: {float(np.asarray(bc['overstatement'])[i, j, -1]):.3g}×"
+                         for j, B in enumerate(Bs))
+        ratio = ", ".join(f"{float(np.asarray(bc['ratio'])[i, j, -1]):.2f}" for j in range(len(Bs)))
+        out.append(f"**Batch coupling (`{list(bc['presets'])[i]}`, train mode)**: at lag {T} the "
+                   f"cross-example "
+                   f"blocks of ∂h_T/∂h_t have {ratio} times the norm of the per-example blocks (B = "
+                   f"{', '.join(str(b) for b in Bs)}); a per-example Jacobian with the BN statistics frozen "
+                   f"overstates the true diagonal block by {over}.")
+    gi = inputs.get("gamma_init")
+    if gi is not None:
+        gam = np.asarray(gi["gammas"])
+        parts = []
+        a = len(np.asarray(gi["input_sizes"])) - 1
+        n_in = int(np.asarray(gi["input_sizes"])[a])
+        for k, p in enumerate(gi["presets"]):
+            rr = np.asarray(gi["rate"])[a, k]
+            pairs = zip(gam, rr, strict=True)
+            parts.append(f"`{p}` " + ", ".join(f"γ={g:g}: {_fmt(float(x))}" for g, x in pairs))
+        out.append(f"**BN γ initialisation** (rate of ‖∂L/∂h_t‖ going back in time, {n_in} "
+                   f"inputs/step, ln/step; "
+                   f"positive = grows): " + "; ".join(parts) + ".")
+    dr = inputs.get("dropout")
+    if dr is not None:
+        p_ = np.asarray(dr["p"])
+        modes = list(dr["modes"])
+        i0 = next((i for i in range(len(p_)) if p_[i] == 0), None)
+        i2 = next((i for i in range(len(p_)) if abs(p_[i] - 0.2) < 1e-9 and modes[i] == "step"), None)
+        if i0 is not None and i2 is not None:
+            l0, l2 = float(np.asarray(dr["lyap"])[i0]), float(np.asarray(dr["lyap"])[i2])
+            out.append(f"**Dropout 0.2 on `{dr['preset']}`**: top Lyapunov exponent {_fmt(l0)} without and "
+                       f"{_fmt(l2)} with a fresh mask per step (difference {_fmt(l2 - l0)} "
+                       f"ln/step); it does not "
+                       f"change the verdict ({_common.classify(l0, threshold=th)} → "
+                       f"{_common.classify(l2, threshold=th)})."
+                       if _common.classify(l0, threshold=th) == _common.classify(l2, threshold=th) else
+                       f"**Dropout 0.2 on `{dr['preset']}`**: top Lyapunov exponent {_fmt(l0)} without and "
+                       f"{_fmt(l2)} with a fresh mask per step: it changes the verdict.")
+    tr = inputs.get("training")
+    if tr is not None and "run_preset" in tr and "solved" in tr:
+        solved = np.asarray(tr["solved"])
+        labels = list(tr.get("run_label", tr["run_preset"]))
+        rows = [f"`{p}` {lab}: {'solved' if s == 1 else 'not solved' if s == 0 else 'n/a'}"
+                for p, lab, s in zip(tr["run_preset"], labels, solved, strict=True)]
+        out.append("**Training** (analysis `training`): " + "; ".join(rows) + ".")
+    # The plain answer to the question, from the verdicts.
+    verdicts = {p: cols["verdict"][presets.index(p)] for p in ("bn_notanh", "ln_notanh") if p in presets}
+    if verdicts:
+        what = "; ".join(f"`{p}` {VERB[v]}" for p, v in verdicts.items())
+        explode_any = [p for p in verdicts if cols["explodes_at"][presets.index(p)] != "none"]
+        if all(v == "neutral" for v in verdicts.values()):
+            text = ("Yes, at initialization: with normalization in place of tanh the gradient norms "
+                    "stay within "
+                    f"the neutral band ({what}).")
+        elif not explode_any:
+            text = (f"No. Normalization in place of tanh does not remove the problem at "
+                    f"initialization: {what}. "
+                    "No gain we tried makes them explode, so it trades exploding gradients for "
+                    "vanishing ones "
+                    "rather than curing both.")
+        else:
+            text = (f"No. Normalization in place of tanh does not remove the problem at "
+                    f"initialization: {what}; "
+                    f"{', '.join(explode_any)} also explode at some gains.")
+        out.insert(0, "**Answer.** " + text)
+    return "\n\n".join(out)
+
+
+def write_extra(data: dict) -> dict:
+    """``findings.md`` (table, answer, notes) and ``findings.json`` (rows with their numbers)."""
+    md = "\n\n".join(["# Findings (generated by `python -m analyses`; do not edit by hand)",
+                      data["answer_md"], "## Per-preset rates at initialization", data["table_md"],
+                      "### How each number is made", data["notes_md"]]) + "\n"
+    rows = []
+    for i, p in enumerate(data["preset"]):
+        row = {"preset": p, "rate": float(data["rate"][i]), "rate_sd": float(data["rate_sd"][i]),
+               "rate_fit_se": float(data["rate_se"][i]), "verdict": data["verdict"][i],
+               "explodes_at_gains": data["explodes_at"][i], "vanishes_at_gains": data["vanishes_at"][i],
+               "neutral_at_gains": data["neutral_at"][i], "gain_spread": float(data["gain_spread"][i])}
+        if int(data["has_lam1"][i]):
+            row.update(lambda1=float(data["lam1"][i]), lambda1_se=float(data["lam1_se"][i]))
+        if int(data["has_theory"][i]):
+            row["theory_lambda1"] = float(data["theory"][i])
+        if int(data["has_long"][i]):
+            row["rate_longest_T"] = float(data["rate_long"][i])
+        if int(data["has_rank"][i]):
+            row["effective_rank_fraction"] = float(data["eff_rank"][i])
+        rows.append(row)
+    js = {"threshold_ln_per_step": data["threshold"], "reference_gain": data["reference_gain"], "rows": rows,
+          "answer_md": data["answer_md"], "command": COMMAND}
+    return {"findings.md": md, "findings.json": json.dumps(js, indent=1) + "\n"}
+
+
+def plot(data: dict) -> dict:
+    """``findings``: per-step rate per preset with the neutral band, λ₁ and the theory where they exist."""
+    presets = list(data["preset"])
+    P = len(presets)
+    fig, ax = _style.figure(1, 1, width=8.0, height=3.4)
+    x = np.arange(P)
+    th = data["threshold"]
+    ax.axhspan(-th, th, color="0.85", lw=0, label=f"neutral band (|rate| ≤ {th:g})")
+    ax.axhline(0, color="0.4", lw=0.7)
+    for i, p in enumerate(presets):
+        ax.bar(i, data["rate"][i], color=_style.color(p, i), alpha=0.75, width=0.6)
+    ax.errorbar(x, data["rate"], yerr=data["rate_sd"], fmt="none", ecolor="k", capsize=2, lw=0.8)
+    has = np.asarray(data["has_lam1"], bool)
+    ax.errorbar(x[has], np.asarray(data["lam1"])[has], yerr=np.asarray(data["lam1_se"])[has], fmt="o",
+                color="k", ms=3.5, mfc="white", capsize=2, lw=0.8, label="λ₁ (lyapunov)")
+    ht = np.asarray(data["has_theory"], bool)
+    ax.plot(x[ht], np.asarray(data["theory"])[ht], "_", color="#d62728", ms=14, mew=2,
+            label="theory λ₁ (mean field)")
+    ax.bar([], [], color="0.6", alpha=0.75, label=f"rate at g = {data['reference_gain']:g} (decay fit) ± sd")
+    ax.set_xticks(x)
+    ax.set_xticklabels(presets, rotation=35, ha="right")
+    _style.finish(ax, ylabel=_style.RATE, title="Per-step gradient growth at initialization: < 0 "
+                                                "vanishes, > 0 "
+                  "explodes", legend="lower left", fontsize=6.5)
+    return {"findings": fig}

@@ -58,7 +58,8 @@ def run(config: dict, progress=None, inputs: dict | None = None) -> dict:
         ``verdict``, ``explodes_at`` / ``vanishes_at`` / ``neutral_at`` (gains, as text), ``lam1`` /
         ``lam1_se`` / ``has_lam1`` (top Lyapunov exponent at the reference gain), ``theory`` / ``has_theory``,
         ``rate_long`` / ``has_long`` ((1/T) ln‖∂h_T/∂h_0‖₂ at the longest T), ``eff_rank`` / ``has_rank``
-        (effective rank / n at the longest lag); ``table_md``, ``answer_md``, ``notes_md`` (Markdown); the thresholds.
+        (effective rank / n at the longest lag); ``table_md``, ``answer_md``, ``notes_md`` (Markdown); the
+        thresholds.
     """
     inputs = inputs or {}
     th = float(config["threshold"])

@@ -132,7 +132,8 @@ def run(config: dict, progress=None) -> dict:
                     th = float(r["exact"][j])
                 elif has:
                     th = gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"],
-                                                      gain=g, sigma_x2=float(r["sx"][j]), dropout=spec.dropout)
+                                                      gain=g, sigma_x2=float(r["sx"][j]),
+                                                      dropout=spec.dropout)
                 else:
                     th = 0.0
                 rows["p"].append(p)

@@ -255,7 +255,7 @@ def _answer(presets, cols, gains, inputs, th) -> str:
     # The plain answer to the question, from the verdicts.
     verdicts = {p: cols["verdict"][presets.index(p)] for p in ("bn_notanh", "ln_notanh") if p in presets}
     if verdicts:
-        what = "; ".join(f"`{p}` {VERB[v]}" for p, v in verdicts.items())
+        what = "; ".join(f"the gradients of `{p}` {VERB[v]}" for p, v in verdicts.items())
         explode_any = [p for p in verdicts if cols["explodes_at"][presets.index(p)] != "none"]
         if all(v == "neutral" for v in verdicts.values()):
             text = ("Yes, at initialization: with normalization in place of tanh the gradient norms "

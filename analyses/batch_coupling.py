@@ -42,7 +42,7 @@ CONFIG = {
     "seed": 0,
     "dtype": "float64",
 }
-QUICK = {"batch_sizes": [4, 8], "hidden": 8, "T": 30, "burn_in": 5}
+QUICK = {"presets": ["bn_notanh"], "batch_sizes": [4, 8], "hidden": 6, "T": 20, "burn_in": 3}
 FULL = {"batch_sizes": [4, 8, 16, 32, 64], "hidden": 64, "T": 300}
 
 

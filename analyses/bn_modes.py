@@ -40,8 +40,7 @@ CONFIG = {
     "seed": 0,
     "dtype": "float64",
 }
-QUICK = {"hidden": 8, "batch": 4, "T_stats": 20, "n_stats": 10, "T_long": 100,
-         "checkpoints": [10, 20, 50, 100]}
+QUICK = {"hidden": 6, "batch": 4, "T_stats": 15, "n_stats": 5, "T_long": 60, "checkpoints": [10, 30, 60]}
 FULL = {"hidden": 64, "batch": 16, "T_long": 3000, "n_stats": 100,
         "checkpoints": [10, 30, 100, 300, 1000, 3000]}
 

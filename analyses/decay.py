@@ -41,8 +41,8 @@ CONFIG = {
     "dtype": "float64",
     "burn_in": 20,
 }
-QUICK = {"presets": ["tanh", "linear", "bn_notanh", "ln_notanh", "lstm", "bn_lstm"], "gains": [0.5, 1.5],
-         "hidden": 8, "batch": 4, "T": 30, "n_lags": 10, "fit_from": 5, "seeds": [0]}
+QUICK = {"presets": ["tanh", "bn_notanh", "ln_notanh"], "gains": [0.5, 1.5], "hidden": 6, "batch": 4,
+         "T": 20, "n_lags": 8, "fit_from": 4, "seeds": [0], "burn_in": 3}
 FULL = {"hidden": 64, "batch": 16, "T": 300, "n_lags": 40, "fit_from": 20, "seeds": [0, 1, 2]}
 
 

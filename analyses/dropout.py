@@ -43,9 +43,8 @@ CONFIG = {
     "burn_in": 20,
     "dtype": "float64",
 }
-QUICK = {"variants": [[0.0, "step"], [0.2, "step"], [0.2, "sequence"]], "hidden": 8, "batch": 4, "T": 30,
-         "T_lyap": 150, "transient": 30, "n_lags": 10, "fit_from": 5, "sv_lags": [1, 5], "seeds": [0, 1],
-         "burn_in": 5}
+QUICK = {"variants": [[0.0, "step"], [0.2, "step"]], "hidden": 6, "batch": 4, "T": 20, "T_lyap": 60,
+         "transient": 10, "n_lags": 8, "fit_from": 4, "sv_lags": [1, 5], "seeds": [0, 1], "burn_in": 3}
 FULL = {"hidden": 64, "batch": 16, "T": 300, "T_lyap": 3000, "transient": 500, "seeds": [0, 1, 2, 3, 4]}
 
 

@@ -44,7 +44,8 @@ CONFIG = {
     "seed": 0,
     "dtype": "float64",
 }
-QUICK = {"gammas": [0.1, 0.5, 1.0], "hidden": 8, "batch": 8, "T": 60, "input_sizes": [1, 4]}
+QUICK = {"presets": ["bn_tanh", "bn_notanh"], "gammas": [0.1, 1.0], "hidden": 6, "batch": 6, "T": 30,
+         "input_sizes": [1, 4]}
 FULL = {"hidden": 128, "batch": 64}
 
 THEORY = ("bn_tanh", "bn_notanh")

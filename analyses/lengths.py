@@ -39,8 +39,8 @@ CONFIG = {
     "train": True,
     "dtype": "float64",
 }
-QUICK = {"presets": ["tanh", "bn_notanh", "ln_notanh", "lstm"], "lengths": [10, 30, 100],
-         "phase_gains": [0.5, 1.0, 2.0], "hidden": 8, "batch": 4, "burn_in": 5}
+QUICK = {"presets": ["tanh", "bn_notanh"], "phase_presets": ["tanh", "bn_notanh"], "lengths": [10, 30, 60],
+         "phase_gains": [0.5, 1.0, 2.0], "hidden": 6, "batch": 4, "burn_in": 3}
 FULL = {"lengths": [10, 30, 100, 300, 1000, 3000, 10000], "hidden": 64, "batch": 16,
         "phase_gains": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0]}
 

@@ -50,11 +50,9 @@ CONFIG = {
     "theory_points": 41,
     "dtype": "float64",
 }
-QUICK = {"spectra_presets": ["tanh", "bn_notanh", "ln_notanh", "lstm"], "spectra_hidden": 6,
-         "spectra_batch": 4, "spectra_T": 120, "spectra_transient": 30,
-         "top_presets": ["tanh", "bn_notanh", "ln_notanh"],
-         "gains": [0.5, 1.0, 2.0], "hidden": 8, "batch": 4, "T": 150, "transient": 30, "burn_in": 5,
-         "theory_points": 9}
+QUICK = {"spectra_presets": ["tanh", "bn_notanh"], "spectra_hidden": 6, "spectra_batch": 4, "spectra_T": 60,
+         "spectra_transient": 10, "top_presets": ["tanh", "bn_notanh"], "gains": [0.5, 1.0, 2.0], "hidden": 6,
+         "batch": 4, "T": 60, "transient": 10, "burn_in": 3, "theory_points": 9}
 FULL = {"spectra_hidden": 32, "spectra_T": 2000, "spectra_transient": 300, "hidden": 64, "batch": 16,
         "T": 3000, "transient": 500}
 

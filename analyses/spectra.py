@@ -36,8 +36,8 @@ CONFIG = {
     "train": True,
     "dtype": "float64",
 }
-QUICK = {"presets": ["tanh", "bn_notanh", "ln_notanh", "lstm"], "lags": [1, 5, 20],
-         "rank_lags": [1, 2, 5, 10, 20], "hidden": 8, "batch": 4, "burn_in": 5}
+QUICK = {"presets": ["tanh", "bn_notanh"], "lags": [1, 5, 20], "rank_lags": [1, 2, 5, 10, 20], "hidden": 6,
+         "batch": 4, "burn_in": 3}
 FULL = {"hidden": 64, "batch": 16, "lags": [1, 10, 100, 300],
         "rank_lags": [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300]}
 

@@ -318,10 +318,14 @@ def plot(data: dict) -> dict:
     ht = np.asarray(data["has_theory"], bool)
     ax.plot(x[ht], np.asarray(data["theory"])[ht], "_", color="#d62728", ms=14, mew=2,
             label="theory λ₁ (mean field)")
-    ax.bar([], [], color="0.6", alpha=0.75, label=f"rate at g = {data['reference_gain']:g} (decay fit) ± sd")
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Patch(color="0.6", alpha=0.75))
+    labels.append(f"rate at g = {data['reference_gain']:g} (decay fit, colour per preset) ± sd over seeds")
     ax.set_xticks(x)
     ax.set_xticklabels(presets, rotation=35, ha="right")
-    _style.finish(ax, ylabel=_style.RATE, title="Per-step gradient growth at initialization: < 0 "
-                                                "vanishes, > 0 "
-                  "explodes", legend="lower left", fontsize=6.5)
+    _style.finish(ax, ylabel=_style.RATE, legend=False,
+                  title="Per-step gradient growth at initialization: < 0 vanishes, > 0 explodes")
+    ax.legend(handles, labels, loc="lower left", fontsize=6.5)
     return {"findings": fig}

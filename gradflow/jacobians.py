@@ -83,8 +83,12 @@ def power_norm(M, v, n_iter):
     """``n_iter`` power iterations on M^T M from ``v``; returns (||M v||, v), v normalized (a lower bound).
 
     The warm start ``v`` is mixed with a fixed spread-out vector so that a direction that decayed at earlier
-    lags can be picked up again.
+    lags can be picked up again. M is scaled by its largest entry first: M^T M squares the values, which would
+    underflow (float32: below ~1e-19) or overflow where M itself is still representable.
     """
+    scale = jnp.max(jnp.abs(M))
+    safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+    M = M / safe
     n = v.shape[0]
     r = jnp.cos(jnp.arange(n, dtype=v.dtype) * 2.399963) / jnp.sqrt(n / 2.0)
     v = v + 0.1 * r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(v.dtype).tiny)
@@ -95,7 +99,7 @@ def power_norm(M, v, n_iter):
         return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny), None
 
     v, _ = jax.lax.scan(it, v, None, length=n_iter, unroll=max(1, min(n_iter, 8)))
-    return jnp.linalg.norm(M @ v), v
+    return jnp.linalg.norm(M @ v) * jnp.where(scale > 0, scale, jnp.zeros_like(scale)), v
 
 
 def _spectral_from_matrices(matrices, spectral, power_iters):

@@ -200,6 +200,18 @@ def test_norms_only_agrees_with_matrices(x64):
     np.testing.assert_allclose(p2.spectral_norms, ref, rtol=1e-6)
 
 
+def test_power_spectral_norm_of_tiny_products_float32():
+    # float32, W = 0.05 * orthogonal: ||∂h_T/∂h_t||_2 = 0.05^(T-t) reaches 1e-26 at lag 20, far below where
+    # M^T M underflows (~1e-19); power iteration on the unscaled matrix returned garbage there.
+    d, T = 4, 20
+    Q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(d, d)))
+    W = jnp.asarray(0.05 * Q, jnp.float32)
+    h0, xs = jnp.ones((1, d), jnp.float32), jnp.zeros((T, 1, 1), jnp.float32)
+    p = jacobian_norms(linear_step(W), h0, xs, spectral="power", power_iters=30)
+    ref = 0.05 ** np.arange(T, 0, -1, dtype=np.float64)
+    np.testing.assert_allclose(np.asarray(p.spectral_norms, np.float64), ref, rtol=1e-4)
+
+
 def test_pascanu_bound_tanh():
     d, T = 8, 20
     W, U = _rand(19, (d, d), 1.8 / np.sqrt(d)), _rand(20, (d, 2))

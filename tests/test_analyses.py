@@ -184,3 +184,85 @@ def test_quick_mode_second_run_recomputes_nothing(quick_run):
     status = _runner.run_all(mode="quick", out=out, quiet=True)
     assert set(status.values()) == {"cached"}
     assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == mt
+
+
+# ------------------------------------------------------------------------------------------ shared helpers
+def test_setup_scaled_init_equals_init_cell_of_the_option():
+    """Gain / γ options are applied by scaling one gain-free init: identical to init_cell of the option."""
+    import jax
+
+    import gradflow
+    from analyses import _common
+
+    for preset, opts in [("tanh", {"gain": 2.5}), ("bn_tanh", {"gain": 0.7, "bn_gamma_init": 0.3}),
+                         ("ln_lstm", {"gain": 1.5, "ln_gamma_init": 0.5}), ("gru", {"gain": 3.0})]:
+        _, v, _, _, _ = _common.setup(preset, 5, 3, 4, 2, seed=0, **opts)
+        k_init = jax.random.split(jax.random.key(0), 4)[0]
+        ref = gradflow.init_cell(gradflow.make_cell(preset, 5, 3, **opts), k_init, batch_size=4)
+        diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), v, ref)
+        assert max(jax.tree.leaves(diff)) < 1e-6, (preset, diff)
+
+
+def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
+    """ln‖∂h_T/∂h_0‖ of every prefix (forward, renormalized) and the all-lag norms equal plain NumPy
+    products of the per-step Jacobians (``gradflow.step_jacobians``, one jacfwd per step)."""
+    import gradflow
+    from analyses import _common
+
+    for preset in ("bn_notanh", "lstm"):
+        cell, v, c0, xs, key = _common.setup(preset, 4, 3, 3, 12, seed=1, dtype="float64")
+        step = gradflow.as_step(cell, v, train=True)
+        J = np.asarray(gradflow.step_jacobians(step, c0, xs))  # (T, n, n), J[t-1] = ∂h_t/∂h_{t-1}
+        M, ref_fro, ref_spec = np.eye(J.shape[1]), [], {}
+        for t in range(J.shape[0]):
+            M = J[t] @ M
+            ref_fro.append(np.log(np.linalg.norm(M)))
+            ref_spec[t + 1] = np.log(np.linalg.norm(M, 2))
+        f = _common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=(3, 12))
+        np.testing.assert_allclose(f["log_fro"], ref_fro, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(f["log_spec"], [ref_spec[3], ref_spec[12]], rtol=0, atol=1e-9)
+        # all lags at T = 12: ∂h_T/∂h_t = J_T ⋯ J_{t+1}
+        r = _common.lag_singular_values(cell, v, c0, xs, key, train=True, lags=(1, 5, 12))
+        for k, lag in enumerate((1, 5, 12)):
+            P = np.eye(J.shape[1])
+            for t in range(12 - lag, 12):
+                P = J[t] @ P
+            np.testing.assert_allclose(r["sv"][k], np.linalg.svd(P, compute_uv=False), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(r["frobenius"][lag - 1], np.linalg.norm(P), rtol=1e-9)
+
+
+def test_fit_rate_and_classify():
+    from analyses import _common
+
+    lags = np.arange(1, 51)
+    rate, se = _common.fit_rate(lags, -0.2 * lags + 3.0, lag_min=5)
+    assert rate == pytest.approx(-0.2, abs=1e-12) and se < 1e-10
+    noisy = -0.05 * lags + np.random.default_rng(0).normal(0, 0.1, lags.size)
+    rate, se = _common.fit_rate(lags, noisy)
+    assert abs(rate + 0.05) < 4 * se and se > 0
+    assert [_common.classify(r) for r in (0.02, -0.02, 0.005)] == ["explodes", "vanishes", "neutral"]
+    with pytest.raises(ValueError, match="at least 3"):
+        _common.fit_rate([1, 2], [0.0, 1.0])
+
+
+def test_findings_numbers_come_from_the_data(quick_run):
+    out, _ = quick_run
+    if _runner.load_module("findings") is None:
+        pytest.skip("findings not present")
+    js = json.loads((out / "findings.json").read_text())
+    dec = _runner.load_data(out / "data" / "decay")
+    j = int(np.argmin(np.abs(np.asarray(dec["gains"]) - js["reference_gain"])))
+    for row in js["rows"]:
+        i = list(dec["presets"]).index(row["preset"])
+        assert row["rate"] == pytest.approx(float(np.mean(dec["rate"][i, j])), abs=1e-12)
+        md = (out / "findings.md").read_text()
+        assert f"{row['rate']:+.3f}" in md
+
+
+def test_resume_after_interruption_recomputes_only_unfinished(quick_run):
+    """A run killed during `spectra` leaves no sidecar for it: the next run recomputes `spectra` only."""
+    out, _ = quick_run
+    (out / "data" / "spectra.json").unlink()
+    status = _runner.run_all(mode="quick", out=out, quiet=True)
+    assert status["spectra"] == "computed"
+    assert {k for k, v in status.items() if v != "cached"} == {"spectra"}

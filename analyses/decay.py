@@ -118,6 +118,9 @@ def plot(data: dict) -> dict:
                 ax.fill_between(lags, np.exp(logs[i, j].min(0)), np.exp(logs[i, j].max(0)), color=colors[j],
                                 alpha=0.15, lw=0)
         ax.axhline(1.0, color="0.5", lw=0.6, ls=":")
+        g_means = logs[i].mean(axis=1)  # (G, L)
+        if len(gains) > 1 and float(np.max(np.ptp(g_means, axis=0))) < 0.05:
+            _style.note(ax, "all gains coincide (W_hh's scale is normalized away)", loc="upper right")
         _style.finish(ax, xlabel=_style.LAG if i >= len(presets) - cols else None,
                       ylabel=_style.JNORM if i % cols == 0 else None, title=_style.label(p),
                       legend="lower left" if i == 0 else False)

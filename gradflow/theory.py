@@ -227,9 +227,23 @@ def tanh_rnn_rate(
 def input_drive_variance(W_xh, x_second_moment: float = 1.0, gates: int = 1) -> float:
     """Per-unit variance σ_x² of the input drive W_xh x_t for inputs with E[x_k²] = x_second_moment, i.i.d.
 
-    σ_x² = mean over units of Σ_k W_xh[i, k]² · E[x²] (first gate block for gated cells). With gradflow's
-    lecun_normal W_xh of shape (G·d, input_size), whose fan-in axis is -2, entries have variance 1/(G·d), so
-    σ_x² ≈ input_size / (G·d) · E[x²].
+    σ_x² = mean over units of Σ_k W_xh[i, k]² · E[x²] (first gate block for gated cells). gradflow's cells
+    initialise W_xh, shape (G·d, input_size), with fan-in input_size (``lecun_normal(in_axis=-1,
+    out_axis=-2)``): entries have variance 1/input_size, so σ_x² ≈ E[x²] whatever input_size, d and G are
+    (≈ 1 for unit-variance inputs; a weaker drive is set by the input scale, σ_x² ≈ x_scale²).
+
+    Args:
+        W_xh: (G·d, input_size) input matrix (column-vector convention).
+        x_second_moment: E[x_k²] of the inputs.
+        gates: G (1 RNN, 4 LSTM, 3 GRU).
+
+    Returns:
+        σ_x² (float).
+
+    Example:
+        >>> W = np.full((8, 4), 0.5)   # each row: Σ_k W_ik² = 1
+        >>> input_drive_variance(W, x_second_moment=2.0)
+        2.0
     """
     W = np.asarray(W_xh, dtype=np.float64)
     if W.ndim != 2:
@@ -693,15 +707,17 @@ def theory_vs_measurement(
     Each configuration is a dict with any of: ``gain`` (g of a Gaussian W_hh, default 1), ``gamma``
     (scale of the recurrent-path normalization), ``gamma_x`` (BN_x scale), ``has_input`` (default True:
     x_t ~ N(0, 1) i.i.d.; False: x_t = 0), ``dropout`` (hidden dropout p, fresh mask per step), ``x_scale``
-    (std of x_t, default 1), ``seed`` (default 0). The cell is built with `gradflow.make_cell`, the
+    (std of x_t, default 1; the unnormalized input drive then has σ_x² ≈ x_scale², see
+    `input_drive_variance`), ``seed`` (default 0). The cell is built with `gradflow.make_cell`, the
     normalization scales are overwritten after init, the cell runs in train mode (its own ``apply``, as
     `gradflow.as_step` wraps it), and the measurement is the jvp top exponent of `measure_top_exponent`
     (one tangent of carry["h"], renormalized each step).
 
     Returns:
         dict of (n_configs,) arrays: "predicted", "measured", "stderr", "tied_correction" (ln
-        ρ(W_hh)/g, relevant
-        for ln_notanh and linear, see `tied_weight_correction`), and each config key used.
+        ρ(W_hh)/g, relevant for ln_notanh and linear, see `tied_weight_correction`), "sigma_x2" (the
+        input-drive variance of the drawn W_xh, `input_drive_variance`; 0 without input), and each config
+        key used.
 
     Example:
         >>> out = theory_vs_measurement("bn_notanh", [{"gamma_x": 0.0}], hidden_size=32,
@@ -716,7 +732,7 @@ def theory_vs_measurement(
     configs = list(configs)
     allowed = {"gain", "gamma", "gamma_x", "has_input", "dropout", "seed", "x_scale"}
     cols: dict[str, list] = {
-        k: [] for k in ("predicted", "measured", "stderr", "tied_correction", *sorted(allowed))
+        k: [] for k in ("predicted", "measured", "stderr", "tied_correction", "sigma_x2", *sorted(allowed))
     }
     for i, cfg in enumerate(configs):
         bad = set(cfg) - allowed
@@ -779,6 +795,7 @@ def theory_vs_measurement(
             ("measured", meas),
             ("stderr", se),
             ("tied_correction", corr),
+            ("sigma_x2", sx2),
             ("gain", g),
             ("gamma", gh_used),
             ("gamma_x", gx_used),

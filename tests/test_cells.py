@@ -371,6 +371,22 @@ def test_recurrent_inits():
     np.testing.assert_allclose(W["W_hh"], g * np.eye(8), atol=0)
 
 
+@pytest.mark.parametrize("name", ["tanh", "lstm", "gru"])
+def test_input_weights_have_fan_in_input_size(name):
+    # W_xh (G·d, input_size): entries of variance 1/input_size (fan-in = input_size), so the input drive
+    # W_xh x has per-unit variance ≈ E[x²] whatever d and G are. The sample variance of n entries has
+    # relative standard error ≤ sqrt(2/n) (Gaussian value; the truncated normal's kurtosis is below 3):
+    # tolerance 5 s.e. (≤ 0.16). A fan-in of G·d (flax lecun_normal's default axis -2) gives
+    # var·input_size = 16/(G·256) or 64/(G·32) (measured 0.064, 0.016, 0.021; 2.0, 0.51, 0.68): fails.
+    for d, n_in in ((256, 16), (32, 64)):
+        cell = gradflow.make_cell(name, d, n_in)
+        W = np.asarray(gradflow.init_cell(cell, jax.random.key(3))["params"]["W_xh"], np.float64)
+        assert W.shape == (cell.gates * d, n_in)
+        tol = 5 * np.sqrt(2 / W.size)
+        assert W.var() * n_in == pytest.approx(1.0, abs=tol)
+        assert abs(W.mean()) < 5 / np.sqrt(W.size * n_in)  # 5 s.e. of the mean
+
+
 def test_gamma_inits_are_options():
     cell = gradflow.make_cell("ln_notanh", 3, 2, bn_gamma_init=0.25, ln_gamma_init=2.0)
     P = gradflow.init_cell(cell, jax.random.key(0))["params"]

@@ -61,6 +61,7 @@ __all__ = [
     "init_params",
     "load_checkpoint",
     "lyapunov",
+    "recalibrate_bn",
     "mode_gap",
     "train",
 ]
@@ -703,6 +704,44 @@ def mode_gap(
         rows["eval_loss"].append(float(ev[0]))
         rows["eval_accuracy"].append(float(ev[1]))
     return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> dict:
+    """Re-estimate the BN running statistics with the trained parameters frozen ("precise BN").
+
+    During training the running averages trail the parameters (they average batches seen under earlier
+    parameters); this runs ``batches`` fresh training batches in train mode through the final model, updating
+    only the statistics (momentum as in training, starting from the trained statistics).
+
+    Args:
+        result: a :class:`TrainResult` of a cell with BN.
+        batches: number of batches (with momentum 0.9, 50 batches leave 0.9^50 ≈ 0.5% of the start).
+        seed: seeds the batches and dropout masks (independent of the training batches for seed != config).
+
+    Returns:
+        The re-estimated ``batch_stats`` (``{}`` for a cell without BN).
+    """
+    if not result.batch_stats:
+        return {}
+    if isinstance(batches, bool) or not isinstance(batches, int | np.integer) or batches < 1:
+        raise ValueError(f"batches must be a positive int, got {batches!r}")
+    cell, task, B = result.cell, result.task, result.config.batch_size
+
+    def build():
+        @jax.jit
+        def update(params, batch_stats, root, i):
+            xs, _, kdrop = _batch(task, B, root, i)
+            _, _, new = forward(cell, params, batch_stats, xs, train=True, key=kdrop, readout=task.readout)
+            return new
+
+        return update
+
+    update = _cached(("recal", cell, task, B), build)
+    root = jax.random.fold_in(jax.random.key(seed), 3)
+    bs = result.batch_stats
+    for i in range(int(batches)):
+        bs = update(result.params, bs, root, i)
+    return bs
 
 
 def lyapunov(

@@ -199,6 +199,22 @@ def test_training_updates_bn_statistics_and_mode_gap(small_run):
     assert loss == pytest.approx(r.final_eval[0], rel=1e-6)
 
 
+def test_recalibrated_bn_statistics_approach_the_population(small_run):
+    bs = train.recalibrate_bn(small_run, batches=40)
+    # population statistics of the trained model: one big batch from zero statistics, momentum 0.9
+    xs, _ = SMALL_TASK.sample(jax.random.key(99), 4096)
+    zero = jax.tree.map(jnp.zeros_like, small_run.batch_stats)
+    _, _, pop = FWD(SMALL_CELL, small_run.params, zero, xs, train=True)
+    for name in ("bn_x", "bn_h"):
+        want = np.asarray(pop[name]["mean"]) / 0.1
+        var = np.asarray(pop[name]["var"]) / 0.1
+        got = np.asarray(bs[name]["mean"])
+        # an exponential average (m = 0.9) of means of B = 8: sd sqrt((1 - m) / (1 + m) * var / B)
+        sd = np.sqrt(0.1 / 1.9 * var / SMALL_CFG.batch_size)
+        assert np.all(np.abs(got - want) < 4.5 * sd + 1e-4), (name, np.max(np.abs(got - want) / sd))
+    assert train.recalibrate_bn(train.TrainResult(**{**small_run.__dict__, "batch_stats": {}})) == {}
+
+
 def test_dropout_only_in_training():
     task = tasks.adding(5)
     cell = gradflow.make_cell("ln_notanh", 32, 2, t_max=5)  # dropout 0.2

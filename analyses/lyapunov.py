@@ -182,7 +182,7 @@ def plot(data: dict) -> dict:
                  f"{data['spectra_batch']}: n = batch·state, T = {data['spectra_T']}, train mode, driven)",
                  fontsize=9)
 
-    fig2, (a1, a2) = _style.figure(1, 2, width=9.5, height=3.6, sharey=True)
+    fig2, (a1, a2) = _style.figure(1, 2, width=9.5, height=3.6)
     preset_rows = np.asarray(data["top_preset"])
     curve_p = np.asarray(data["curve_preset"])
     order = list(dict.fromkeys(data["top_preset"]))
@@ -205,7 +205,7 @@ def plot(data: dict) -> dict:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks([0.25, 0.5, 1, 2, 4])
-        _style.finish(ax, xlabel=_style.GAIN, ylabel=_style.LYAP if ax is a1 else None, title=title,
+        _style.finish(ax, xlabel=_style.GAIN, ylabel=_style.LYAP, title=title,
                       legend="lower right")
     fig2.suptitle(f"Largest Lyapunov exponent against gain (d = {data['hidden']}, batch {data['batch']}, "
                   f"T = {data['T']}; markers ± s.e., lines: gradflow.theory mean field)", fontsize=9)

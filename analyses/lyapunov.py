@@ -176,7 +176,9 @@ def plot(data: dict) -> dict:
             lab = _style.label(p) + (f" (top {k}/{n}: dropout)" if k < n else "")
             ax.plot((np.arange(k) + 0.5) / n, lam, "-", color=_style.color(p, i), label=lab)
         ax.axhline(0.0, color="0.4", lw=0.7)
-        _style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=_style.LYAP, title=title,
+        ax.set_yscale("symlog", linthresh=0.5, linscale=1.5)
+        _style.finish(ax, xlabel="exponent index i / n (n = state size)",
+                      ylabel=_style.LYAP + "\n(linear within ±0.5, log beyond)", title=title,
                       legend="lower left")
     fig.suptitle(f"Full Lyapunov spectra at initialization (d = {data['spectra_hidden']}, batch "
                  f"{data['spectra_batch']}: n = batch·state, T = {data['spectra_T']}, train mode, driven)",

@@ -131,11 +131,11 @@ def plot(data: dict) -> dict:
         col = _style.color(p, i)
         a2.semilogy(lags, data["diag_spec"][i, jmid], "-", color=col, label=f"{p}: true diagonal block")
         a2.semilogy(lags, data["frozen_spec"][i, jmid], "--", color=col, label=f"{p}: frozen statistics")
-    _style.finish(a2, xlabel=_style.LAG, ylabel="per-example ‖∂h_T^(a)/∂h_t^(a)‖₂ (geo. mean over a)",
+    _style.finish(a2, xlabel=_style.LAG, ylabel="per-example block ‖∂h_T^(a)/∂h_t^(a)‖₂",
                   title=f"true vs frozen-statistics Jacobian (B = {Bs[jmid]})", legend="lower left",
                   fontsize=6.5)
     T = int(lags[-1])
-    _style.note(a3, f"at lag {T}: " + "; ".join(
+    _style.note(a3, f"at lag {T}:\n" + "\n".join(
         f"{p} B={B}: {data['overstatement'][i, j, -1]:.3g}×" for i, p in enumerate(data["presets"])
         for j, B in enumerate(Bs) if B == Bs[jmid]), loc="lower right")
     a1.set_yticks([0.25, 0.5, 1, 2, 4])

@@ -186,7 +186,8 @@ def test_tanh_rnn_rate_vs_measurement():
     out = _tvm(
         "tanh", [{"gain": 2.0, "has_input": False}, {"gain": 3.0, "has_input": False}, {"gain": 2.0}], 2
     )
-    # d = 256, g >= 2: |measured − ½ ln χ₁| <= 0.008, seed s.d. <= 0.01 (docs/theory.md §7); tolerance 0.02
+    # d = 256, g >= 2 (σ_x² ≈ 1 with input): |measured − ½ ln χ₁| <= 0.010, seed s.d. <= 0.005 (docs/theory.md
+    # §7); tolerance 0.02
     np.testing.assert_allclose(out["measured"], out["predicted"], atol=0.02)
     assert out["predicted"][2] < out["predicted"][0]  # input drive pushes towards order
 
@@ -293,7 +294,9 @@ def test_dropout_acts_as_a_larger_gain_on_unnormalized_paths():
     assert out["predicted"][1] == pytest.approx(th.tanh_rnn_rate(np.sqrt(2.0), sx2), abs=1e-9)
     assert out["measured"][1] > th.tanh_rnn_rate(1.0, sx2) + 0.1  # p = 0.5 turns an ordered g = 1 chaotic
     ln = _tvm("ln_tanh", [{"gain": 1.0, "dropout": 0.5}], 2)  # σ_x² ≈ 1
-    # LN after the sum: σ² = g_eff² m + σ_x², so dropout weakens the input's ordering effect; |diff| <= 0.001
+    # LN after the sum: σ² = g_eff² m + σ_x², so dropout weakens the input's ordering effect. 16 inputs,
+    # 4 draws: |diff| <= 0.002 (at 64 inputs −0.004 to −0.011: the input-norm Jensen term of §6.6, +0.009 at
+    # 16 inputs and g_eff² = 2, offsets a finite-size term here); tolerance 0.015
     assert ln["measured"][0] == pytest.approx(ln["predicted"][0], abs=0.015)
     assert ln["predicted"][0] > th.ln_sum_rate(1.0, 1.0, 1.0, 256, "tanh") + 0.1
 

@@ -262,7 +262,10 @@ def _forward_fn(cell, train: bool, checkpoints: tuple):
             hit = cks == (t + 1)
             buf = jnp.where(hit[:, None, None], Q[None], buf)
             new_carry = step(carry, x)
-            hnorm = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(new_carry["h"]), axis=-1)))
+            h = new_carry["h"]  # ln of the RMS over the batch of ‖h‖₂, scaled so that it cannot overflow
+            m = jnp.maximum(jnp.max(jnp.abs(h)), jnp.finfo(h.dtype).tiny)
+            hnorm = jnp.log(m) + 0.5 * jnp.log(jnp.maximum(jnp.mean(jnp.sum(jnp.square(h / m), axis=-1)),
+                                                            jnp.finfo(h.dtype).tiny))
             return (new_carry, Q, logscale, buf), (logscale, hnorm)
 
         init = (carry0, Q0, jnp.zeros((), xs.dtype), buf0)
@@ -286,8 +289,8 @@ def forward_lognorms(cell, variables, carry0, xs, key=None, train: bool = True,
 
     Returns:
         dict: ``T`` (len(xs),) 1..len(xs), ``log_fro`` (len(xs),) ln‖∂h_T/∂h_0‖_F, ``checkpoints`` (K,),
-        ``log_spec`` (K,) ln‖∂h_T/∂h_0‖₂ at the checkpoints, ``state_rms`` (len(xs),) the root mean square
-        over the batch of ‖h_T‖₂ (the forward state norm).
+        ``log_spec`` (K,) ln‖∂h_T/∂h_0‖₂ at the checkpoints, ``log_state`` (len(xs),) ln of the root mean
+        square over the batch of ‖h_T‖₂ (the forward state norm).
     """
     n_steps = xs.shape[0]
     checkpoints = tuple(int(c) for c in (checkpoints or (n_steps,)))
@@ -301,7 +304,7 @@ def forward_lognorms(cell, variables, carry0, xs, key=None, train: bool = True,
     log_spec = np.array([np.log(max(np.linalg.norm(buf[i], 2), 1e-300)) + logfro[c - 1]
                          for i, c in enumerate(checkpoints)])
     return {"T": np.arange(1, n_steps + 1), "log_fro": logfro, "checkpoints": np.asarray(checkpoints),
-            "log_spec": log_spec, "state_rms": np.asarray(hnorm, np.float64)}
+            "log_spec": log_spec, "log_state": np.asarray(hnorm, np.float64)}
 
 
 # ---------------------------------------------------------------------------------------------- fits

@@ -160,10 +160,15 @@ def say(progress: Any, message: str) -> None:
 # ----------------------------------------------------------------------------------------------- storage
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

@@ -84,8 +84,8 @@ def run(config: dict, progress=None) -> dict:
                 nrm.append(float(np.log(np.linalg.norm(A, 2))))
         return {"T": tr["T"], "log_fro_train": tr["log_fro"], "log_fro_eval": ev["log_fro"],
                 "checkpoints": tr["checkpoints"], "log_spec_train": tr["log_spec"],
-                "log_spec_eval": ev["log_spec"], "state_train": tr["state_rms"],
-                "state_eval": ev["state_rms"],
+                "log_spec_eval": ev["log_spec"], "state_train": np.exp(tr["log_state"]),
+                "state_eval": np.exp(ev["log_state"]),
                 "log_rho_rows": np.asarray(rho), "log_norm_rows": np.asarray(nrm)}
 
     r = memo(progress, "modes", compute)

@@ -58,7 +58,8 @@ def run(config: dict, progress=None) -> dict:
 
     Returns:
         dict with ``presets`` (P,), ``lengths`` (K,), ``log_spec`` (P, K) ln‖∂h_T/∂h_0‖₂, ``rate`` (P, K)
-        = log_spec / T, ``log_fro`` (P, T_max) ln‖∂h_T/∂h_0‖_F for every T, ``state_rms`` (P, T_max),
+        = log_spec / T, ``log_fro`` (P, T_max) ln‖∂h_T/∂h_0‖_F for every T, ``log_state`` (P, T_max)
+        ln of the RMS over the batch of ‖h_T‖₂,
         ``phase_presets`` (Q,), ``phase_gains`` (G,), ``phase_rate`` (Q, G, K), plus configuration scalars.
     """
     c = config
@@ -68,7 +69,7 @@ def run(config: dict, progress=None) -> dict:
     with jax.enable_x64(c["dtype"] == "float64"):
         for i, p in enumerate(c["presets"]):
             r = memo(progress, f"preset_{p}", lambda p=p: _measure(c, p, 1.0))
-            log_spec[i], log_fro[i], state[i] = r["log_spec"], r["log_fro"], r["state_rms"]
+            log_spec[i], log_fro[i], state[i] = r["log_spec"], r["log_fro"], r["log_state"]
             say(progress, f"{p}: rate at T = {c['lengths'][-1]}: {log_spec[i, -1] / Tm:+.4f} ln/step")
         Q, G = len(c["phase_presets"]), len(c["phase_gains"])
         phase = np.zeros((Q, G, K))
@@ -80,7 +81,7 @@ def run(config: dict, progress=None) -> dict:
             say(progress, f"phase diagram: {p} done")
     lengths = np.asarray(c["lengths"])
     return {"presets": list(c["presets"]), "lengths": lengths, "log_spec": log_spec,
-            "rate": log_spec / lengths, "log_fro": log_fro, "state_rms": state,
+            "rate": log_spec / lengths, "log_fro": log_fro, "log_state": state,
             "phase_presets": list(c["phase_presets"]), "phase_gains": np.asarray(c["phase_gains"], float),
             "phase_rate": phase, "hidden": c["hidden"], "batch": c["batch"], "input_scale": c["input_scale"],
             "train": bool(c["train"])}

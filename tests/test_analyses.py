@@ -221,6 +221,8 @@ def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
         f = _common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=(3, 12))
         np.testing.assert_allclose(f["log_fro"], ref_fro, rtol=0, atol=1e-9)
         np.testing.assert_allclose(f["log_spec"], [ref_spec[3], ref_spec[12]], rtol=0, atol=1e-9)
+        hs = np.asarray(gradflow.unroll(step, c0, xs)["h"])
+        np.testing.assert_allclose(f["log_state"], np.log(np.sqrt(np.mean(np.sum(hs**2, -1), -1))), atol=1e-9)
         # all lags at T = 12: ∂h_T/∂h_t = J_T ⋯ J_{t+1}
         r = _common.lag_singular_values(cell, v, c0, xs, key, train=True, lags=(1, 5, 12))
         for k, lag in enumerate((1, 5, 12)):

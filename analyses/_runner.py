@@ -29,11 +29,11 @@ Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, `
 - ``figures/.cache/partial/<mode>/<name>/<key>/<label>.npz`` (git-ignored): per-part results of an
   unfinished analysis, dropped when it finishes.
 
-Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow package
-and the analysis module's code without its ``plot`` / ``_plot*`` functions, docstrings and comments (so a
-change to the code that produces numbers recomputes them; a change to a figure's looks or to the text only
-redraws). The plot key hashes the data
-key, the whole module source and ``analyses/_style.py``. An analysis whose sidecar holds the current data key
+Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow
+package, the shared helpers ``analyses/_common.py`` and the analysis module's code without its ``plot`` /
+``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers recomputes
+them; a change to a figure's looks or to the text only redraws). The plot key hashes the data key, the whole
+module source and ``analyses/_style.py``. An analysis whose sidecar holds the current data key
 is not recomputed; it is redrawn from its saved data when the plot key differs or a figure file is missing.
 ``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
 written last, so a run killed at any point leaves only complete results, and the next run resumes after the
@@ -324,9 +324,16 @@ def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
         "config": config,
         "gradflow": code_hash if code_hash is not None else gradflow_code_hash(),
         "source": _sha(_source_without_plot(_module_source(module)) or module.NAME),
+        "helpers": _helpers_hash(),
         "deps": dep_keys or {},
     }
     return _sha(json.dumps(payload, sort_keys=True, default=_json_default))[:20]
+
+
+def _helpers_hash() -> str:
+    """Hash of the shared measurement helpers (``analyses/_common.py``) that every analysis' numbers use."""
+    p = Path(__file__).parent / "_common.py"
+    return _sha(_source_without_plot(p.read_text())) if p.exists() else ""
 
 
 def plot_key(module: ModuleType, dkey: str) -> str:

@@ -309,11 +309,19 @@ def _source_without_plot(source: str) -> str:
     return ast.unparse(tree)
 
 
+_SOURCES: dict[int, str] = {}
+
+
 def _module_source(module: ModuleType) -> str:
-    try:
-        return inspect.getsource(module)
-    except (OSError, TypeError):
-        return ""
+    """The module's source as it was when first asked for (a file edited during a run does not change the
+    keys of results computed by the code loaded before the edit)."""
+    key = id(module)
+    if key not in _SOURCES:
+        try:
+            _SOURCES[key] = inspect.getsource(module)
+        except (OSError, TypeError):
+            _SOURCES[key] = ""
+    return _SOURCES[key]
 
 
 def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
@@ -332,8 +340,9 @@ def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
 
 def _helpers_hash() -> str:
     """Hash of the shared measurement helpers (``analyses/_common.py``) that every analysis' numbers use."""
-    p = Path(__file__).parent / "_common.py"
-    return _sha(_source_without_plot(p.read_text())) if p.exists() else ""
+    from analyses import _common
+
+    return _sha(_source_without_plot(_module_source(_common)))
 
 
 def plot_key(module: ModuleType, dkey: str) -> str:
@@ -446,6 +455,9 @@ def run_all(
     if unknown:
         raise ValueError(f"unknown analysis {unknown}; available: {sorted(modules)}")
     order = _order(requested, modules)
+    for n in order:  # snapshot the sources now, with the code that will run
+        _module_source(modules[n])
+    _helpers_hash()
     out = Path(out) if out is not None else output_dir(mode)
     data_dir = out / "data"
     partial_root = (FIGURES / ".cache" / "partial" / mode if out == output_dir(mode)

@@ -36,7 +36,7 @@ CONFIG = {
     "n_lags": 24,
     "fit_from": 10,
     "input_scale": 1.0,
-    "seeds": [0, 1],
+    "seeds": [0, 1, 2],
     "train": True,
     "dtype": "float64",
     "burn_in": 20,

@@ -249,9 +249,15 @@ def _answer(presets, cols, gains, inputs, th) -> str:
     if tr is not None and "run_preset" in tr and "solved" in tr:
         solved = np.asarray(tr["solved"])
         labels = list(tr.get("run_label", tr["run_preset"]))
-        rows = [f"`{p}` {lab}: {'solved' if s == 1 else 'not solved' if s == 0 else 'n/a'}"
-                for p, lab, s in zip(tr["run_preset"], labels, solved, strict=True)]
-        out.append("**Training** (analysis `training`): " + "; ".join(rows) + ".")
+        by: dict = {}
+        for p, lab, s in zip(tr["run_preset"], labels, solved, strict=True):
+            by.setdefault(p, {"solved": [], "not": [], "na": []})[
+                "solved" if s == 1 else "not" if s == 0 else "na"].append(lab)
+        rows = [f"`{p}` solved {', '.join(v['solved']) or 'none'}"
+                + (f" (not: {', '.join(v['not'])})" if v["solved"] and v["not"] else "")
+                for p, v in by.items()]
+        out.append(f"**Training** (analysis `training`, runs: {', '.join(dict.fromkeys(labels))}): "
+                   + "; ".join(rows) + ".")
     # The plain answer to the question, from the verdicts.
     verdicts = {p: cols["verdict"][presets.index(p)] for p in ("bn_notanh", "ln_notanh") if p in presets}
     if verdicts:

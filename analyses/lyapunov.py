@@ -164,7 +164,7 @@ def run(config: dict, progress=None) -> dict:
 
 def plot(data: dict) -> dict:
     """``lyapunov_spectra``: λ_i against i/n per preset; ``lyapunov_gain``: λ₁ against gain with theory."""
-    fig, axes = _style.figure(1, 2, width=9.5, height=3.4)
+    fig, axes = _style.figure(1, 2, width=11.0, height=3.4)
     rnn = [p for p in data["spectra_presets"] if gradflow.PRESETS.get(p) is None
            or gradflow.PRESETS[p].family == "rnn"]
     for ax, group, title in ((axes[0], rnn, "simple recurrences"),
@@ -176,10 +176,15 @@ def plot(data: dict) -> dict:
             lab = _style.label(p) + (f" (top {k}/{n}: dropout)" if k < n else "")
             ax.plot((np.arange(k) + 0.5) / n, lam, "-", color=_style.color(p, i), label=lab)
         ax.axhline(0.0, color="0.4", lw=0.7)
-        ax.set_yscale("symlog", linthresh=0.5, linscale=1.5)
-        _style.finish(ax, xlabel="exponent index i / n (n = state size)",
-                      ylabel=_style.LYAP + "\n(linear within ±0.5, log beyond)", title=title,
-                      legend="lower left")
+        lo = max(float(np.min(data["spectra"])), -3.0)
+        ax.set_ylim(lo - 0.1, max(0.3, float(np.max(data["spectra"][:, 0])) + 0.1))
+        _style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=_style.LYAP, title=title,
+                      legend=False)
+        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        if float(np.min(data["spectra"])) < -3.0:
+            _style.note(ax, "axis cut at −3: lower exponents\n(down to "
+                        f"{float(np.min(data['spectra'])):.0f}) are directions BN/LN/dropout remove",
+                        loc="lower left")
     fig.suptitle(f"Full Lyapunov spectra at initialization (d = {data['spectra_hidden']}, batch "
                  f"{data['spectra_batch']}: n = batch·state, T = {data['spectra_T']}, train mode, driven)",
                  fontsize=9)

@@ -36,6 +36,12 @@ def _init_fn(cell, batch: int):
     return jax.jit(lambda key: gradflow.init_cell(cell, key, batch_size=batch))
 
 
+def with_gain(cell, variables: dict, gain) -> dict:
+    """``variables`` with W_hh rescaled from the cell's gain to ``gain`` (traceable: gain may be a tracer)."""
+    params = {**variables["params"], "W_hh": variables["params"]["W_hh"] * (gain / cell.spec.gain)}
+    return {**variables, "params": params}
+
+
 def _scaled_variables(cell, variables: dict, options: dict) -> dict:
     spec = cell.spec
     params = dict(variables["params"])
@@ -92,6 +98,18 @@ def setup(preset: str, d: int, input_size: int, batch: int, T: int, seed: int, i
         (cell, variables, carry0, xs (T, B, input_size), dropout key). ``cell`` is built without the
         :data:`INIT_ONLY` options (the variables carry them).
     """
+    cell, variables, carry0, xs, k_drop, xb = setup_parts(preset, d, input_size, batch, T, seed, input_scale,
+                                                          h0_scale, burn_in, **options)
+    if burn_in > 0:
+        carry0 = _burn_fn(cell, bool(train))(variables, carry0, xb, k_drop)
+        carry0 = {**carry0, "t": jnp.zeros_like(carry0["t"])}
+    return cell, variables, carry0, xs, k_drop
+
+
+def setup_parts(preset: str, d: int, input_size: int, batch: int, T: int, seed: int, input_scale: float = 1.0,
+                h0_scale: float = 1.0, burn_in: int = 0, **options):
+    """:func:`setup` before its burn-in: (cell, variables, random carry0, xs, dropout key, burn-in inputs
+    (burn_in, B, input_size)). ``burn_carry(cell, train)(variables, carry0, xb, key)`` finishes it."""
     cell = cell_for(preset, d, input_size, **{k: v for k, v in options.items() if k not in INIT_ONLY})
     k_init, k_x, k_drop, k_h = jax.random.split(jax.random.key(seed), 4)
     variables = _scaled_variables(cell, _init_fn(cell, int(batch))(k_init),
@@ -101,11 +119,15 @@ def setup(preset: str, d: int, input_size: int, batch: int, T: int, seed: int, i
     keys = iter(jax.random.split(k_h, 4))
     carry0 = {k: (h0_scale * jax.random.normal(next(keys), v.shape, v.dtype) if k in ("h", "c") else v)
               for k, v in carry0.items()}
-    if burn_in > 0:
-        xb = input_scale * jax.random.normal(next(keys), (burn_in, batch, input_size), cell.dtype)
-        carry0 = _burn_fn(cell, bool(train))(variables, carry0, xb, k_drop)
-        carry0 = {**carry0, "t": jnp.zeros_like(carry0["t"])}
-    return cell, variables, carry0, xs, k_drop
+    xb = input_scale * jax.random.normal(next(keys), (max(int(burn_in), 0), batch, input_size), cell.dtype)
+    return cell, variables, carry0, xs, k_drop, xb
+
+
+def burn_carry(cell, train: bool, variables, carry0, xb, key):
+    """The burn-in of :func:`setup` (traceable): run ``xb`` from ``carry0``, then reset the step counter."""
+    step = gradflow.as_step(cell, variables, train=train, key=key if _needs_key(cell, train) else None)
+    c = jax.lax.scan(lambda c, x: (step(c, x), None), carry0, xb)[0]
+    return {**c, "t": jnp.zeros_like(c["t"])}
 
 
 @functools.lru_cache(maxsize=256)
@@ -235,44 +257,45 @@ def _unflatten(vec, like):
 
 @functools.lru_cache(maxsize=256)
 def _forward_fn(cell, train: bool, checkpoints: tuple):
+    return jax.jit(functools.partial(forward_core, cell, train, checkpoints))
+
+
+def forward_core(cell, train: bool, checkpoints: tuple, variables, carry0, xs, key):
+    """The traceable part of :func:`forward_lognorms`: (log_fro (T,), log_state (T,), Q at the checkpoints
+    (K, n, n), each with ‖Q‖_F = 1: ln‖∂h_T/∂h_0‖₂ = ln σ_max(Q_k) + log_fro[T_k − 1])."""
     ck = np.asarray(checkpoints, np.int32)
+    step = gradflow.as_step(cell, variables, train=train, key=key if _needs_key(cell, train) else None)
+    n = _flatten(carry0).shape[0]
+    Q0 = jnp.eye(n, dtype=xs.dtype)
+    buf0 = jnp.zeros((len(ck), n, n), xs.dtype)
+    cks = jnp.asarray(ck)
 
-    @jax.jit
-    def f(variables, carry0, xs, key):
-        step = gradflow.as_step(cell, variables, train=train, key=key if _needs_key(cell, train) else None)
-        n = _flatten(carry0).shape[0]
-        Q0 = jnp.eye(n, dtype=xs.dtype)
-        buf0 = jnp.zeros((len(ck), n, n), xs.dtype)
-        cks = jnp.asarray(ck)
+    def body(c, inp):
+        carry, Q, logscale, buf = c
+        x, t = inp
 
-        def body(c, inp):
-            carry, Q, logscale, buf = c
-            x, t = inp
+        def g(v):
+            return _flatten(step(_unflatten(v, carry), x))
 
-            def g(v):
-                return _flatten(step(_unflatten(v, carry), x))
+        v0 = _flatten(carry)
+        new_v, pushfwd = jax.linearize(g, v0)
+        Q = jax.vmap(pushfwd, in_axes=1, out_axes=1)(Q)
+        s = jnp.sqrt(jnp.sum(jnp.square(Q)))
+        s = jnp.maximum(s, jnp.finfo(Q.dtype).tiny)
+        Q = Q / s
+        logscale = logscale + jnp.log(s)
+        hit = cks == (t + 1)
+        buf = jnp.where(hit[:, None, None], Q[None], buf)
+        new_carry = step(carry, x)
+        h = new_carry["h"]  # ln of the RMS over the batch of ‖h‖₂, scaled so that it cannot overflow
+        m = jnp.maximum(jnp.max(jnp.abs(h)), jnp.finfo(h.dtype).tiny)
+        hnorm = jnp.log(m) + 0.5 * jnp.log(jnp.maximum(jnp.mean(jnp.sum(jnp.square(h / m), axis=-1)),
+                                                        jnp.finfo(h.dtype).tiny))
+        return (new_carry, Q, logscale, buf), (logscale, hnorm)
 
-            v0 = _flatten(carry)
-            new_v, pushfwd = jax.linearize(g, v0)
-            Q = jax.vmap(pushfwd, in_axes=1, out_axes=1)(Q)
-            s = jnp.sqrt(jnp.sum(jnp.square(Q)))
-            s = jnp.maximum(s, jnp.finfo(Q.dtype).tiny)
-            Q = Q / s
-            logscale = logscale + jnp.log(s)
-            hit = cks == (t + 1)
-            buf = jnp.where(hit[:, None, None], Q[None], buf)
-            new_carry = step(carry, x)
-            h = new_carry["h"]  # ln of the RMS over the batch of ‖h‖₂, scaled so that it cannot overflow
-            m = jnp.maximum(jnp.max(jnp.abs(h)), jnp.finfo(h.dtype).tiny)
-            hnorm = jnp.log(m) + 0.5 * jnp.log(jnp.maximum(jnp.mean(jnp.sum(jnp.square(h / m), axis=-1)),
-                                                            jnp.finfo(h.dtype).tiny))
-            return (new_carry, Q, logscale, buf), (logscale, hnorm)
-
-        init = (carry0, Q0, jnp.zeros((), xs.dtype), buf0)
-        (_, _, _, buf), (logfro, hnorm) = jax.lax.scan(body, init, (xs, jnp.arange(xs.shape[0])))
-        return logfro, hnorm, buf
-
-    return f
+    init = (carry0, Q0, jnp.zeros((), xs.dtype), buf0)
+    (_, _, _, buf), (logfro, hnorm) = jax.lax.scan(body, init, (xs, jnp.arange(xs.shape[0])))
+    return logfro, hnorm, buf
 
 
 def forward_lognorms(cell, variables, carry0, xs, key=None, train: bool = True,

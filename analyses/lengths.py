@@ -5,7 +5,7 @@ a typical state (after a burn-in); ∂h_T/∂h_0 for every prefix length T is th
 Jacobians, renormalized in log space so it stays finite in float32 for any T (``_common.forward_lognorms``).
 The per-step rate is (1/T) ln‖∂h_T/∂h_0‖₂ (natural log per step); as T grows it tends to the largest Lyapunov
 exponent. The phase diagram repeats this over a grid of recurrent gains for ``tanh``, ``bn_notanh`` and
-``ln_notanh``.
+``ln_notanh``, vectorized over the gains with ``gradflow.sweep.run_sweep`` (one compiled ``vmap`` per preset).
 
 Example::
 
@@ -17,9 +17,12 @@ Example::
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import matplotlib.colors
 import numpy as np
 
+import gradflow
+import gradflow.sweep
 from analyses import _common, _style
 from analyses._runner import memo, say
 
@@ -53,6 +56,37 @@ def _measure(c: dict, preset: str, gain: float) -> dict:
     return _common.forward_lognorms(cell, v, c0, xs, key, train=c["train"], checkpoints=tuple(c["lengths"]))
 
 
+def _phase_row(c: dict, preset: str, progress=None) -> np.ndarray:
+    """ln‖∂h_T/∂h_0‖₂ (G, K) over the gains: one ``gradflow.sweep.run_sweep`` (vmap over the gain)."""
+    T, ck = max(c["lengths"]), tuple(int(v) for v in c["lengths"])
+    idx = np.asarray(ck) - 1
+
+    def fn(static):
+        cell, v, c0, xs, key, xb = _common.setup_parts(
+            static["preset"], c["hidden"], c["input_size"], c["batch"], T, c["seed"], c["input_scale"],
+            burn_in=c["burn_in"], dtype=c["dtype"])
+
+        def f(traced):
+            vg = _common.with_gain(cell, v, traced["gain"])
+            c0b = _common.burn_carry(cell, c["train"], vg, c0, xb, key) if c["burn_in"] > 0 else c0
+            log_fro, _, Q = _common.forward_core(cell, c["train"], ck, vg, c0b, xs, key)
+            top = jnp.linalg.svd(Q, compute_uv=False)[:, 0]
+            return {"log_spec": jnp.log(jnp.maximum(top, jnp.finfo(top.dtype).tiny)) + log_fro[idx]}
+
+        return f
+
+    def report(info):
+        lo, hi = info["rows"]
+        say(progress, f"  sweep {preset}: chunk {info['index'] + 1}/{info['total']}, {hi - lo} gains "
+                      f"in {info['seconds']:.1f}s")
+
+    grid = gradflow.sweep.Grid(static={"preset": [preset]},
+                               traced={"gain": [float(g) for g in c["phase_gains"]]})
+    table = gradflow.sweep.run_sweep(fn, grid, chunk=len(c["phase_gains"]), progress=report)
+    _, arr = gradflow.sweep.pivot(table, ["gain"], "log_spec")
+    return np.asarray(arr, np.float64)
+
+
 def run(config: dict, progress=None) -> dict:
     """Compute norms across lengths and the phase diagram.
 
@@ -75,7 +109,7 @@ def run(config: dict, progress=None) -> dict:
         phase = np.zeros((Q, G, K))
         for i, p in enumerate(c["phase_presets"]):
             def row(p=p):
-                return {"log_spec": np.stack([_measure(c, p, g)["log_spec"] for g in c["phase_gains"]])}
+                return {"log_spec": _phase_row(c, p, progress)}
 
             phase[i] = memo(progress, f"phase_{p}", row)["log_spec"] / np.asarray(c["lengths"], float)
             say(progress, f"phase diagram: {p} done")

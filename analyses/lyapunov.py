@@ -180,7 +180,10 @@ def plot(data: dict) -> dict:
         ax.set_ylim(lo - 0.1, max(0.3, float(np.max(data["spectra"][:, 0])) + 0.1))
         _style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=_style.LYAP, title=title,
                       legend=False)
-        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        if group:
+            ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        else:
+            _style.note(ax, "no cells of this kind in the configuration", loc="upper left")
         if float(np.min(data["spectra"])) < -3.0:
             _style.note(ax, "axis cut at −3: lower exponents\n(down to "
                         f"{float(np.min(data['spectra'])):.0f}) are directions BN/LN/dropout remove",

@@ -310,7 +310,7 @@ def plot(data: dict) -> dict:
     """``findings``: per-step rate per preset with the neutral band, λ₁ and the theory where they exist."""
     presets = list(data["preset"])
     P = len(presets)
-    fig, ax = _style.figure(1, 1, width=8.0, height=3.4)
+    fig, ax = _style.figure(1, 1, width=10.0, height=3.4)
     x = np.arange(P)
     th = data["threshold"]
     ax.axhspan(-th, th, color="0.85", lw=0, label=f"neutral band (|rate| ≤ {th:g})")
@@ -333,5 +333,5 @@ def plot(data: dict) -> dict:
     ax.set_xticklabels(presets, rotation=35, ha="right")
     _style.finish(ax, ylabel=_style.RATE, legend=False,
                   title="Per-step gradient growth at initialization: < 0 vanishes, > 0 explodes")
-    ax.legend(handles, labels, loc="lower left", fontsize=6.5)
+    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6.5)
     return {"findings": fig}

@@ -143,7 +143,9 @@ def run(config: dict, progress=None, inputs: dict | None = None) -> dict:
         f"- Verdict: explodes if rate > +{th:g}, vanishes if rate < −{th:g} ln/step (a factor e per "
         f"{1 / th:.0f} steps), else neutral.",
         "- λ₁: top Lyapunov exponent ± s.e. over segments (analysis `lyapunov`, Benettin QR); theory: "
-        "`gradflow.theory.predict_rate` (mean field) for the same size, batch and input variance.",
+        "`gradflow.theory.predict_rate` (mean field) for the same size, batch and input variance; for "
+        "`linear` the exact ln ρ(W_hh) of the measured matrix. The verdict uses the decay fit over lags "
+        f"{dec['fit_from']}–{dec['T']}; the T = {T_long} column shows the long-run rate beside it.",
         f"- (1/T) ln‖∂h_T/∂h_0‖₂ at T = {T_long}: analysis `lengths` (forward product, log-renormalized).",
         "- Effective rank: exp(entropy of σ_i/Σσ) of ∂h_T/∂h_t divided by the state size n "
         "(analysis `spectra`).",

@@ -1,8 +1,9 @@
 """Run every benchmark: ``python -m benchmarks [--quick]`` (what ``make bench`` runs).
 
-Each benchmark module prints its own measurements as ratios against a baseline timed in the same run, so the numbers
-mean the same on any machine. OpenBLAS is pinned to one thread (see the Makefile) because JAX's CPU SVD and QR slow down
-more than 100-fold with two threads when another process holds a core.
+Each benchmark module prints its own measurements as ratios against a baseline timed in the same run,
+so the numbers mean the same on any machine. OpenBLAS is pinned to one thread (see the Makefile)
+because JAX's CPU SVD and QR slow down more than 100-fold with two threads when another process
+holds a core.
 """
 
 import importlib

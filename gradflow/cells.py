@@ -398,7 +398,8 @@ class _Cell(nn.Module):
     def _params(self):
         d, G, s = self.hidden_size, self.gates, self.spec
         W_hh = self.param("W_hh", recurrent_init(s.recurrent_init, s.gain, G), (G * d, d), self.dtype)
-        W_xh = self.param("W_xh", nn.initializers.lecun_normal(in_axis=-1, out_axis=-2), (G * d, self.input_size), self.dtype)
+        xh_init = nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
+        W_xh = self.param("W_xh", xh_init, (G * d, self.input_size), self.dtype)
         b = None
         if s.bias:
 

@@ -53,7 +53,7 @@ CONFIG = {
     "lyapunov_factor": 4,
     "recal_batches": 50,
 }
-QUICK = {"presets": ["bn_notanh"], "runs": [["adding", 5]], "hidden": 8, "batch": 16, "steps": 30,
+QUICK = {"presets": ["tanh", "bn_notanh"], "runs": [["adding", 5]], "hidden": 8, "batch": 16, "steps": 30,
          "eval_every": 10, "eval_size": 64, "record_every": 10, "lyapunov_k": 2, "gap_factors": [2],
          "recal_batches": 5}
 FULL = {
@@ -89,18 +89,19 @@ def _one_run(c: dict, preset: str, task_name: str, length, progress) -> dict:
         try:
             res = train.lyapunov(cell, variables, task, key=key, k=c["lyapunov_k"], steps=steps)
             lyap[tag] = np.asarray(res.exponents, np.float64)
-        except ValueError:
-            lyap[tag] = np.full(c["lyapunov_k"], np.nan)
+        except ValueError:  # the trained cell's states left the finite range: no exponents
+            lyap[tag] = np.zeros(0)
     # eval mode with BN statistics re-estimated for the final parameters (stale running averages aside)
-    loss_recal, acc_recal = np.nan, np.nan
+    loss_recal, acc_recal, has_recal = 0.0, 0.0, 0  # (no BN statistics to recalibrate)
     if cell.spec.has_bn and not r.diverged:
         xs_e, ys_e = task.eval_set(train._eval_key(cfg), cfg.eval_size)
         bs_recal = train.recalibrate_bn(r, c["recal_batches"])
         loss_recal, acc_recal = train.evaluate(cell, task, r.params, bs_recal, xs_e, ys_e)
+        has_recal = 1
     # train-mode against eval-mode results (cells with BN or dropout; equal by construction otherwise)
     G = len(c["gap_factors"]) if task.length is not None else 1
     gap_len = np.zeros(G, int)
-    gap_tr, gap_ev = np.full(G, np.nan), np.full(G, np.nan)
+    gap_tr, gap_ev = np.zeros(0), np.zeros(0)  # (train and eval mode are the same computation)
     if cell.spec.has_bn or cell.spec.dropout > 0:
         lengths = ([int(f * task.length) for f in c["gap_factors"]] if task.length is not None else None)
         g = train.mode_gap(r, lengths, size=c["eval_size"])
@@ -113,7 +114,7 @@ def _one_run(c: dict, preset: str, task_name: str, length, progress) -> dict:
         "train_loss": h["loss"], "grad_norm": h["grad_norm"], "eval_step": h["eval_step"],
         "eval_loss": h["eval_loss"], "eval_acc": h["eval_accuracy"], "flow_step": h["flow_step"],
         "grad_flow": h["grad_flow"], "final_loss": loss, "final_acc": acc, "baseline": task.baseline,
-        "final_loss_recal": loss_recal, "final_acc_recal": acc_recal,
+        "final_loss_recal": loss_recal, "final_acc_recal": acc_recal, "has_recal": has_recal,
         "seq_len": task.seq_len, "diverged": int(r.diverged), "steps_done": r.steps_done,
         "message": r.message, "elapsed": r.elapsed_s, "lyap_init": lyap["init"],
         "lyap_trained": lyap["trained"], "gap_len": np.asarray(gap_len), "gap_train": np.asarray(gap_tr),
@@ -121,11 +122,31 @@ def _one_run(c: dict, preset: str, task_name: str, length, progress) -> dict:
     }
 
 
-def _pad(rows: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    out = np.full((len(rows), *shape), np.nan)
+def _pad(rows: list[np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ragged rows into zeros of ``(len(rows), *shape)``; returns (values, filled mask)."""
+    out = np.zeros((len(rows), *shape))
+    valid = np.zeros((len(rows), *shape), bool)
     for i, a in enumerate(rows):
         a = np.asarray(a, np.float64)
-        out[(i, *tuple(slice(0, n) for n in a.shape))] = a
+        where = (i, *tuple(slice(0, n) for n in a.shape))
+        out[where], valid[where] = a, True
+    return out, valid
+
+
+# Saved arrays hold only measured numbers: entries that do not exist (padding of ragged curves, BN
+# recalibration of a cell without BN, ...) are zero in the file and False in ``<key>_valid``. ``_nan_view``
+# turns them back into NaN for the table and the plots.
+_MASKED = ("train_loss", "grad_norm", "eval_step", "eval_loss", "eval_acc", "flow_step", "grad_flow",
+           "lyap_init", "lyap_trained", "gap_len", "gap_train", "gap_eval", "final_loss_recal",
+           "final_acc_recal", "loss_ratio_recal", "flow_ratio_init", "flow_ratio_final")
+
+
+def _nan_view(data: dict) -> dict:
+    """A copy of ``data`` with NaN wherever ``<key>_valid`` is False (what the plots and the table read)."""
+    out = dict(data)
+    for k in _MASKED:
+        if k + "_valid" in data:
+            out[k] = np.where(np.asarray(data[k + "_valid"], bool), np.asarray(data[k], np.float64), np.nan)
     return out
 
 
@@ -138,12 +159,14 @@ def run(config: dict, progress=None) -> dict:
         ``final_acc``, ``loss_ratio`` (final eval loss / baseline), ``solved`` (1 solved, 0 not, -1 no
         criterion), ``diverged``, ``steps_done``, ``elapsed`` (s); curves ``train_loss`` (R, steps),
         ``grad_norm`` (R, steps), ``eval_step`` (R, E), ``eval_loss`` (R, E), ``eval_acc`` (R, E);
-        ``flow_step`` (R, F), ``grad_flow`` (R, F, T_max) ‖∂L/∂h_t‖ (NaN-padded); ``lyap_init``,
+        ``flow_step`` (R, F), ``grad_flow`` (R, F, T_max) ‖∂L/∂h_t‖; ``lyap_init``,
         ``lyap_trained`` (R, k); ``gap_len``, ``gap_train``, ``gap_eval`` (R, G) train- vs eval-mode loss;
         ``flow_ratio_init``, ``flow_ratio_final`` (R,) log10 ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ at the first and last
         recording (negative: the gradient reaching the first step has vanished by that many decades);
         ``final_loss_recal``, ``final_acc_recal``, ``loss_ratio_recal`` (R,) eval mode with the BN statistics
-        re-estimated for the final parameters (``gradflow.train.recalibrate_bn``; NaN without BN);
+        re-estimated for the final parameters (``gradflow.train.recalibrate_bn``; cells with BN only);
+        for each of those ragged or optional arrays a boolean ``<key>_valid`` of the same shape marks the
+        entries that exist (the others are 0; ``_nan_view`` makes them NaN);
         ``table_md`` the solved table in Markdown; ``total_elapsed`` (s).
     """
     c = config
@@ -187,40 +210,51 @@ def run(config: dict, progress=None) -> dict:
         "baseline": baseline, "final_loss": final_loss,
         "final_acc": np.array([float(r["final_acc"]) for r in rows]),
         "loss_ratio": final_loss / baseline,
-        "final_loss_recal": np.array([float(r["final_loss_recal"]) for r in rows]),
-        "final_acc_recal": np.array([float(r["final_acc_recal"]) for r in rows]),
-        "loss_ratio_recal": np.array([float(r["final_loss_recal"]) for r in rows]) / baseline,
         "solved": np.asarray(solved),
         "diverged": np.array([int(r["diverged"]) for r in rows]),
         "steps_done": np.array([int(r["steps_done"]) for r in rows]),
         "elapsed": np.array([float(r["elapsed"]) for r in rows]),
-        "train_loss": _pad([r["train_loss"] for r in rows], (S,)),
-        "grad_norm": _pad([r["grad_norm"] for r in rows], (S,)),
-        "eval_step": _pad([r["eval_step"] for r in rows], (E,)),
-        "eval_loss": _pad([r["eval_loss"] for r in rows], (E,)),
-        "eval_acc": _pad([r["eval_acc"] for r in rows], (E,)),
-        "flow_step": _pad([r["flow_step"] for r in rows], (F,)),
-        "grad_flow": _pad([np.reshape(r["grad_flow"], (-1, int(r["seq_len"]))) for r in rows], (F, Tm)),
-        "lyap_init": _pad([r["lyap_init"] for r in rows], (k,)),
-        "lyap_trained": _pad([r["lyap_trained"] for r in rows], (k,)),
-        "gap_len": _pad([r["gap_len"] for r in rows], (G,)),
-        "gap_train": _pad([r["gap_train"] for r in rows], (G,)),
-        "gap_eval": _pad([r["gap_eval"] for r in rows], (G,)),
         "presets": list(c["presets"]),
         "labels": [_label(t, n) for t, n in c["runs"]],
         "steps": int(S), "hidden": int(c["hidden"]), "batch": int(c["batch"]),
         "learning_rate": float(c["learning_rate"]), "seed": int(c["seed"]),
     }
+    ragged = {
+        "train_loss": ([r["train_loss"] for r in rows], (S,)),
+        "grad_norm": ([r["grad_norm"] for r in rows], (S,)),
+        "eval_step": ([r["eval_step"] for r in rows], (E,)),
+        "eval_loss": ([r["eval_loss"] for r in rows], (E,)),
+        "eval_acc": ([r["eval_acc"] for r in rows], (E,)),
+        "flow_step": ([r["flow_step"] for r in rows], (F,)),
+        "grad_flow": ([np.reshape(r["grad_flow"], (-1, int(r["seq_len"]))) for r in rows], (F, Tm)),
+        "lyap_init": ([r["lyap_init"] for r in rows], (k,)),
+        "lyap_trained": ([r["lyap_trained"] for r in rows], (k,)),
+        "gap_len": ([r["gap_len"] for r in rows], (G,)),
+        "gap_train": ([r["gap_train"] for r in rows], (G,)),
+        "gap_eval": ([r["gap_eval"] for r in rows], (G,)),
+        "final_loss_recal": ([[r["final_loss_recal"]] if int(r["has_recal"]) else [] for r in rows], ()),
+        "final_acc_recal": ([[r["final_acc_recal"]] if int(r["has_recal"]) else [] for r in rows], ()),
+    }
+    for key, (values, shape) in ragged.items():
+        if shape == ():  # a scalar per run, or none
+            a, v = _pad(values, (1,))
+            a, v = a[:, 0], v[:, 0]
+        else:
+            a, v = _pad(values, shape)
+        data[key], data[key + "_valid"] = a, v
+    data["loss_ratio_recal"] = data["final_loss_recal"] / baseline
+    data["loss_ratio_recal_valid"] = data["final_loss_recal_valid"]
     # gradient-flow summary: log10 ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ at the first and the last recording
-    first, last = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    first, last = np.zeros(len(rows)), np.zeros(len(rows))
+    has_flow = np.zeros(len(rows), bool)
     for i, r in enumerate(rows):
         g = np.reshape(np.asarray(r["grad_flow"], np.float64), (-1, int(r["seq_len"])))
-        with np.errstate(divide="ignore", invalid="ignore"):
+        if len(g) and np.all(g[[0, -1]][:, [0, -1]] > 0):
             ratio = np.log10(g[:, 0] / g[:, -1])
-        if len(ratio):
-            first[i], last[i] = ratio[0], ratio[-1]
+            first[i], last[i], has_flow[i] = ratio[0], ratio[-1], True
     data["flow_ratio_init"], data["flow_ratio_final"] = first, last
-    data["table_md"] = table_markdown(data)
+    data["flow_ratio_init_valid"] = data["flow_ratio_final_valid"] = has_flow
+    data["table_md"] = table_markdown(_nan_view(data))
     data["total_elapsed"] = float(np.sum(data["elapsed"]))
     say(progress, "\n" + data["table_md"])
     return data
@@ -418,6 +452,7 @@ def _plot_dynamics(data):
 
 def plot(data: dict) -> dict:
     """Figures: learning curves, gradient-flow heatmaps, the solved table, exponents and mode gaps."""
+    data = _nan_view(data)
     return {
         "training_curves": _plot_curves(data),
         "training_gradflow": _plot_gradflow(data),

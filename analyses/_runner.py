@@ -522,8 +522,61 @@ def run_all(
             _atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
         print(f"{tag}: {status[name]} in {time.perf_counter() - t0:.1f}s -> "
               f"{', '.join(sorted(figs)) or '(no figures)'}", file=stream, flush=True)
+    if "findings" in order and out.resolve() == FIGURES.resolve() and README.exists():
+        if update_readme(README, out):
+            print(f"README.md: findings block rewritten from {out / 'findings.md'}", file=stream, flush=True)
     print(f"done in {time.perf_counter() - t_all:.1f}s ({mode} mode, {out})", file=stream, flush=True)
     return status
+
+
+# ----------------------------------------------------------------------------------------------- README
+
+README = ROOT / "README.md"
+BEGIN = "<!-- findings:begin (written by `make figures` from figures/findings.md; do not edit by hand) -->"
+END = "<!-- findings:end -->"
+
+
+def readme_block(out: Path | str = FIGURES) -> str | None:
+    """The README's findings block, built from ``out/findings.md`` and ``out/training_table.md``.
+
+    Returns None when ``findings.md`` has not been written yet. Its title line is dropped and its headings
+    are moved one level down, to sit under the README's ``## Findings``.
+    """
+    out = Path(out)
+    if not (out / "findings.md").exists():
+        return None
+    lines = (out / "findings.md").read_text().splitlines()
+    body = [("#" + ln if ln.startswith("##") else ln) for ln in lines if not ln.startswith("# ")]
+    parts = ["\n".join(body).strip()]
+    if (out / "training_table.md").exists():
+        parts.append("### Training: which presets solve which lengths\n\n"
+                     + (out / "training_table.md").read_text().strip())
+    return "\n\n".join(parts)
+
+
+def update_readme(readme: Path | str = README, out: Path | str = FIGURES) -> bool:
+    """Replace the text between the findings markers of ``readme`` with :func:`readme_block`.
+
+    Returns:
+        bool: True if the file changed.
+
+    Raises:
+        ValueError: ``readme`` lacks the markers (or has them out of order).
+    """
+    readme = Path(readme)
+    block = readme_block(out)
+    if block is None:
+        return False
+    text = readme.read_text()
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        raise ValueError(f"{readme} has no findings markers ({BEGIN!r} ... {END!r}); add them where the "
+                         "findings belong")
+    new = text[: i + len(BEGIN)] + "\n" + block + "\n" + text[j:]
+    if new == text:
+        return False
+    _atomic_write_bytes(readme, new.encode())
+    return True
 
 
 def _gradflow_version() -> str:

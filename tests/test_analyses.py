@@ -268,3 +268,32 @@ def test_resume_after_interruption_recomputes_only_unfinished(quick_run):
     status = _runner.run_all(mode="quick", out=out, quiet=True)
     assert status["spectra"] == "computed"
     assert {k for k, v in status.items() if v != "cached"} == {"spectra"}
+
+
+def test_update_readme_replaces_only_the_marked_block(quick_run, tmp_path):
+    out, _ = quick_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n\nbefore\n\n{_runner.BEGIN}\nold numbers\n{_runner.END}\n\nafter\n")
+    assert _runner.update_readme(readme, out) is True
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# t\n\nbefore\n") and text.endswith("after\n")
+    block = text[text.index(_runner.BEGIN) + len(_runner.BEGIN):text.index(_runner.END)]
+    assert (out / "findings.md").read_text().splitlines()[2] in block  # the answer line
+    assert "### Per-preset rates" in block and "\n# " not in block  # headings moved under ## Findings
+    assert _runner.update_readme(readme, out) is False  # idempotent
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="findings markers"):
+        _runner.update_readme(readme, out)
+
+
+def test_committed_readme_and_figure_data_agree():
+    """The README's findings block is what the committed figures/ produce, and their data are finite."""
+    if not (_runner.FIGURES / "findings.md").exists():
+        pytest.skip("no committed figures")
+    text = _runner.README.read_text()
+    block = text[text.index(_runner.BEGIN) + len(_runner.BEGIN):text.index(_runner.END)].strip()
+    assert block == _runner.readme_block(_runner.FIGURES), "README findings are stale: run `make figures`"
+    for side in sorted((_runner.FIGURES / "data").glob("*.json")):
+        data = _runner.load_data(side.with_suffix(""))
+        bad = [k for k, v in data.items() if not _all_finite(v)]
+        assert not bad, f"figures/data/{side.stem}: non-finite entries {bad}"

@@ -79,6 +79,7 @@ ANALYSES: tuple[str, ...] = (
     "batch_coupling",
     "gamma_init",
     "dropout",
+    "theory",
     "training",
     "findings",
 )

@@ -297,3 +297,21 @@ def test_committed_readme_and_figure_data_agree():
         data = _runner.load_data(side.with_suffix(""))
         bad = [k for k, v in data.items() if not _all_finite(v)]
         assert not bad, f"figures/data/{side.stem}: non-finite entries {bad}"
+
+
+def test_theory_analysis_pairs_each_measurement_with_its_prediction(quick_run):
+    out, _ = quick_run
+    from analyses import theory as theory_analysis
+    from gradflow import theory as th
+
+    data = _runner.load_data(out / "data" / "theory")
+    fams = list(data["families"])
+    for f in fams:  # the reported worst disagreement is recomputed from the stored pairs
+        diff = np.abs(data[f"{f}_measured"].mean(-1) - data[f"{f}_predicted"].mean(-1)).max()
+        assert data["max_abs_diff"][fams.index(f)] == pytest.approx(diff, abs=1e-12)
+    pred = data["bn_feedforward_predicted"]  # (activation, B, seed): the closed form for each B
+    for a, act in enumerate(data["bn_feedforward_curves"]):
+        for b, B in enumerate(data["bn_feedforward_x"]):
+            assert np.allclose(pred[a, b], th.bn_feedforward_rate(int(B), act), atol=1e-12)
+    with pytest.raises(ValueError, match="unknown families"):
+        theory_analysis.run({**theory_analysis.CONFIG, **theory_analysis.QUICK, "families": ["gru"]})

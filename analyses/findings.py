@@ -254,8 +254,9 @@ def _answer(presets, cols, gains, inputs, th) -> str:
         text = (f"**Mean field against measurement** (analysis `theory`, d = {tv['hidden']}, top exponent "
                 f"of a jvp tangent, mean over {tv['n_seeds']} seed(s)): largest |measured − predicted| "
                 f"per family, ln/step: {worst}; the causes of the larger ones are in docs/theory.md §6 "
-                "(small batches and few input features for BN, tied weights for LN, the draw-to-draw scatter of "
-                "autonomous chaotic runs, ln ρ(W_hh) ≠ ln g at finite d below the edge of chaos).")
+                "(small batches and few input features for BN, tied weights for LN, the draw-to-draw "
+                "scatter of autonomous chaotic runs, ln ρ(W_hh) ≠ ln g at finite d below the edge of "
+                "chaos).")
         if "bn_notanh" in fams and 0.0 in list(np.asarray(tv["bn_notanh_x"])):
             j = list(np.asarray(tv["bn_notanh_x"])).index(0.0)
             m = np.asarray(tv["bn_notanh_measured"])[:, j].mean(-1)

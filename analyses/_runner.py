@@ -538,7 +538,8 @@ END = "<!-- findings:end -->"
 
 
 def readme_block(out: Path | str = FIGURES) -> str | None:
-    """The README's findings block, built from ``out/findings.md`` and ``out/training_table.md``.
+    """The README's findings block, built from ``out/findings.md``, ``out/training_table.md`` and, when
+    present, ``out/full/training_table.md`` (the larger training setting).
 
     Returns None when ``findings.md`` has not been written yet. Its title line is dropped and its headings
     are moved one level down, to sit under the README's ``## Findings``.
@@ -552,6 +553,14 @@ def readme_block(out: Path | str = FIGURES) -> str | None:
     if (out / "training_table.md").exists():
         parts.append("### Training: which presets solve which lengths\n\n"
                      + (out / "training_table.md").read_text().strip())
+    full = out / "full"
+    if (full / "training_table.md").exists():  # the larger setting, when it has been run and committed
+        side = read_sidecar(full / "data" / "training") or {}
+        took = (f"; it took {side['elapsed_s'] / 60:.0f} min on the machine that ran it"
+                if "elapsed_s" in side else "")
+        table = (full / "training_table.md").read_text().strip()
+        parts.append("### Training, larger setting (`make figures-full FIGARGS=\"--only training\"`, "
+                     f"written to `figures/full/`{took})\n\n" + table)
     return "\n\n".join(parts)
 
 

@@ -65,6 +65,7 @@ QUICK = {"families": ["bn_notanh", "ln_notanh", "bn_feedforward"], "hidden": 12,
          "ff_burn": 10}
 FULL = {"hidden": 256, "seeds": [0, 1, 2], "steps": 900}
 
+
 def _sweep(c: dict, name: str, knob: str, values, curves: list[tuple[str, dict, int]],
            tie: tuple[str, ...] = ()) -> dict:
     """theory_vs_measurement over ``values`` of ``knob`` (and of the ``tie`` keys, set equal to it) for each

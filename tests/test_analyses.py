@@ -293,10 +293,11 @@ def test_committed_readme_and_figure_data_agree():
     text = _runner.README.read_text()
     block = text[text.index(_runner.BEGIN) + len(_runner.BEGIN):text.index(_runner.END)].strip()
     assert block == _runner.readme_block(_runner.FIGURES), "README findings are stale: run `make figures`"
-    for side in sorted((_runner.FIGURES / "data").glob("*.json")):
+    sides = sorted(_runner.FIGURES.glob("data/*.json")) + sorted(_runner.FIGURES.glob("full/data/*.json"))
+    for side in sides:
         data = _runner.load_data(side.with_suffix(""))
         bad = [k for k, v in data.items() if not _all_finite(v)]
-        assert not bad, f"figures/data/{side.stem}: non-finite entries {bad}"
+        assert not bad, f"{side.relative_to(_runner.FIGURES)}: non-finite entries {bad}"
 
 
 def test_theory_analysis_pairs_each_measurement_with_its_prediction(quick_run):

@@ -6,7 +6,7 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from analyses._runner import main  # noqa: E402
+from analyses.runner import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 import gradflow
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "batch_coupling"
 CONFIG = {
@@ -81,13 +81,13 @@ def run(config: dict, progress=None) -> dict:
         for i, p in enumerate(c["presets"]):
             for j, B in enumerate(c["batch_sizes"]):
                 def one(p=p, B=B):
-                    cell, v, c0, xs, _ = _common.setup(p, c["hidden"], c["input_size"], B, T, c["seed"],
+                    cell, v, c0, xs, _ = common.setup(p, c["hidden"], c["input_size"], B, T, c["seed"],
                                                        c["input_scale"], burn_in=c["burn_in"],
                                                        gain=float(c["gain"]), t_max=int(T), bn_momentum=0.0,
                                                        dtype=c["dtype"])
                     # momentum 0: each statistics row becomes exactly the batch moments of its step.
                     stacked = jax.tree.map(lambda a: a[None], c0)
-                    v_frozen = _common.collect_batch_stats(cell, v, stacked, xs[None])
+                    v_frozen = common.collect_batch_stats(cell, v, stacked, xs[None])
                     r, d = _compare_fn(cell)(v, v_frozen, c0, xs)
                     rev = lambda a: np.asarray(a, np.float64)[::-1].copy()  # engine order t -> ascending lag
                     gm = lambda a: np.exp(np.mean(np.log(np.asarray(a, np.float64)), axis=1))[::-1].copy()
@@ -111,9 +111,9 @@ def run(config: dict, progress=None) -> dict:
 
 def plot(data: dict) -> dict:
     """``batch_coupling``: cross/diagonal ratio, true vs frozen diagonal norms, the overstatement factor."""
-    fig, (a1, a2, a3) = _style.figure(1, 3, width=11.0, height=3.4)
+    fig, (a1, a2, a3) = style.figure(1, 3, width=11.0, height=3.4)
     lags, Bs = data["lags"], data["batch_sizes"]
-    cols = _style.shades(len(Bs), "viridis")
+    cols = style.shades(len(Bs), "viridis")
     styles = ["-", "--", ":", "-."]
     for i, p in enumerate(data["presets"]):
         ls = styles[i % len(styles)]
@@ -124,23 +124,23 @@ def plot(data: dict) -> dict:
         a1.plot([], [], ls, color="0.3", label=p)
         a3.plot([], [], ls, color="0.3", label=p)
     a1.set_yscale("log")
-    _style.finish(a1, xlabel=_style.LAG, ylabel="‖cross-example blocks‖_F / ‖per-example blocks‖_F",
+    style.finish(a1, xlabel=style.LAG, ylabel="‖cross-example blocks‖_F / ‖per-example blocks‖_F",
                   title="batch coupling through BN statistics", legend="best", fontsize=6.5)
     jmid = int(np.argmin(np.abs(Bs - 8))) if len(Bs) else 0
     for i, p in enumerate(data["presets"]):
-        col = _style.color(p, i)
+        col = style.color(p, i)
         a2.semilogy(lags, data["diag_spec"][i, jmid], "-", color=col, label=f"{p}: true diagonal block")
         a2.semilogy(lags, data["frozen_spec"][i, jmid], "--", color=col, label=f"{p}: frozen statistics")
-    _style.finish(a2, xlabel=_style.LAG, ylabel="per-example block ‖∂h_T^(a)/∂h_t^(a)‖₂",
+    style.finish(a2, xlabel=style.LAG, ylabel="per-example block ‖∂h_T^(a)/∂h_t^(a)‖₂",
                   title=f"true vs frozen-statistics Jacobian (B = {Bs[jmid]})", legend="lower left",
                   fontsize=6.5)
     T = int(lags[-1])
-    _style.note(a3, f"at lag {T}:\n" + "\n".join(
+    style.note(a3, f"at lag {T}:\n" + "\n".join(
         f"{p} B={B}: {data['overstatement'][i, j, -1]:.3g}×" for i, p in enumerate(data["presets"])
         for j, B in enumerate(Bs) if B == Bs[jmid]), loc="lower right")
     a1.set_yticks([0.25, 0.5, 1, 2, 4])
-    _style.plain_log_ticks(a1)
-    _style.finish(a3, xlabel=_style.LAG, ylabel="frozen / true diagonal-block spectral norm",
+    style.plain_log_ticks(a1)
+    style.finish(a3, xlabel=style.LAG, ylabel="frozen / true diagonal-block spectral norm",
                   title="overstatement by the frozen-statistics shortcut", legend="upper left", fontsize=6.5)
     fig.suptitle(f"Train-mode BN couples the batch (d = {data['hidden']}, gain {data['gain']:g}, n = B·d, "
                  "at initialization, driven by N(0, 1) inputs)", fontsize=9)

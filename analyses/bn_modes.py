@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradflow
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "bn_modes"
 CONFIG = {
@@ -61,7 +61,7 @@ def run(config: dict, progress=None) -> dict:
     def compute():
         with jax.enable_x64(c["dtype"] == "float64"):
             opts = {"t_max": int(c["T_stats"]), "dtype": c["dtype"]}
-            cell, v, c0, xs, key = _common.setup(c["preset"], c["hidden"], c["input_size"], c["batch"],
+            cell, v, c0, xs, key = common.setup(c["preset"], c["hidden"], c["input_size"], c["batch"],
                                                  c["T_long"], c["seed"], c["input_scale"],
                                                  gain=float(c["gain"]), **opts)
             # Statistics sequences: fresh inputs and random initial states (a zero h_0 would give BN_h a zero
@@ -71,11 +71,11 @@ def run(config: dict, progress=None) -> dict:
             xss = c["input_scale"] * jax.random.normal(ks, (N, Ts, B, c["input_size"]), xs.dtype)
             h0s = jax.random.normal(kh, (N, B, d), xs.dtype)
             c0s = {"h": h0s, "t": jnp.zeros((N, B), jnp.int32)}
-            v_eval = _common.collect_batch_stats(cell, v, c0s, xss)
+            v_eval = common.collect_batch_stats(cell, v, c0s, xss)
             say(progress, f"running averages from {N} sequences of length {Ts} (batch {B})")
             ck = tuple(c["checkpoints"])
-            tr = _common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=ck)
-            ev = _common.forward_lognorms(cell, v_eval, c0, xs, key, train=False, checkpoints=ck)
+            tr = common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=ck)
+            ev = common.forward_lognorms(cell, v_eval, c0, xs, key, train=False, checkpoints=ck)
             vnp = jax.tree.map(np.asarray, v_eval)
             rho, nrm = [], []
             for t in range(Ts):
@@ -91,8 +91,8 @@ def run(config: dict, progress=None) -> dict:
     r = memo(progress, "modes", compute)
     T = r["T"]
     sel = T >= c["T_stats"]
-    rate_tr = _common.fit_rate(T[sel], r["log_fro_train"][sel])[0]
-    rate_ev = _common.fit_rate(T[sel], r["log_fro_eval"][sel])[0]
+    rate_tr = common.fit_rate(T[sel], r["log_fro_train"][sel])[0]
+    rate_ev = common.fit_rate(T[sel], r["log_fro_eval"][sel])[0]
     say(progress, f"rates beyond T_stats: train {rate_tr:+.4f}, eval {rate_ev:+.4f}, "
         f"eval theory ln ρ(A) = {r['log_rho_rows'][-1]:+.4f} ln/step")
     return {**r, "rows": np.arange(c["T_stats"]), "eval_rate_theory": float(r["log_rho_rows"][-1]),
@@ -103,10 +103,10 @@ def run(config: dict, progress=None) -> dict:
 
 def plot(data: dict) -> dict:
     """``bn_modes``: gradient norms, forward state norms and per-row eval growth of train vs eval mode."""
-    fig, (a1, a2, a3) = _style.figure(1, 3, width=11.0, height=3.3)
+    fig, (a1, a2, a3) = style.figure(1, 3, width=11.0, height=3.3)
     T, Ts = data["T"], data["T_stats"]
     ln10 = np.log(10)
-    c_tr, c_ev = _style.color(data["preset"]), "#1f77b4"
+    c_tr, c_ev = style.color(data["preset"]), "#1f77b4"
     for ax in (a1, a2):
         ax.axvspan(Ts, T[-1], color="0.92", lw=0)
         ax.axvline(Ts, color="0.5", lw=0.7, ls="--")
@@ -120,18 +120,18 @@ def plot(data: dict) -> dict:
     y0 = data["log_fro_eval"][i0]
     a1.plot(T[i0:], (y0 + data["eval_rate_theory"] * (T[i0:] - T[i0])) / ln10, ":", color="k", lw=1.2,
             label=f"eval theory: ln ρ(A) = {data['eval_rate_theory']:+.3f}")
-    _style.finish(a1, xlabel=_style.SEQLEN, ylabel="log₁₀‖∂h_T/∂h_0‖ (lines: Frobenius, marks: spectral)",
+    style.finish(a1, xlabel=style.SEQLEN, ylabel="log₁₀‖∂h_T/∂h_0‖ (lines: Frobenius, marks: spectral)",
                   title="gradient norm over the sequence", legend="lower left", fontsize=6.5)
     a2.plot(T, data["state_eval"], "-", color=c_ev, lw=0.6, label="eval mode")
     a2.plot(T, data["state_train"], "-", color=c_tr, lw=0.6, label="train mode")
     a2.set_ylim(bottom=0)
-    _style.finish(a2, xlabel=_style.TIME, ylabel="forward state norm ‖h_t‖₂ (RMS over batch)",
+    style.finish(a2, xlabel=style.TIME, ylabel="forward state norm ‖h_t‖₂ (RMS over batch)",
                   title="forward state", legend="best")
     a3.plot(data["rows"], data["log_rho_rows"], "-", color=c_ev, label="ln ρ(A_t) (spectral radius)")
     a3.plot(data["rows"], data["log_norm_rows"], "--", color=c_ev, label="ln‖A_t‖₂ (spectral norm)")
     a3.axhline(data["rate_train"], color=c_tr, lw=1.0, label="train-mode rate (measured)")
     a3.axhline(0.0, color="0.4", lw=0.7)
-    _style.finish(a3, xlabel="statistics row t (time step)", ylabel="ln per step",
+    style.finish(a3, xlabel="statistics row t (time step)", ylabel="ln per step",
                   title="eval-mode step A_t = diag(γ/√(var_t+ε)) W_hh", legend="best", fontsize=6.5)
     fig.suptitle(f"{data['preset']}: train vs eval mode; running averages from {data['n_stats']} sequences "
                  f"of length {Ts} (shaded: beyond them, eval reuses row {Ts - 1}); d = {data['hidden']}, "

@@ -21,8 +21,8 @@ import jax
 import matplotlib.ticker
 import numpy as np
 
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "decay"
 CONFIG = {
@@ -48,7 +48,7 @@ FULL = {"hidden": 64, "batch": 16, "T": 300, "n_lags": 40, "fit_from": 20, "seed
 
 def select_lags(T: int, n: int) -> tuple[int, ...]:
     """Lags 1..T: a few log-spaced small ones plus evenly spaced ones (for a linear lag axis)."""
-    small = _common.log_lags(max(T // 10, 2), max(n // 4, 3))
+    small = common.log_lags(max(T // 10, 2), max(n // 4, 3))
     even = np.linspace(T / (n - len(small)), T, max(n - len(small), 2)).round().astype(int)
     return tuple(int(v) for v in np.unique(np.concatenate([small, even, [T]])) if 1 <= v <= T)
 
@@ -75,10 +75,10 @@ def run(config: dict, progress=None) -> dict:
             out = {"spec": np.zeros((G, S, len(lags))), "fro": np.zeros((G, S, c["T"])), "n": 0}
             for j, g in enumerate(c["gains"]):
                 for k, seed in enumerate(c["seeds"]):
-                    cell, v, c0, xs, key = _common.setup(
+                    cell, v, c0, xs, key = common.setup(
                         preset, c["hidden"], c["input_size"], c["batch"], c["T"], seed, c["input_scale"],
                         burn_in=c["burn_in"], train=c["train"], gain=float(g), dtype=c["dtype"])
-                    r = _common.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=lags)
+                    r = common.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=lags)
                     out["spec"][j, k] = r["spectral"]
                     out["fro"][j, k] = r["frobenius"]
                     out["n"] = r["sv"].shape[1]
@@ -89,7 +89,7 @@ def run(config: dict, progress=None) -> dict:
         spec[i], fro[i], n_state[i] = r["spec"], r["fro"], int(r["n"])
         for j in range(G):
             for k in range(S):
-                rate[i, j, k], rate_se[i, j, k] = _common.fit_rate(lags, np.log(spec[i, j, k]), c["fit_from"])
+                rate[i, j, k], rate_se[i, j, k] = common.fit_rate(lags, np.log(spec[i, j, k]), c["fit_from"])
         say(progress, f"{preset}: rate at gain {c['gains'][0]}..{c['gains'][-1]} = "
             + ", ".join(f"{x:+.3f}" for x in rate[i].mean(axis=1)) + " ln/step")
     return {"presets": list(c["presets"]), "gains": np.asarray(c["gains"], float),
@@ -104,10 +104,10 @@ def plot(data: dict) -> dict:
     of the fitted rate against gain for every preset."""
     presets, gains, lags = data["presets"], data["gains"], data["lags"]
     n = len(presets) + 1
-    rows, cols = _style.grid_shape(n, 4)
-    fig, axes = _style.figure(rows, cols, width=11.0, height=2.35 * rows, squeeze=False)
+    rows, cols = style.grid_shape(n, 4)
+    fig, axes = style.figure(rows, cols, width=11.0, height=2.35 * rows, squeeze=False)
     axes = axes.ravel()
-    colors = _style.shades(len(gains), "viridis")
+    colors = style.shades(len(gains), "viridis")
     logs = np.log(data["spectral"])  # (P, G, S, L)
     for i, p in enumerate(presets):
         ax = axes[i]
@@ -120,23 +120,23 @@ def plot(data: dict) -> dict:
         ax.axhline(1.0, color="0.5", lw=0.6, ls=":")
         g_means = logs[i].mean(axis=1)  # (G, L)
         if len(gains) > 1 and float(np.max(np.ptp(g_means, axis=0))) < 0.05:
-            _style.note(ax, "all gains coincide (W_hh's scale is normalized away)", loc="upper right")
-        _style.finish(ax, xlabel=_style.LAG if i >= len(presets) - cols else None,
-                      ylabel=_style.JNORM if i % cols == 0 else None, title=_style.label(p),
+            style.note(ax, "all gains coincide (W_hh's scale is normalized away)", loc="upper right")
+        style.finish(ax, xlabel=style.LAG if i >= len(presets) - cols else None,
+                      ylabel=style.JNORM if i % cols == 0 else None, title=style.label(p),
                       legend="lower left" if i == 0 else False)
     ax = axes[len(presets)]
     for i, p in enumerate(presets):
         r = data["rate"][i].mean(axis=1)
-        ax.plot(gains, r, "-", marker=_style.marker(p), color=_style.color(p, i), label=p, ms=3, mfc="none")
+        ax.plot(gains, r, "-", marker=style.marker(p), color=style.color(p, i), label=p, ms=3, mfc="none")
     ax.axhline(0.0, color="0.4", lw=0.7)
     ax.set_xscale("log")
     ax.set_xticks(gains)
     ax.set_xticklabels([f"{g:g}" for g in gains])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    _style.finish(ax, xlabel=_style.GAIN, ylabel=_style.RATE,
+    style.finish(ax, xlabel=style.GAIN, ylabel=style.RATE,
                   title=f"fitted rate, lags {data['fit_from']}–{data['T']}", legend=False)
     ax.legend(fontsize=5.5, ncol=2, loc="best")
-    _style.hide_unused(axes, n)
+    style.hide_unused(axes, n)
     mode = "train mode (batch statistics)" if data["train"] else "eval mode"
     fig.suptitle(f"Gradient decay at initialization: d = {data['hidden']}, batch {data['batch']}, {mode}, "
                  f"inputs N(0, {data['input_scale']:g}²); band = range over {len(data['seeds'])} seeds",

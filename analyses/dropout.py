@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 import gradflow
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "dropout"
 CONFIG = {
@@ -76,19 +76,19 @@ def run(config: dict, progress=None) -> dict:
                 opts = {"dropout": float(p), "dropout_mode": mode, "dtype": c["dtype"]}
                 sp, sv = [], None
                 for k, seed in enumerate(c["seeds"]):
-                    cell, v, c0, xs, key = _common.setup(
+                    cell, v, c0, xs, key = common.setup(
                         c["preset"], c["hidden"], c["input_size"], c["batch"], c["T"], seed, c["input_scale"],
                         burn_in=c["burn_in"], **opts)
-                    r = _common.lag_singular_values(cell, v, c0, xs, key, train=True,
+                    r = common.lag_singular_values(cell, v, c0, xs, key, train=True,
                                                     lags=tuple(sorted(set(lags) | set(c["sv_lags"]))))
                     idx = [list(r["sv_lags"]).index(x) for x in lags]
                     sp.append(r["spectral"][idx])
                     if k == 0:
                         sv = r["sv"][[list(r["sv_lags"]).index(x) for x in c["sv_lags"]]]
-                cell, v, c0, xs, key = _common.setup(c["preset"], c["hidden"], c["input_size"], c["batch"],
+                cell, v, c0, xs, key = common.setup(c["preset"], c["hidden"], c["input_size"], c["batch"],
                                                      c["T_lyap"], c["seeds"][0], c["input_scale"],
                                                      burn_in=c["burn_in"], **opts)
-                ly = _common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"])
+                ly = common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"])
                 return {"spec": np.stack(sp), "sv": sv, "lyap": ly["exponents"][0],
                         "lyap_se": ly["stderr"][0]}
 
@@ -97,7 +97,7 @@ def run(config: dict, progress=None) -> dict:
             svs.append(r["sv"])
             lyap[i], lyap_se[i] = r["lyap"], r["lyap_se"]
             for k in range(S):
-                rate[i, k], rate_se[i, k] = _common.fit_rate(lags, np.log(spec[i, k]), c["fit_from"])
+                rate[i, k], rate_se[i, k] = common.fit_rate(lags, np.log(spec[i, k]), c["fit_from"])
             theory[i] = gradflow.theory.predict_rate(c["preset"], hidden_size=c["hidden"],
                                                      batch_size=c["batch"], dropout=float(p))
             say(progress, f"{_label(p, mode)}: rate {rate[i].mean():+.4f} ± {rate[i].std():.4f} (seeds), "
@@ -112,23 +112,23 @@ def run(config: dict, progress=None) -> dict:
 
 def plot(data: dict) -> dict:
     """``dropout``: norm against lag per variant; rate and λ₁ against p with theory; singular values."""
-    fig, (a1, a2, a3) = _style.figure(1, 3, width=11.0, height=3.4)
+    fig, (a1, a2, a3) = style.figure(1, 3, width=11.0, height=3.4)
     main = [i for i, (p, m) in enumerate(zip(data["p"], data["modes"], strict=True))
             if p == 0 or abs(p - 0.2) < 1e-9]
-    cols = {i: c for i, c in zip(main, ["0.25", _style.color(data["preset"]), "#9467bd"], strict=False)}
+    cols = {i: c for i, c in zip(main, ["0.25", style.color(data["preset"]), "#9467bd"], strict=False)}
     for i in main:
         logs = np.log(data["spectral"][i])
         col = cols[i]
         a1.semilogy(data["lags"], np.exp(logs.mean(0)), "-", color=col,
                     label=f"{data['labels'][i]} (rate {data['rate'][i].mean():+.3f})")
         a1.fill_between(data["lags"], np.exp(logs.min(0)), np.exp(logs.max(0)), color=col, alpha=0.15, lw=0)
-    _style.finish(a1, xlabel=_style.LAG, ylabel=_style.JNORM, title="gradient decay (band: seeds / masks)",
+    style.finish(a1, xlabel=style.LAG, ylabel=style.JNORM, title="gradient decay (band: seeds / masks)",
                   legend="lower left", fontsize=6.5)
     step = [i for i, m in enumerate(data["modes"]) if m == "step"]
     order = sorted(step, key=lambda i: data["p"][i])
     ps = data["p"][order]
     a2.errorbar(ps, data["rate"][order].mean(1), yerr=data["rate"][order].std(1), fmt="o-", ms=3, capsize=2,
-                color=_style.color(data["preset"]), label=f"fitted rate, lags {data['fit_from']}–{data['T']}")
+                color=style.color(data["preset"]), label=f"fitted rate, lags {data['fit_from']}–{data['T']}")
     a2.errorbar(ps, data["lyap"][order], yerr=data["lyap_se"][order], fmt="s-", ms=3, capsize=2, mfc="none",
                 color="#1f77b4", label="top Lyapunov exponent λ₁")
     a2.plot(ps, data["theory"][order], "k--", lw=1.0, label="mean field (gradflow.theory)")
@@ -136,7 +136,7 @@ def plot(data: dict) -> dict:
     if seq:
         a2.plot(data["p"][seq], data["lyap"][seq], "D", color="#9467bd", ms=4, mfc="none",
                 label="λ₁, one mask per sequence")
-    _style.finish(a2, xlabel="hidden dropout rate p", ylabel=_style.RATE, title="rate against dropout",
+    style.finish(a2, xlabel="hidden dropout rate p", ylabel=style.RATE, title="rate against dropout",
                   legend="lower left", fontsize=6.0)
     K = len(data["sv_lags"])
     for i in main:
@@ -147,7 +147,7 @@ def plot(data: dict) -> dict:
             a3.semilogy(((np.arange(n) + 0.5) / n)[pos], s[pos], ["-", "--", ":"][k % 3], color=cols[i],
                         label=f"{data['labels'][i]}, lag {data['sv_lags'][k]}")
     a3.set_ylim(bottom=1e-12)
-    _style.finish(a3, xlabel="i / n", ylabel="singular value σ_i of ∂h_T/∂h_t", title="spectra (seed 0)",
+    style.finish(a3, xlabel="i / n", ylabel="singular value σ_i of ∂h_T/∂h_t", title="spectra (seed 0)",
                   legend="lower left", fontsize=5.5)
     fig.suptitle(f"{data['preset']} with hidden dropout at initialization (train mode, d = {data['hidden']}, "
                  f"batch {data['batch']}, n = batch·d)", fontsize=9)

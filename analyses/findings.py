@@ -8,8 +8,8 @@ norm changes by less than a factor e over 100 steps).
 
 Example::
 
-    from analyses import _runner, findings
-    inputs = {n: _runner.load_data(f"figures/data/{n}") for n in findings.DEPENDS}
+    from analyses import runner, findings
+    inputs = {n: runner.load_data(f"figures/data/{n}") for n in findings.DEPENDS}
     data = findings.run(findings.CONFIG, inputs=inputs)
     print(data["table_md"])
 """
@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from analyses import _common, _style
+from analyses import common, style
 
 NAME = "findings"
 DEPENDS = ("decay", "lengths", "lyapunov", "spectra", "bn_modes", "batch_coupling", "gamma_init", "dropout",
@@ -81,10 +81,10 @@ def run(config: dict, progress=None, inputs: dict | None = None) -> dict:
         cols["rate"].append(float(mean[j_ref]))
         cols["rate_sd"].append(float(r[j_ref].std(ddof=1)) if r.shape[1] > 1 else 0.0)
         cols["rate_se"].append(float(np.asarray(dec["rate_se"][i])[j_ref].mean()))
-        cols["verdict"].append(_common.classify(float(mean[j_ref]), threshold=th))
+        cols["verdict"].append(common.classify(float(mean[j_ref]), threshold=th))
         by = {"explodes": [], "vanishes": [], "neutral": []}
         for j, g in enumerate(gains):
-            by[_common.classify(float(mean[j]), threshold=th)].append(f"{g:g}")
+            by[common.classify(float(mean[j]), threshold=th)].append(f"{g:g}")
         cols["explodes_at"].append(", ".join(by["explodes"]) or "none")
         cols["vanishes_at"].append(", ".join(by["vanishes"]) or "none")
         cols["neutral_at"].append(", ".join(by["neutral"]) or "none")
@@ -199,9 +199,9 @@ def _answer(presets, cols, gains, inputs, th) -> str:
         tr, ev = float(bm["rate_train"]), float(bm["rate_eval"])
         out.append(f"**Train vs eval mode (`{bm['preset']}`)**: beyond the {int(bm['T_stats'])} "
                    f"steps its running "
-                   f"statistics came from, train mode {_common.classify(tr, threshold=th)} at "
+                   f"statistics came from, train mode {common.classify(tr, threshold=th)} at "
                    f"{_fmt(tr)} and eval "
-                   f"mode {_common.classify(ev, threshold=th)} at {_fmt(ev)} ln/step (eval mode is "
+                   f"mode {common.classify(ev, threshold=th)} at {_fmt(ev)} ln/step (eval mode is "
                    f"a fixed linear "
                    f"map there: exact rate ln ρ(A) = {_fmt(float(bm['eval_rate_theory']))}).")
     bc = inputs.get("batch_coupling")
@@ -242,9 +242,9 @@ def _answer(presets, cols, gains, inputs, th) -> str:
             out.append(f"**Dropout 0.2 on `{dr['preset']}`**: top Lyapunov exponent {_fmt(l0)} without and "
                        f"{_fmt(l2)} with a fresh mask per step (difference {_fmt(l2 - l0)} "
                        f"ln/step); it does not "
-                       f"change the verdict ({_common.classify(l0, threshold=th)} → "
-                       f"{_common.classify(l2, threshold=th)})."
-                       if _common.classify(l0, threshold=th) == _common.classify(l2, threshold=th) else
+                       f"change the verdict ({common.classify(l0, threshold=th)} → "
+                       f"{common.classify(l2, threshold=th)})."
+                       if common.classify(l0, threshold=th) == common.classify(l2, threshold=th) else
                        f"**Dropout 0.2 on `{dr['preset']}`**: top Lyapunov exponent {_fmt(l0)} without and "
                        f"{_fmt(l2)} with a fresh mask per step: it changes the verdict.")
     tv = inputs.get("theory")
@@ -262,7 +262,7 @@ def _answer(presets, cols, gains, inputs, th) -> str:
             m = np.asarray(tv["bn_notanh_measured"])[:, j].mean(-1)
             pr = np.asarray(tv["bn_notanh_predicted"])[:, j].mean(-1)
             pairs = "; ".join(f"{lab}: {_fmt(float(a))} (predicted {_fmt(float(b))}, "
-                              f"{_common.classify(float(a), threshold=th)})"
+                              f"{common.classify(float(a), threshold=th)})"
                               for lab, a, b in zip(tv["bn_notanh_curves"], m, pr, strict=True))
             text += (" Without input (γ_x = 0) `bn_notanh` in train mode measures " + pairs
                      + ": the balance of γ_x against γ_h and the batch size, not the gain, set the rate.")
@@ -332,13 +332,13 @@ def plot(data: dict) -> dict:
     """``findings``: per-step rate per preset with the neutral band, λ₁ and the theory where they exist."""
     presets = list(data["preset"])
     P = len(presets)
-    fig, ax = _style.figure(1, 1, width=10.0, height=3.4)
+    fig, ax = style.figure(1, 1, width=10.0, height=3.4)
     x = np.arange(P)
     th = data["threshold"]
     ax.axhspan(-th, th, color="0.85", lw=0, label=f"neutral band (|rate| ≤ {th:g})")
     ax.axhline(0, color="0.4", lw=0.7)
     for i, p in enumerate(presets):
-        ax.bar(i, data["rate"][i], color=_style.color(p, i), alpha=0.75, width=0.6)
+        ax.bar(i, data["rate"][i], color=style.color(p, i), alpha=0.75, width=0.6)
     ax.errorbar(x, data["rate"], yerr=data["rate_sd"], fmt="none", ecolor="k", capsize=2, lw=0.8)
     has = np.asarray(data["has_lam1"], bool)
     ax.errorbar(x[has], np.asarray(data["lam1"])[has], yerr=np.asarray(data["lam1_se"])[has], fmt="o",
@@ -353,7 +353,7 @@ def plot(data: dict) -> dict:
     labels.append(f"rate at g = {data['reference_gain']:g} (decay fit, colour per preset) ± sd over seeds")
     ax.set_xticks(x)
     ax.set_xticklabels(presets, rotation=35, ha="right")
-    _style.finish(ax, ylabel=_style.RATE, legend=False,
+    style.finish(ax, ylabel=style.RATE, legend=False,
                   title="Per-step gradient growth at initialization: < 0 vanishes, > 0 explodes")
     ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6.5)
     return {"findings": fig}

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradflow
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "gamma_init"
 CONFIG = {
@@ -96,7 +96,7 @@ def run(config: dict, progress=None) -> dict:
                 def one(p=p, n_in=n_in):
                     rows = []
                     for gam in c["gammas"]:
-                        cell, v, c0, xs, _ = _common.setup(
+                        cell, v, c0, xs, _ = common.setup(
                             p, c["hidden"], n_in, c["batch"], T, c["seed"], c["input_scale"],
                             bn_gamma_init=float(gam), dtype=c["dtype"])
                         kr, ky = jax.random.split(jax.random.key(c["seed"] + 7))
@@ -109,7 +109,7 @@ def run(config: dict, progress=None) -> dict:
                 gn[a, i] = memo(progress, f"{p}_in{n_in}", one)["g"]
                 for j in range(G):
                     sel = lags >= T // 2
-                    rate[a, i, j] = _common.fit_rate(lags[sel], np.log(gn[a, i, j, sel]))[0]
+                    rate[a, i, j] = common.fit_rate(lags[sel], np.log(gn[a, i, j, sel]))[0]
                 say(progress, f"{p}, {n_in} inputs: ‖∂L/∂h_1‖/‖∂L/∂h_T‖ = "
                     + ", ".join(f"γ={g}: {gn[a, i, j, 0] / gn[a, i, j, -1]:.3g}"
                                 for j, g in enumerate(c["gammas"])))
@@ -128,8 +128,8 @@ def run(config: dict, progress=None) -> dict:
 def plot(data: dict) -> dict:
     """``gamma_init``: a row per input size, a panel per preset: ‖∂L/∂h_t‖ against t, a line per γ."""
     NI, P = len(data["input_sizes"]), len(data["presets"])
-    fig, axes = _style.figure(NI, P, width=min(3.6 * P, 11.0), height=2.9 * NI, squeeze=False)
-    cols = _style.shades(len(data["gammas"]), "viridis")
+    fig, axes = style.figure(NI, P, width=min(3.6 * P, 11.0), height=2.9 * NI, squeeze=False)
+    cols = style.shades(len(data["gammas"]), "viridis")
     t, T = data["t"], data["T"]
     last = NI - 1
     for a, n_in in enumerate(data["input_sizes"]):
@@ -146,9 +146,9 @@ def plot(data: dict) -> dict:
                 ax.plot([], [], "--", color="0.4", lw=0.8, label="mean-field slope")
             lo = max(float(np.min(data["grad_norm"][a, i])) * 0.3, 1e-300)
             ax.set_ylim(lo, float(np.max(data["grad_norm"][a, i])) * 3)
-            _style.finish(ax, xlabel=_style.TIME if a == last else None,
+            style.finish(ax, xlabel=style.TIME if a == last else None,
                           ylabel=f"‖∂L/∂h_t‖, {n_in} input{'s' if n_in > 1 else ''}/step" if i == 0 else None,
-                          title=_style.label(p) if a == 0 else None, legend="best", fontsize=5.5)
+                          title=style.label(p) if a == 0 else None, legend="best", fontsize=5.5)
     fig.suptitle(f"Gradient of a last-step loss across time at initialization, BN γ swept (Cooijmans et al. "
                  f"Fig. 1a; d = {data['hidden']}, batch {data['batch']}, T = {T}, train mode; norm over the "
                  "batch)", fontsize=9)

@@ -2,7 +2,7 @@
 
 For each preset (at its default gain, 1) one driven sequence of length max(lengths) is run in train mode from
 a typical state (after a burn-in); ∂h_T/∂h_0 for every prefix length T is the forward product of the step
-Jacobians, renormalized in log space so it stays finite in float32 for any T (``_common.forward_lognorms``).
+Jacobians, renormalized in log space so it stays finite in float32 for any T (``common.forward_lognorms``).
 The per-step rate is (1/T) ln‖∂h_T/∂h_0‖₂ (natural log per step); as T grows it tends to the largest Lyapunov
 exponent. The phase diagram repeats this over a grid of recurrent gains for ``tanh``, ``bn_notanh`` and
 ``ln_notanh``, vectorized over the gains with ``gradflow.sweep.run_sweep`` (one compiled ``vmap`` per preset).
@@ -23,8 +23,8 @@ import numpy as np
 
 import gradflow
 import gradflow.sweep
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "lengths"
 CONFIG = {
@@ -50,10 +50,10 @@ FULL = {"lengths": [10, 30, 100, 300, 1000, 3000, 10000], "hidden": 64, "batch":
 
 def _measure(c: dict, preset: str, gain: float) -> dict:
     T = max(c["lengths"])
-    cell, v, c0, xs, key = _common.setup(preset, c["hidden"], c["input_size"], c["batch"], T, c["seed"],
+    cell, v, c0, xs, key = common.setup(preset, c["hidden"], c["input_size"], c["batch"], T, c["seed"],
                                          c["input_scale"], burn_in=c["burn_in"], train=c["train"],
                                          gain=float(gain), dtype=c["dtype"])
-    return _common.forward_lognorms(cell, v, c0, xs, key, train=c["train"], checkpoints=tuple(c["lengths"]))
+    return common.forward_lognorms(cell, v, c0, xs, key, train=c["train"], checkpoints=tuple(c["lengths"]))
 
 
 def _phase_row(c: dict, preset: str, progress=None) -> np.ndarray:
@@ -62,14 +62,14 @@ def _phase_row(c: dict, preset: str, progress=None) -> np.ndarray:
     idx = np.asarray(ck) - 1
 
     def fn(static):
-        cell, v, c0, xs, key, xb = _common.setup_parts(
+        cell, v, c0, xs, key, xb = common.setup_parts(
             static["preset"], c["hidden"], c["input_size"], c["batch"], T, c["seed"], c["input_scale"],
             burn_in=c["burn_in"], dtype=c["dtype"])
 
         def f(traced):
-            vg = _common.with_gain(cell, v, traced["gain"])
-            c0b = _common.burn_carry(cell, c["train"], vg, c0, xb, key) if c["burn_in"] > 0 else c0
-            log_fro, _, Q = _common.forward_core(cell, c["train"], ck, vg, c0b, xs, key)
+            vg = common.with_gain(cell, v, traced["gain"])
+            c0b = common.burn_carry(cell, c["train"], vg, c0, xb, key) if c["burn_in"] > 0 else c0
+            log_fro, _, Q = common.forward_core(cell, c["train"], ck, vg, c0b, xs, key)
             top = jnp.linalg.svd(Q, compute_uv=False)[:, 0]
             return {"log_spec": jnp.log(jnp.maximum(top, jnp.finfo(top.dtype).tiny)) + log_fro[idx]}
 
@@ -124,28 +124,28 @@ def run(config: dict, progress=None) -> dict:
 def plot(data: dict) -> dict:
     """Figure ``lengths``: norm and rate against T per preset; ``lengths_phase``: the gain × T diagrams."""
     L = data["lengths"]
-    fig, (a1, a2) = _style.figure(1, 2, width=9.0, height=3.4)
+    fig, (a1, a2) = style.figure(1, 2, width=9.0, height=3.4)
     for i, p in enumerate(data["presets"]):
-        col = _style.color(p, i)
+        col = style.color(p, i)
         T = np.arange(1, data["log_fro"].shape[1] + 1)
         a1.plot(T, data["log_fro"][i] / np.log(10), "-", color=col, lw=0.6, alpha=0.35)
-        mk = _style.marker(p)
-        a1.plot(L, data["log_spec"][i] / np.log(10), mk, color=col, label=_style.label(p), mfc="none")
-        a2.plot(L, data["rate"][i], "-", marker=mk, color=col, label=_style.label(p), mfc="none")
+        mk = style.marker(p)
+        a1.plot(L, data["log_spec"][i] / np.log(10), mk, color=col, label=style.label(p), mfc="none")
+        a2.plot(L, data["rate"][i], "-", marker=mk, color=col, label=style.label(p), mfc="none")
     a1.set_xscale("log")
     a1.axhline(0.0, color="0.5", lw=0.6, ls=":")
-    _style.finish(a1, xlabel=_style.SEQLEN, ylabel="log₁₀‖∂h_T/∂h_0‖ (dots: spectral, lines: Frobenius)",
+    style.finish(a1, xlabel=style.SEQLEN, ylabel="log₁₀‖∂h_T/∂h_0‖ (dots: spectral, lines: Frobenius)",
                   title="gradient across the whole sequence", legend=False)
     a2.set_xscale("log")
     a2.axhline(0.0, color="0.4", lw=0.7)
-    _style.finish(a2, xlabel=_style.SEQLEN, ylabel="(1/T) ln‖∂h_T/∂h_0‖₂ (ln per step)",
+    style.finish(a2, xlabel=style.SEQLEN, ylabel="(1/T) ln‖∂h_T/∂h_0‖₂ (ln per step)",
                   title="per-step rate", legend=False)
     a2.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"Sequence length at initialization (gain 1, d = {data['hidden']}, batch {data['batch']}, "
                  "train mode, driven by N(0, 1) inputs)", fontsize=9)
 
     Q = len(data["phase_presets"])
-    fig2, axes = _style.figure(1, Q, width=3.4 * Q, height=3.0, squeeze=False)
+    fig2, axes = style.figure(1, Q, width=3.4 * Q, height=3.0, squeeze=False)
     rates = data["phase_rate"]
     vmax = max(float(np.max(np.abs(rates))), 1e-3)
     norm = matplotlib.colors.TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
@@ -164,7 +164,7 @@ def plot(data: dict) -> dict:
                 r = rates[i, gi, li]
                 ax.text(li, gi, f"{r:+.2f}", ha="center", va="center", fontsize=5.5,
                         color="white" if abs(r) > 0.6 * vmax else "black")
-        _style.finish(ax, xlabel=_style.SEQLEN, ylabel=_style.GAIN if i == 0 else None, title=_style.label(p),
+        style.finish(ax, xlabel=style.SEQLEN, ylabel=style.GAIN if i == 0 else None, title=style.label(p),
                       legend=False)
     cb = fig2.colorbar(im, ax=axes[0, -1], shrink=0.9)
     cb.set_label("(1/T) ln‖∂h_T/∂h_0‖₂ (ln per step)\nred: explodes, blue: vanishes")

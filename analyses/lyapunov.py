@@ -23,8 +23,8 @@ import matplotlib.ticker
 import numpy as np
 
 import gradflow
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "lyapunov"
 CONFIG = {
@@ -82,14 +82,14 @@ def run(config: dict, progress=None) -> dict:
     with jax.enable_x64(f64):
         for p in c["spectra_presets"]:
             def spec_one(p=p):
-                cell, v, c0, xs, key = _common.setup(
+                cell, v, c0, xs, key = common.setup(
                     p, c["spectra_hidden"], c["input_size"], c["spectra_batch"], c["spectra_T"], c["seed"],
                     c["input_scale"], burn_in=c["burn_in"], dtype=c["dtype"])
                 n = sum(int(np.prod(a.shape)) for k_, a in c0.items() if k_ != "t")
                 # Dropout zeroes a fraction p of the units each step: those directions have exponent -inf,
                 # so only the top (1 - p - margin)·n exponents are finite and computed.
                 k = n if cell.spec.dropout == 0 else int((1.0 - cell.spec.dropout - c["dropout_margin"]) * n)
-                out = _common.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
+                out = common.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
                                        segments=c["segments"])
                 return {**out, "n": n}
 
@@ -110,10 +110,10 @@ def run(config: dict, progress=None) -> dict:
             def sweep(p=p, gains=gains):
                 e, se, sx, ex = [], [], [], []
                 for g in gains:
-                    cell, v, c0, xs, key = _common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"],
+                    cell, v, c0, xs, key = common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"],
                                                          c["seed"], c["input_scale"], burn_in=c["burn_in"],
                                                          gain=float(g), dtype=c["dtype"])
-                    r = _common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"],
+                    r = common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"],
                                          segments=c["segments"])
                     e.append(r["exponents"][0])
                     se.append(r["stderr"][0])
@@ -164,7 +164,7 @@ def run(config: dict, progress=None) -> dict:
 
 def plot(data: dict) -> dict:
     """``lyapunov_spectra``: λ_i against i/n per preset; ``lyapunov_gain``: λ₁ against gain with theory."""
-    fig, axes = _style.figure(1, 2, width=11.0, height=3.4)
+    fig, axes = style.figure(1, 2, width=11.0, height=3.4)
     rnn = [p for p in data["spectra_presets"] if gradflow.PRESETS.get(p) is None
            or gradflow.PRESETS[p].family == "rnn"]
     for ax, group, title in ((axes[0], rnn, "simple recurrences"),
@@ -173,34 +173,34 @@ def plot(data: dict) -> dict:
             i = data["spectra_presets"].index(p)
             k, n = int(data["spectra_n"][i]), int(data["spectra_state"][i])
             lam = data["spectra"][i, :k]
-            lab = _style.label(p) + (f" (top {k}/{n}: dropout)" if k < n else "")
-            ax.plot((np.arange(k) + 0.5) / n, lam, "-", color=_style.color(p, i), label=lab)
+            lab = style.label(p) + (f" (top {k}/{n}: dropout)" if k < n else "")
+            ax.plot((np.arange(k) + 0.5) / n, lam, "-", color=style.color(p, i), label=lab)
         ax.axhline(0.0, color="0.4", lw=0.7)
         lo = max(float(np.min(data["spectra"])), -3.0)
         ax.set_ylim(lo - 0.1, max(0.3, float(np.max(data["spectra"][:, 0])) + 0.1))
-        _style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=_style.LYAP, title=title,
+        style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=style.LYAP, title=title,
                       legend=False)
         if group:
             ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         else:
-            _style.note(ax, "no cells of this kind in the configuration", loc="upper left")
+            style.note(ax, "no cells of this kind in the configuration", loc="upper left")
         if float(np.min(data["spectra"])) < -3.0:
-            _style.note(ax, "axis cut at −3: lower exponents\n(down to "
+            style.note(ax, "axis cut at −3: lower exponents\n(down to "
                         f"{float(np.min(data['spectra'])):.0f}) are directions BN/LN/dropout remove",
                         loc="lower left")
     fig.suptitle(f"Full Lyapunov spectra at initialization (d = {data['spectra_hidden']}, batch "
                  f"{data['spectra_batch']}: n = batch·state, T = {data['spectra_T']}, train mode, driven)",
                  fontsize=9)
 
-    fig2, (a1, a2) = _style.figure(1, 2, width=9.5, height=3.6)
+    fig2, (a1, a2) = style.figure(1, 2, width=9.5, height=3.6)
     preset_rows = np.asarray(data["top_preset"])
     curve_p = np.asarray(data["curve_preset"])
     order = list(dict.fromkeys(data["top_preset"]))
     for i, p in enumerate(order):
         ax = a1 if p in ("tanh", "linear", "ln_tanh", "lstm", "gru") else a2
         m = preset_rows == p
-        col = _style.color(p, i)
-        ax.errorbar(data["top_gain"][m], data["top_exp"][m], yerr=data["top_se"][m], fmt=_style.marker(p),
+        col = style.color(p, i)
+        ax.errorbar(data["top_gain"][m], data["top_exp"][m], yerr=data["top_se"][m], fmt=style.marker(p),
                     color=col, ms=4, mfc="none", capsize=2, label=f"{p} (measured)")
         if p == "linear":
             ax.plot(data["top_gain"][m], data["top_theory"][m], "+", color="k", ms=6,
@@ -215,7 +215,7 @@ def plot(data: dict) -> dict:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks([0.25, 0.5, 1, 2, 4])
-        _style.finish(ax, xlabel=_style.GAIN, ylabel=_style.LYAP, title=title,
+        style.finish(ax, xlabel=style.GAIN, ylabel=style.LYAP, title=title,
                       legend="lower right")
     fig2.suptitle(f"Largest Lyapunov exponent against gain (d = {data['hidden']}, batch {data['batch']}, "
                   f"T = {data['T']}; markers ± s.e., lines: gradflow.theory mean field)", fontsize=9)

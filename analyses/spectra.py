@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from analyses import _common, _style
-from analyses._runner import memo, say
+from analyses import common, style
+from analyses.runner import memo, say
 
 NAME = "spectra"
 CONFIG = {
@@ -63,10 +63,10 @@ def run(config: dict, progress=None) -> dict:
     with jax.enable_x64(c["dtype"] == "float64"):
         for p in c["presets"]:
             def one(p=p):
-                cell, v, c0, xs, key = _common.setup(
+                cell, v, c0, xs, key = common.setup(
                     p, c["hidden"], c["input_size"], c["batch"], T, c["seed"], c["input_scale"],
                     burn_in=c["burn_in"], train=c["train"], gain=float(c["gain"]), dtype=c["dtype"])
-                r = _common.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=all_lags)
+                r = common.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=all_lags)
                 return {"sv": r["sv"]}
 
             sv = memo(progress, p, one)["sv"]
@@ -93,10 +93,10 @@ def plot(data: dict) -> dict:
     against lag."""
     presets = data["presets"]
     P = len(presets)
-    rows, cols = _style.grid_shape(P + 1, 4)
-    fig, axes = _style.figure(rows, cols, width=11.0, height=2.3 * rows, squeeze=False)
+    rows, cols = style.grid_shape(P + 1, 4)
+    fig, axes = style.figure(rows, cols, width=11.0, height=2.3 * rows, squeeze=False)
     axes = axes.ravel()
-    colors = _style.shades(len(data["lags"]), "plasma", 0.05, 0.75)
+    colors = style.shades(len(data["lags"]), "plasma", 0.05, 0.75)
     for i, p in enumerate(presets):
         ax = axes[i]
         n = int(data["n"][i])
@@ -107,19 +107,19 @@ def plot(data: dict) -> dict:
             ax.semilogy(x[pos], s[pos] / s[0], "-", color=colors[k],
                         label=f"lag {lag}: σ₁ = {s[0]:.2g}")
         ax.set_ylim(bottom=max(1e-16, ax.get_ylim()[0]))
-        _style.finish(ax, xlabel="i / n" if i >= P - cols + 1 else None,
-                      ylabel="σ_i / σ₁" if i % cols == 0 else None, title=f"{_style.label(p)} (n = {n})",
+        style.finish(ax, xlabel="i / n" if i >= P - cols + 1 else None,
+                      ylabel="σ_i / σ₁" if i % cols == 0 else None, title=f"{style.label(p)} (n = {n})",
                       legend="lower left", fontsize=6)
     ax = axes[P]
     for i, p in enumerate(presets):
-        ax.plot(data["rank_lags"], data["eff_rank"][i] / data["n"][i], "-", marker=_style.marker(p),
-                color=_style.color(p, i), ms=3, mfc="none", label=p)
+        ax.plot(data["rank_lags"], data["eff_rank"][i] / data["n"][i], "-", marker=style.marker(p),
+                color=style.color(p, i), ms=3, mfc="none", label=p)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _style.finish(ax, xlabel=_style.LAG, ylabel="effective rank / n", title="collapse of the product",
+    style.finish(ax, xlabel=style.LAG, ylabel="effective rank / n", title="collapse of the product",
                   legend=False)
     ax.legend(fontsize=5.5, ncol=2, loc="lower left")
-    _style.hide_unused(axes, P + 1)
+    style.hide_unused(axes, P + 1)
     fig.suptitle(f"Singular values of ∂h_T/∂h_t at initialization (gain {data['gain']:g}, "
                  f"d = {data['hidden']}, batch {data['batch']}: n = batch·state, train mode)", fontsize=9)
     return {"spectra": fig}

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradflow
-from analyses import _style
-from analyses._runner import memo, say
+from analyses import style
+from analyses.runner import memo, say
 
 th = gradflow.theory
 
@@ -161,18 +161,18 @@ def run(config: dict, progress=None) -> dict:
 def plot(data: dict) -> dict:
     """``theory``: measured rate (markers, ± s.d. over seeds) and mean-field prediction (lines) per family."""
     fams = list(data["families"])
-    nr, nc = _style.grid_shape(len(fams), 3)
-    fig, axes = _style.figure(nr, nc, squeeze=False, width=11.0, height=3.0 * nr)
+    nr, nc = style.grid_shape(len(fams), 3)
+    fig, axes = style.figure(nr, nc, squeeze=False, width=11.0, height=3.0 * nr)
     titles = {"tanh": "tanh RNN", "bn_notanh": "bn_notanh (train mode), γ_h = 1",
               "ln_notanh": "ln_notanh, γ_h = 1", "bn_tanh": "bn_tanh, γ_h = γ_x = γ",
               "ln_tanh": "ln_tanh", "bn_feedforward": "deep BN feed-forward (Yang et al. 2019)"}
-    xlabels = {"gain": _style.GAIN, "gamma_x": "input BN scale γ_x", "gamma": "BN scale γ",
+    xlabels = {"gain": style.GAIN, "gamma_x": "input BN scale γ_x", "gamma": "BN scale γ",
                "batch size B": "batch size B"}
     for a, f in enumerate(fams):
         ax = axes.flat[a]
         x = data[f"{f}_x"]
         order = np.argsort(x)
-        cols = _style.shades(len(data[f"{f}_curves"]), "viridis", 0.1, 0.75)
+        cols = style.shades(len(data[f"{f}_curves"]), "viridis", 0.1, 0.75)
         for i, lab in enumerate(data[f"{f}_curves"]):
             m, p = data[f"{f}_measured"][i], data[f"{f}_predicted"][i]
             ax.plot(x[order], p.mean(-1)[order], "-", color=cols[i], lw=1.2)
@@ -185,13 +185,13 @@ def plot(data: dict) -> dict:
         knob = str(data[f"{f}_knob"])
         if f == "bn_feedforward":
             ax.set_xscale("log", base=2)
-            _style.plain_log_ticks(ax, "x")
-        ylab = "growth per layer (ln)" if f == "bn_feedforward" else _style.LYAP
-        _style.finish(ax, xlabel=xlabels.get(knob, knob), ylabel=ylab if a % nc == 0 or
+            style.plain_log_ticks(ax, "x")
+        ylab = "growth per layer (ln)" if f == "bn_feedforward" else style.LYAP
+        style.finish(ax, xlabel=xlabels.get(knob, knob), ylabel=ylab if a % nc == 0 or
                       f == "bn_feedforward" else None,
                       title=f"{titles.get(f, f)}\nmax |meas. − pred.| = {data['max_abs_diff'][a]:.3f}",
                       legend="best", fontsize=6.5)
-    _style.hide_unused(axes, len(fams))
+    style.hide_unused(axes, len(fams))
     fig.suptitle(f"Mean field (lines; dotted: with the tied-weight term of docs/theory.md §6.1) against "
                  f"measurement (markers, jvp tangent, d = {data['hidden']}, {data['n_seeds']} seed(s))",
                  fontsize=8.5)

@@ -30,8 +30,8 @@ import matplotlib.colors
 import numpy as np
 
 import gradflow
-from analyses import _style
-from analyses._runner import memo, say
+from analyses import style
+from analyses.runner import memo, say
 from gradflow import tasks, train
 
 NAME = "training"
@@ -312,8 +312,8 @@ def _index(data, preset, label):
 
 def _plot_curves(data):
     labels, presets = list(data["labels"]), list(data["presets"])
-    nr, nc = _style.grid_shape(len(labels), 3)
-    fig, axes = _style.figure(nr, nc, squeeze=False)
+    nr, nc = style.grid_shape(len(labels), 3)
+    fig, axes = style.figure(nr, nc, squeeze=False)
     for a, lab in enumerate(labels):
         ax = axes.flat[a]
         dataset = False
@@ -328,19 +328,19 @@ def _plot_curves(data):
                 y = data["eval_acc"][j][ok]
             else:
                 y = data["eval_loss"][j][ok] / data["baseline"][j]
-            ax.plot(steps[ok], y, color=_style.color(p, i), label=_style.label(p))
+            ax.plot(steps[ok], y, color=style.color(p, i), label=style.label(p))
             if data["diverged"][j]:
-                ax.plot(steps[ok][-1:], y[-1:], "x", color=_style.color(p, i))
+                ax.plot(steps[ok][-1:], y[-1:], "x", color=style.color(p, i))
         if dataset:
-            _style.finish(ax, xlabel="training step", ylabel="test accuracy", title=lab, legend=a == 0)
+            style.finish(ax, xlabel="training step", ylabel="test accuracy", title=lab, legend=a == 0)
         else:
             ax.set_yscale("log")
             thr = 0.01 if lab.startswith("adding") else 0.1
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
             ax.axhline(thr, color="0.3", lw=0.8, ls="--")
-            _style.finish(ax, xlabel="training step", ylabel="eval loss / memoryless baseline", title=lab,
+            style.finish(ax, xlabel="training step", ylabel="eval loss / memoryless baseline", title=lab,
                           legend=a == 0)
-    _style.hide_unused(axes, len(labels))
+    style.hide_unused(axes, len(labels))
     fig.suptitle("Learning curves (dotted: memoryless baseline; dashed: solved threshold; ×: diverged)",
                  fontsize=8.5)
     return fig
@@ -352,7 +352,7 @@ def _plot_gradflow(data):
     synthetic = [lab for lab in data["labels"] if not lab.startswith(("digits", "mnist1d"))]
     labels = synthetic or list(data["labels"])
     picks = [labels[-1]] if len(labels) == 1 else [labels[0], labels[-1]]
-    fig, axes = _style.figure(len(picks), len(presets), squeeze=False, width=min(2.3 * len(presets), 11.0),
+    fig, axes = style.figure(len(picks), len(presets), squeeze=False, width=min(2.3 * len(presets), 11.0),
                               height=2.2 * len(picks))
     vals = np.log10(np.where(data["grad_flow"] > 0, data["grad_flow"], np.nan))
     finite = vals[np.isfinite(vals)]
@@ -377,10 +377,10 @@ def _plot_gradflow(data):
             im = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", norm=norm,
                            extent=(0.5, T + 0.5, steps[ok][0], top), interpolation="nearest")
             ax.grid(False)
-            title = f"{_style.label(p)}\n{lab}"
+            title = f"{style.label(p)}\n{lab}"
             if data["diverged"][j]:
                 title += " (diverged)"
-            _style.finish(ax, xlabel=_style.TIME if r == len(picks) - 1 else None,
+            style.finish(ax, xlabel=style.TIME if r == len(picks) - 1 else None,
                           ylabel="training step" if i == 0 else None, title=title, legend=False)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label="log₁₀ ‖∂L/∂h_t‖")
@@ -406,14 +406,14 @@ def _plot_table(data):
                 M[a, b] = math.log10(max(1 - data["final_acc"][j], 1e-6))
                 text[a][b] = f"acc {data['final_acc'][j]:.2f}"
     width = min(max(1.3 * len(labels) + 2.5, 5.0), 11.0)
-    fig, ax = _style.figure(width=width, height=0.42 * len(presets) + 1.3)
+    fig, ax = style.figure(width=width, height=0.42 * len(presets) + 1.3)
     ax.imshow(M, cmap="RdYlGn_r", vmin=-3, vmax=0.3, aspect="auto")
     ax.grid(False)
     for a in range(len(presets)):
         for b in range(len(labels)):
             ax.text(b, a, text[a][b], ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_yticks(range(len(presets)), [_style.label(p) for p in presets])
+    ax.set_yticks(range(len(presets)), [style.label(p) for p in presets])
     ax.set_title("final eval loss, % of the memoryless baseline (✓ solved);\ndatasets: test accuracy")
     return fig
 
@@ -421,7 +421,7 @@ def _plot_table(data):
 def _plot_dynamics(data):
     """Left: largest Lyapunov exponent at init and after training. Right: train- vs eval-mode loss gap."""
     presets, labels = list(data["presets"]), list(data["labels"])
-    fig, (ax1, ax2) = _style.figure(1, 2, width=10.0, height=3.0)
+    fig, (ax1, ax2) = style.figure(1, 2, width=10.0, height=3.0)
     x = np.arange(len(labels))
     w = 0.8 / max(len(presets), 1)
     for i, p in enumerate(presets):
@@ -429,23 +429,23 @@ def _plot_dynamics(data):
         xi = x + (i - (len(presets) - 1) / 2) * w
         li = np.array([data["lyap_init"][j][0] if j is not None else np.nan for j in js])
         lt = np.array([data["lyap_trained"][j][0] if j is not None else np.nan for j in js])
-        ax1.plot(xi, li, "o", mfc="none", color=_style.color(p, i))
-        ax1.plot(xi, lt, "o", color=_style.color(p, i), label=_style.label(p))
+        ax1.plot(xi, li, "o", mfc="none", color=style.color(p, i))
+        ax1.plot(xi, lt, "o", color=style.color(p, i), label=style.label(p))
         G = data["gap_len"].shape[1]
         for g, marker in ((0, "o"), (G - 1, "s")) if G > 1 else ((0, "s"),):
             gt = np.array([data["gap_train"][j][g] if j is not None else np.nan for j in js])
             ge = np.array([data["gap_eval"][j][g] if j is not None else np.nan for j in js])
             if np.any(np.isfinite(ge)):
-                ax2.plot(xi, ge / np.where(gt > 0, gt, np.nan), marker, color=_style.color(p, i),
-                         label=_style.label(p) if marker == "s" else None)
+                ax2.plot(xi, ge / np.where(gt > 0, gt, np.nan), marker, color=style.color(p, i),
+                         label=style.label(p) if marker == "s" else None)
     ax1.axhline(0, color="0.4", lw=0.8)
     ax1.set_xticks(x, labels, rotation=15)
-    _style.finish(ax1, ylabel=_style.LYAP, title="λ₁ (eval mode): open at init, filled after training",
+    style.finish(ax1, ylabel=style.LYAP, title="λ₁ (eval mode): open at init, filled after training",
                   legend=True)
     ax2.axhline(1, color="0.4", lw=0.8)
     ax2.set_yscale("log")
     ax2.set_xticks(x, labels, rotation=15)
-    _style.finish(ax2, ylabel="eval-mode loss / train-mode loss",
+    style.finish(ax2, ylabel="eval-mode loss / train-mode loss",
                   title="BN / dropout cells: ● trained length, ■ longest test length", legend=True)
     return fig
 

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow._state import StateMap, validate_inputs
 from gradflow.jacobians import _raise_if_nonfinite, jacobians, step_vjp_rows
+from gradflow.statemap import StateMap, validate_inputs
 from gradflow.streaming import forward_states
 
 __all__ = [

@@ -307,7 +307,7 @@ def recurrent_init(kind: str, gain: float, gates: int = 1):
     return init
 
 
-class _Cell(nn.Module):
+class GradflowCell(nn.Module):
     """Shared machinery of our cells (checks, normalization placement, dropout, carry)."""
 
     spec: CellSpec
@@ -424,7 +424,7 @@ class _Cell(nn.Module):
         return jnp.where(keep, h / (1.0 - p), jnp.zeros((), h.dtype))
 
 
-class RNNCell(_Cell):
+class RNNCell(GradflowCell):
     """Simple recurrence with optional normalizations.
 
     h_t = D(act(N_sum(N_h(W_hh h_{t-1}) + N_x(W_xh x_t)) + b)).
@@ -450,7 +450,7 @@ class RNNCell(_Cell):
         return {"h": h_new, "t": t + 1}, h_new
 
 
-class LSTMCell(_Cell):
+class LSTMCell(GradflowCell):
     """LSTM with optional normalizations (gate order f, i, o, g in blocks of d rows):
 
     (f̃, ĩ, õ, g̃) = N_sum(N_h(W_hh h_{t-1}) + N_x(W_xh x_t)) + b;
@@ -476,7 +476,7 @@ class LSTMCell(_Cell):
         return {"h": h_new, "c": c_new, "t": t + 1}, h_new
 
 
-class GRUCell(_Cell):
+class GRUCell(GradflowCell):
     """GRU with optional normalizations on the two products (gate order r, z, n in blocks of d rows):
 
     (r̃_x, z̃_x, ñ_x) = N_x(W_xh x_t) + b;  (r̃_h, z̃_h, ñ_h) = N_h(W_hh h_{t-1});
@@ -516,7 +516,7 @@ def _preset(name: str) -> CellSpec:
     return PRESETS[name]
 
 
-def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options) -> _Cell:
+def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options) -> GradflowCell:
     """Build a cell from a preset name (or a `CellSpec`), overriding spec fields with ``options``.
 
     Args:
@@ -551,7 +551,7 @@ def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options
     return _CLASSES[spec.family](spec=spec, hidden_size=int(hidden_size), input_size=int(input_size))
 
 
-def init_cell(cell: _Cell, key: jax.Array, batch_size: int = 1) -> dict:
+def init_cell(cell: GradflowCell, key: jax.Array, batch_size: int = 1) -> dict:
     """Initialise a cell's variables.
 
     Args:
@@ -563,7 +563,7 @@ def init_cell(cell: _Cell, key: jax.Array, batch_size: int = 1) -> dict:
         ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` only when the cell has BN; running means 0,
         variances 1).
     """
-    if not isinstance(cell, _Cell):
+    if not isinstance(cell, GradflowCell):
         raise ValueError(f"init_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     _check_positive_int("batch_size", batch_size)
     cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)

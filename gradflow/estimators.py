@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow._state import StateMap, validate_inputs
+from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["PowerResult", "HutchinsonResult", "top_singular_value", "hutchinson_frobenius"]
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow._state import StateMap, is_traced, validate_inputs
+from gradflow.statemap import StateMap, is_traced, validate_inputs
 
 __all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory"]
 

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow._state import StateMap, validate_inputs
 from gradflow.jacobians import _raise_if_nonfinite
+from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "qr_log_diagonals"]
 

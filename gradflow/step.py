@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gradflow.cells import _Cell, init_cell
+from gradflow.cells import GradflowCell, init_cell
 
 __all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
@@ -43,7 +43,7 @@ def _expected_shapes(cls, spec, hidden_size, input_size):
     return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
 
 
-def _check_shapes_against(cell: _Cell, variables: dict) -> None:
+def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
     expected = _expected_shapes(type(cell), cell.spec, cell.hidden_size, cell.input_size)
@@ -111,7 +111,7 @@ def as_step(cell: Any, variables: Any = None, train: bool = False, key: jax.Arra
         >>> step(cell.initialize_carry(5), jnp.ones((5, 2)))["h"].shape
         (5, 3)
     """
-    if isinstance(cell, _Cell):
+    if isinstance(cell, GradflowCell):
         _check_shapes_against(cell, variables)
         check_finite(variables)
         needs_key = train and cell.spec.dropout > 0
@@ -211,7 +211,7 @@ def _check_sequence(carry0: Any, xs: Any) -> None:
 
 
 def unroll_cell(
-    cell: _Cell,
+    cell: GradflowCell,
     variables: dict,
     carry0: Any,
     xs: jax.Array,
@@ -244,7 +244,7 @@ def unroll_cell(
         >>> states["h"].shape, v["batch_stats"]["bn_h"]["mean"].shape
         ((5, 4, 3), (5, 3))
     """
-    if not isinstance(cell, _Cell):
+    if not isinstance(cell, GradflowCell):
         raise ValueError(f"unroll_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     as_step(cell, variables, train=train, key=key)  # the same eager checks (shapes, finiteness, dropout key)
     _check_sequence(carry0, xs)

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow._state import StateMap, validate_inputs
 from gradflow.jacobians import _raise_if_nonfinite, power_norm, step_vjp_rows
+from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
 

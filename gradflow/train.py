@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradflow.cells import _Cell, init_cell
+from gradflow.cells import GradflowCell, init_cell
 from gradflow.tasks import Task
 
 __all__ = [
@@ -145,7 +145,7 @@ class TrainResult:
         elapsed_s: wall time of this call (seconds).
     """
 
-    cell: _Cell
+    cell: GradflowCell
     task: Task
     config: TrainConfig
     params: dict
@@ -180,7 +180,7 @@ def _cell_variables(cell_params, batch_stats) -> dict:
 
 
 def _check_cell_task(cell, task: Task) -> None:
-    if not isinstance(cell, _Cell):
+    if not isinstance(cell, GradflowCell):
         raise ValueError(f"train expects a gradflow cell (gradflow.make_cell), got {type(cell).__name__}")
     if not isinstance(task, Task):
         raise ValueError(f"expected a gradflow.tasks.Task, got {type(task).__name__}")
@@ -191,7 +191,7 @@ def _check_cell_task(cell, task: Task) -> None:
         )
 
 
-def init_params(cell: _Cell, task: Task, key: jax.Array) -> tuple[dict, dict]:
+def init_params(cell: GradflowCell, task: Task, key: jax.Array) -> tuple[dict, dict]:
     """Initial parameters of cell + readout, and the cell's BN statistics.
 
     The readout ``W`` (output_size, d) has N(0, 1/d) entries, ``b`` is zero.
@@ -218,7 +218,7 @@ def init_params(cell: _Cell, task: Task, key: jax.Array) -> tuple[dict, dict]:
 
 
 def forward(
-    cell: _Cell,
+    cell: GradflowCell,
     params: dict,
     batch_stats: dict,
     xs: jax.Array,
@@ -290,7 +290,7 @@ def _loss_fn(cell, task, params, perturb, batch_stats, xs, ys, key, train):
 
 
 def gradient_flow(
-    cell: _Cell,
+    cell: GradflowCell,
     task: Task,
     params: dict,
     batch_stats: dict,
@@ -402,7 +402,7 @@ def _build_eval(cell, task):
 
 
 def evaluate(
-    cell: _Cell,
+    cell: GradflowCell,
     task: Task,
     params: dict,
     batch_stats: dict,
@@ -431,7 +431,7 @@ def evaluate(
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def _identity(cell: _Cell, task: Task, config: TrainConfig) -> str:
+def _identity(cell: GradflowCell, task: Task, config: TrainConfig) -> str:
     cfg = dataclasses.asdict(config)
     cfg.pop("steps")
     cfg.pop("checkpoint_every")
@@ -501,7 +501,7 @@ def load_checkpoint(path: str, template: dict) -> tuple[dict, int, dict, str]:
 
 
 def train(
-    cell: _Cell,
+    cell: GradflowCell,
     task: Task,
     config: TrainConfig | None = None,
     *,
@@ -745,7 +745,7 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
 
 
 def lyapunov(
-    cell: _Cell,
+    cell: GradflowCell,
     variables: dict,
     task: Task,
     *,

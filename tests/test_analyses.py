@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyses import _runner
+from analyses import runner
 
 
 # ------------------------------------------------------------------------------------------ fake analyses
@@ -25,18 +25,18 @@ def _fake(name, calls, fail_at=None, depends=()):
         for i in range(3):
             if fail_at is not None and fail_at[0] == i:
                 raise KeyboardInterrupt("simulated kill")
-            parts.append(_runner.memo(progress, f"part{i}",
+            parts.append(runner.memo(progress, f"part{i}",
                                       lambda i=i: {"v": np.full(2, i * config["scale"], float)})["v"])
-            _runner.say(progress, f"part {i}")
+            runner.say(progress, f"part {i}")
         out = {"x": np.stack(parts), "s": "hello", "n": 3, "f": 0.5, "names": ["a", "b"]}
         if inputs:
             out["dep_sum"] = float(sum(float(np.sum(d["x"])) for d in inputs.values()))
         return out
 
     def plot(data):
-        from analyses import _style
+        from analyses import style
 
-        fig, ax = _style.figure()
+        fig, ax = style.figure()
         ax.plot(np.ravel(data["x"]))
         return {f"{name}_fig": fig}
 
@@ -50,17 +50,17 @@ def _fake(name, calls, fail_at=None, depends=()):
 def test_storage_roundtrip_types(tmp_path):
     data = {"a": np.arange(6.0).reshape(2, 3), "i": 3, "f": 1.5, "s": "x", "l": [1.0, 2.0], "ls": ["p", "q"],
             "b": True}
-    _runner.save_data(tmp_path / "d", data, {"k": 1})
-    back = _runner.load_data(tmp_path / "d")
+    runner.save_data(tmp_path / "d", data, {"k": 1})
+    back = runner.load_data(tmp_path / "d")
     np.testing.assert_array_equal(back["a"], data["a"])
     assert back["i"] == 3 and isinstance(back["i"], int)
     assert back["f"] == 1.5 and back["s"] == "x" and back["b"] is True
     assert back["l"] == [1.0, 2.0] and back["ls"] == ["p", "q"]
     assert json.loads((tmp_path / "d.json").read_text())["k"] == 1
     with pytest.raises(ValueError, match="ragged"):
-        _runner.save_data(tmp_path / "e", {"r": [[1, 2], [3]]})
+        runner.save_data(tmp_path / "e", {"r": [[1, 2], [3]]})
     with pytest.raises(ValueError, match="unsupported type"):
-        _runner.save_data(tmp_path / "e", {"o": object()})
+        runner.save_data(tmp_path / "e", {"o": object()})
 
 
 def test_runner_cache_force_config_and_resume(tmp_path):
@@ -68,72 +68,72 @@ def test_runner_cache_force_config_and_resume(tmp_path):
     mods = {"a1": _fake("a1", calls), "a2": _fake("a2", calls),
             "a3": _fake("a3", calls, depends=("a1", "a2"))}
     out = tmp_path / "figs"
-    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    st = runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
     assert st == {"a1": "computed", "a2": "computed", "a3": "computed"}
     for n in mods:
         assert (out / f"{n}_fig.png").stat().st_size > 1000
         assert (out / "data" / f"{n}.npz").exists()
-    d3 = _runner.load_data(out / "data" / "a3")
+    d3 = runner.load_data(out / "data" / "a3")
     assert d3["dep_sum"] == pytest.approx(2 * (0 + 2 + 4) * 2)  # quick scale 2, two deps, x summed
     # Nothing changed: nothing recomputed, nothing redrawn.
     mtime = (out / "a1_fig.png").stat().st_mtime_ns
-    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    st = runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
     assert set(st.values()) == {"cached"} and calls == {"a1": 1, "a2": 1, "a3": 1}
     assert (out / "a1_fig.png").stat().st_mtime_ns == mtime
     # A deleted figure is redrawn from the saved data, not recomputed.
     (out / "a2_fig.png").unlink()
-    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    st = runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
     assert st["a2"] == "redrawn" and calls["a2"] == 1 and (out / "a2_fig.png").exists()
     # --force recomputes the named analysis only.
-    st = _runner.run_all(["a1"], mode="quick", out=out, modules=mods, force=True, quiet=True)
+    st = runner.run_all(["a1"], mode="quick", out=out, modules=mods, force=True, quiet=True)
     assert st == {"a1": "computed"} and calls["a1"] == 2
     # A changed configuration recomputes it and what depends on it.
     mods["a2"].QUICK = {"scale": 3.0}
-    st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    st = runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
     assert st == {"a1": "cached", "a2": "computed", "a3": "computed"}
     # Interruption inside a3 after two finished parts: the rerun reuses a1, a2 and a3's finished parts.
     mods["a3"] = _fake("a3", calls, fail_at=(2,), depends=("a1", "a2"))
     mods["a3"].QUICK = {"scale": 5.0}
     with pytest.raises(KeyboardInterrupt):
-        _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+        runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
     partial = list((out / ".cache" / "partial" / "a3").rglob("*.npz"))
     assert len(partial) == 2
     mods["a3"] = _fake("a3", calls, depends=("a1", "a2"))
     mods["a3"].QUICK = {"scale": 5.0}
     counted = {}
-    orig_memo = _runner.Progress.memo
+    orig_memo = runner.Progress.memo
 
     def spy(self, label, fn):
         out_ = orig_memo(self, label, fn)
         counted[label] = (self.memo_hits, self.memo_misses)
         return out_
 
-    _runner.Progress.memo = spy
+    runner.Progress.memo = spy
     try:
-        st = _runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+        st = runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
     finally:
-        _runner.Progress.memo = orig_memo
+        runner.Progress.memo = orig_memo
     assert st == {"a1": "cached", "a2": "cached", "a3": "computed"}
     assert counted["part2"] == (2, 1)  # parts 0 and 1 came from the interrupted run's partial results
     assert not (out / ".cache" / "partial" / "a3").exists()
     with pytest.raises(ValueError, match="unknown analysis"):
-        _runner.run_all(["nope"], out=out, modules=mods)
+        runner.run_all(["nope"], out=out, modules=mods)
     with pytest.raises(ValueError, match="unknown mode"):
-        _runner.run_all(mode="fast", out=out, modules=mods)
+        runner.run_all(mode="fast", out=out, modules=mods)
 
 
 def test_killed_write_leaves_previous_result(tmp_path, monkeypatch):
     """An interruption while saving leaves no half-written file: the old result stays readable."""
-    _runner.save_data(tmp_path / "d", {"x": np.ones(3)})
+    runner.save_data(tmp_path / "d", {"x": np.ones(3)})
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        _runner.save_data(tmp_path / "d", {"x": np.zeros(3)})
+        runner.save_data(tmp_path / "d", {"x": np.zeros(3)})
     monkeypatch.undo()
-    np.testing.assert_array_equal(_runner.load_data(tmp_path / "d")["x"], np.ones(3))
+    np.testing.assert_array_equal(runner.load_data(tmp_path / "d")["x"], np.ones(3))
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
 
 
@@ -152,20 +152,20 @@ def _all_finite(value) -> bool:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("figs")
-    status = _runner.run_all(mode="quick", out=out, quiet=True)
+    status = runner.run_all(mode="quick", out=out, quiet=True)
     return out, status
 
 
 def test_quick_mode_produces_every_file_and_finite_numbers(quick_run):
     out, status = quick_run
-    present = [n for n in _runner.ANALYSES if _runner.load_module(n) is not None]
+    present = [n for n in runner.ANALYSES if runner.load_module(n) is not None]
     assert set(status) == set(present) and set(status.values()) == {"computed"}
     for name in present:
         side = json.loads((out / "data" / f"{name}.json").read_text())
         assert side["figures"], f"{name} made no figures"
         for stem in side["figures"]:
             assert (out / f"{stem}.png").stat().st_size > 2000, stem
-        data = _runner.load_data(out / "data" / name)
+        data = runner.load_data(out / "data" / name)
         assert data, f"{name} returned no data"
         bad = [k for k, v in data.items() if not _all_finite(v)]
         assert not bad, f"{name}: non-finite entries {bad}"
@@ -181,7 +181,7 @@ def test_quick_mode_produces_every_file_and_finite_numbers(quick_run):
 def test_quick_mode_second_run_recomputes_nothing(quick_run):
     out, _ = quick_run
     mt = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()}
-    status = _runner.run_all(mode="quick", out=out, quiet=True)
+    status = runner.run_all(mode="quick", out=out, quiet=True)
     assert set(status.values()) == {"cached"}
     assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == mt
 
@@ -192,11 +192,11 @@ def test_setup_scaled_init_equals_init_cell_of_the_option():
     import jax
 
     import gradflow
-    from analyses import _common
+    from analyses import common
 
     for preset, opts in [("bn_tanh", {"gain": 0.7, "bn_gamma_init": 0.3}),
                          ("ln_lstm", {"gain": 1.5, "ln_gamma_init": 0.5})]:
-        _, v, _, _, _ = _common.setup(preset, 5, 3, 4, 2, seed=0, **opts)
+        _, v, _, _, _ = common.setup(preset, 5, 3, 4, 2, seed=0, **opts)
         k_init = jax.random.split(jax.random.key(0), 4)[0]
         ref = gradflow.init_cell(gradflow.make_cell(preset, 5, 3, **opts), k_init, batch_size=4)
         diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), v, ref)
@@ -207,10 +207,10 @@ def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
     """ln‖∂h_T/∂h_0‖ of every prefix (forward, renormalized) and the all-lag norms equal plain NumPy
     products of the per-step Jacobians (``gradflow.step_jacobians``, one jacfwd per step)."""
     import gradflow
-    from analyses import _common
+    from analyses import common
 
     for preset in ("bn_notanh", "lstm"):
-        cell, v, c0, xs, key = _common.setup(preset, 4, 3, 3, 12, seed=1, dtype="float64")
+        cell, v, c0, xs, key = common.setup(preset, 4, 3, 3, 12, seed=1, dtype="float64")
         step = gradflow.as_step(cell, v, train=True)
         J = np.asarray(gradflow.step_jacobians(step, c0, xs))  # (T, n, n), J[t-1] = ∂h_t/∂h_{t-1}
         M, ref_fro, ref_spec = np.eye(J.shape[1]), [], {}
@@ -218,13 +218,13 @@ def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
             M = J[t] @ M
             ref_fro.append(np.log(np.linalg.norm(M)))
             ref_spec[t + 1] = np.log(np.linalg.norm(M, 2))
-        f = _common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=(3, 12))
+        f = common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=(3, 12))
         np.testing.assert_allclose(f["log_fro"], ref_fro, rtol=0, atol=1e-9)
         np.testing.assert_allclose(f["log_spec"], [ref_spec[3], ref_spec[12]], rtol=0, atol=1e-9)
         hs = np.asarray(gradflow.unroll(step, c0, xs)["h"])
         np.testing.assert_allclose(f["log_state"], np.log(np.sqrt(np.mean(np.sum(hs**2, -1), -1))), atol=1e-9)
         # all lags at T = 12: ∂h_T/∂h_t = J_T ⋯ J_{t+1}
-        r = _common.lag_singular_values(cell, v, c0, xs, key, train=True, lags=(1, 5, 12))
+        r = common.lag_singular_values(cell, v, c0, xs, key, train=True, lags=(1, 5, 12))
         for k, lag in enumerate((1, 5, 12)):
             P = np.eye(J.shape[1])
             for t in range(12 - lag, 12):
@@ -234,25 +234,25 @@ def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
 
 
 def test_fit_rate_and_classify():
-    from analyses import _common
+    from analyses import common
 
     lags = np.arange(1, 51)
-    rate, se = _common.fit_rate(lags, -0.2 * lags + 3.0, lag_min=5)
+    rate, se = common.fit_rate(lags, -0.2 * lags + 3.0, lag_min=5)
     assert rate == pytest.approx(-0.2, abs=1e-12) and se < 1e-10
     noisy = -0.05 * lags + np.random.default_rng(0).normal(0, 0.1, lags.size)
-    rate, se = _common.fit_rate(lags, noisy)
+    rate, se = common.fit_rate(lags, noisy)
     assert abs(rate + 0.05) < 4 * se and se > 0
-    assert [_common.classify(r) for r in (0.02, -0.02, 0.005)] == ["explodes", "vanishes", "neutral"]
+    assert [common.classify(r) for r in (0.02, -0.02, 0.005)] == ["explodes", "vanishes", "neutral"]
     with pytest.raises(ValueError, match="at least 3"):
-        _common.fit_rate([1, 2], [0.0, 1.0])
+        common.fit_rate([1, 2], [0.0, 1.0])
 
 
 def test_findings_numbers_come_from_the_data(quick_run):
     out, _ = quick_run
-    if _runner.load_module("findings") is None:
+    if runner.load_module("findings") is None:
         pytest.skip("findings not present")
     js = json.loads((out / "findings.json").read_text())
-    dec = _runner.load_data(out / "data" / "decay")
+    dec = runner.load_data(out / "data" / "decay")
     j = int(np.argmin(np.abs(np.asarray(dec["gains"]) - js["reference_gain"])))
     for row in js["rows"]:
         i = list(dec["presets"]).index(row["preset"])
@@ -265,7 +265,7 @@ def test_resume_after_interruption_recomputes_only_unfinished(quick_run):
     """A run killed during `spectra` leaves no sidecar for it: the next run recomputes `spectra` only."""
     out, _ = quick_run
     (out / "data" / "spectra.json").unlink()
-    status = _runner.run_all(mode="quick", out=out, quiet=True)
+    status = runner.run_all(mode="quick", out=out, quiet=True)
     assert status["spectra"] == "computed"
     assert {k for k, v in status.items() if v != "cached"} == {"spectra"}
 
@@ -273,31 +273,31 @@ def test_resume_after_interruption_recomputes_only_unfinished(quick_run):
 def test_update_readme_replaces_only_the_marked_block(quick_run, tmp_path):
     out, _ = quick_run
     readme = tmp_path / "README.md"
-    readme.write_text(f"# t\n\nbefore\n\n{_runner.BEGIN}\nold numbers\n{_runner.END}\n\nafter\n")
-    assert _runner.update_readme(readme, out) is True
+    readme.write_text(f"# t\n\nbefore\n\n{runner.BEGIN}\nold numbers\n{runner.END}\n\nafter\n")
+    assert runner.update_readme(readme, out) is True
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# t\n\nbefore\n") and text.endswith("after\n")
-    block = text[text.index(_runner.BEGIN) + len(_runner.BEGIN):text.index(_runner.END)]
+    block = text[text.index(runner.BEGIN) + len(runner.BEGIN):text.index(runner.END)]
     assert (out / "findings.md").read_text().splitlines()[2] in block  # the answer line
     assert "### Per-preset rates" in block and "\n# " not in block  # headings moved under ## Findings
-    assert _runner.update_readme(readme, out) is False  # idempotent
+    assert runner.update_readme(readme, out) is False  # idempotent
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="findings markers"):
-        _runner.update_readme(readme, out)
+        runner.update_readme(readme, out)
 
 
 def test_committed_readme_and_figure_data_agree():
     """The README's findings block is what the committed figures/ produce, and their data are finite."""
-    if not (_runner.FIGURES / "findings.md").exists():
+    if not (runner.FIGURES / "findings.md").exists():
         pytest.skip("no committed figures")
-    text = _runner.README.read_text()
-    block = text[text.index(_runner.BEGIN) + len(_runner.BEGIN):text.index(_runner.END)].strip()
-    assert block == _runner.readme_block(_runner.FIGURES), "README findings are stale: run `make figures`"
-    sides = sorted(_runner.FIGURES.glob("data/*.json")) + sorted(_runner.FIGURES.glob("full/data/*.json"))
+    text = runner.README.read_text()
+    block = text[text.index(runner.BEGIN) + len(runner.BEGIN):text.index(runner.END)].strip()
+    assert block == runner.readme_block(runner.FIGURES), "README findings are stale: run `make figures`"
+    sides = sorted(runner.FIGURES.glob("data/*.json")) + sorted(runner.FIGURES.glob("full/data/*.json"))
     for side in sides:
-        data = _runner.load_data(side.with_suffix(""))
+        data = runner.load_data(side.with_suffix(""))
         bad = [k for k, v in data.items() if not _all_finite(v)]
-        assert not bad, f"{side.relative_to(_runner.FIGURES)}: non-finite entries {bad}"
+        assert not bad, f"{side.relative_to(runner.FIGURES)}: non-finite entries {bad}"
 
 
 def test_theory_analysis_pairs_each_measurement_with_its_prediction(quick_run):
@@ -305,7 +305,7 @@ def test_theory_analysis_pairs_each_measurement_with_its_prediction(quick_run):
     from analyses import theory as theory_analysis
     from gradflow import theory as th
 
-    data = _runner.load_data(out / "data" / "theory")
+    data = runner.load_data(out / "data" / "theory")
     fams = list(data["families"])
     for f in fams:  # the reported worst disagreement is recomputed from the stored pairs
         diff = np.abs(data[f"{f}_measured"].mean(-1) - data[f"{f}_predicted"].mean(-1)).max()

@@ -30,10 +30,10 @@ Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, `
   unfinished analysis, dropped when it finishes.
 
 Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow
-package, the shared helpers ``analyses/_common.py`` and the analysis module's code without its ``plot`` /
+package, the shared helpers ``analyses/common.py`` and the analysis module's code without its ``plot`` /
 ``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers recomputes
 them; a change to a figure's looks or to the text only redraws). The plot key hashes the data key, the whole
-module source and ``analyses/_style.py``. An analysis whose sidecar holds the current data key
+module source and ``analyses/style.py``. An analysis whose sidecar holds the current data key
 is not recomputed; it is redrawn from its saved data when the plot key differs or a figure file is missing.
 ``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
 written last, so a run killed at any point leaves only complete results, and the next run resumes after the
@@ -41,10 +41,10 @@ last finished analysis (and, inside an analysis, after the last finished ``memo`
 
 Example (REPL)::
 
-    from analyses import _runner, decay
+    from analyses import runner, decay
     data = decay.run({**decay.CONFIG, **decay.QUICK}, progress=print)
     figs = decay.plot(data)                       # {"decay": Figure}
-    data = _runner.load_data("figures/data/decay")  # the saved data of `make figures`
+    data = runner.load_data("figures/data/decay")  # the saved data of `make figures`
 """
 
 from __future__ import annotations
@@ -340,15 +340,15 @@ def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
 
 
 def _helpers_hash() -> str:
-    """Hash of the shared measurement helpers (``analyses/_common.py``) that every analysis' numbers use."""
-    from analyses import _common
+    """Hash of the shared measurement helpers (``analyses/common.py``) that every analysis' numbers use."""
+    from analyses import common
 
-    return _sha(_source_without_plot(_module_source(_common)))
+    return _sha(_source_without_plot(_module_source(common)))
 
 
 def plot_key(module: ModuleType, dkey: str) -> str:
     """The cache key of an analysis' figures: its data key, its whole source and the shared style."""
-    style = (Path(__file__).parent / "_style.py")
+    style = (Path(__file__).parent / "style.py")
     style_src = style.read_text() if style.exists() else ""
     return _sha(dkey + _module_source(module) + style_src)[:20]
 

@@ -5,10 +5,10 @@ colour and legend text, and the label constants for axes, so all figures read al
 
 Example::
 
-    from analyses import _style
-    fig, ax = _style.figure()
-    ax.semilogy([1, 2, 3], [1, 10, 100], color=_style.color("tanh"), label=_style.label("tanh"))
-    _style.finish(ax, xlabel=_style.LAG, ylabel=_style.JNORM)
+    from analyses import style
+    fig, ax = style.figure()
+    ax.semilogy([1, 2, 3], [1, 10, 100], color=style.color("tanh"), label=style.label("tanh"))
+    style.finish(ax, xlabel=style.LAG, ylabel=style.JNORM)
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import hashlib
 import importlib
 import inspect
@@ -60,7 +59,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,6 +66,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from gradflow.checks import atomic_write_bytes, atomic_write_json, json_default
 
 #: Every analysis, in the order the runner runs them (``findings`` last: it reads the others' data).
 ANALYSES: tuple[str, ...] = (
@@ -161,39 +161,6 @@ def say(progress: Any, message: str) -> None:
 # ----------------------------------------------------------------------------------------------- storage
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n"
-    _atomic_write_bytes(path, text.encode())
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON-serializable: {type(x).__name__}")
-
-
 def _kind(key: str, value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "bool"
@@ -239,8 +206,8 @@ def save_data(stem: Path | str, data: dict, meta: dict | None = None) -> None:
         arrays[k] = arr
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
-    _atomic_write_json(stem.with_suffix(".json"), {**(meta or {}), "kinds": kinds})
+    atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+    atomic_write_json(stem.with_suffix(".json"), {**(meta or {}), "kinds": kinds})
 
 
 def load_data(stem: Path | str) -> dict:
@@ -336,7 +303,7 @@ def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
         "helpers": _helpers_hash(),
         "deps": dep_keys or {},
     }
-    return _sha(json.dumps(payload, sort_keys=True, default=_json_default))[:20]
+    return _sha(json.dumps(payload, sort_keys=True, default=json_default))[:20]
 
 
 def _helpers_hash() -> str:
@@ -508,11 +475,11 @@ def run_all(
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=DPI)
             plt.close(fig)
-            _atomic_write_bytes(out / f"{s}.png", buf.getvalue())
+            atomic_write_bytes(out / f"{s}.png", buf.getvalue())
         extra = getattr(mod, "write_extra", None)
         if extra is not None:  # e.g. findings writes Markdown / JSON beside the figures
             for fname, text in extra(data).items():
-                _atomic_write_bytes(out / fname, text.encode())
+                atomic_write_bytes(out / fname, text.encode())
         meta = {"name": name, "mode": mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
                 "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2),
                 "figures": sorted(figs), "depends": list(deps)}
@@ -520,7 +487,7 @@ def run_all(
             save_data(stem, data, meta)
             shutil.rmtree(partial_root / name, ignore_errors=True)
         else:
-            _atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
+            atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
         print(f"{tag}: {status[name]} in {time.perf_counter() - t0:.1f}s -> "
               f"{', '.join(sorted(figs)) or '(no figures)'}", file=stream, flush=True)
     if "findings" in order and out.resolve() == FIGURES.resolve() and README.exists():
@@ -585,7 +552,7 @@ def update_readme(readme: Path | str = README, out: Path | str = FIGURES) -> boo
     new = text[: i + len(BEGIN)] + "\n" + block + "\n" + text[j:]
     if new == text:
         return False
-    _atomic_write_bytes(readme, new.encode())
+    atomic_write_bytes(readme, new.encode())
     return True
 
 

@@ -41,8 +41,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gradflow.checks import is_int, is_real, positive_int
 from gradflow.norm import BatchNorm, LayerNorm
 
 __all__ = [
@@ -63,6 +63,11 @@ NORMS = (None, "bn", "ln")
 ACTIVATIONS = {"tanh": jnp.tanh, "identity": lambda a: a, "relu": jax.nn.relu}
 RECURRENT_INITS = ("gaussian", "orthogonal", "identity")
 DROPOUT_MODES = ("step", "sequence")
+#: Largest hidden dropout rate. The mask keeps a unit when a float32 uniform (a grid of spacing 2**-23) falls
+#: below 1 - p, so the realized keep probability is 1 - p rounded up to that grid and the mean of the rescaled
+#: mask D(1) is 1 only to within 2**-23 / (1 - p): at p = 1 - 1e-7 it is 1.19. With 1 - p >= 2**-10 that
+#: error stays below 2**-13 (1.2e-4) per step.
+DROPOUT_MAX = 1.0 - 2.0**-10
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
@@ -138,25 +143,28 @@ class CellSpec:
             bad("activation", f"the {self.family} nonlinearities are fixed; activation must stay 'tanh'")
         if not isinstance(self.bias, bool):
             bad("bias", "must be a bool")
-        if not (isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0):
+        if not (is_real(self.dropout) and 0.0 <= self.dropout < 1.0):
             bad("dropout", "must be a rate in [0, 1)")
+        if self.dropout > DROPOUT_MAX:
+            bad("dropout", f"must be <= 1 - 2**-10 = {DROPOUT_MAX}: the Bernoulli mask compares uniforms "
+                "on a grid of 2**-23 with 1 - p, so its mean is 1 only to within 2**-23/(1 - p)")
         if self.dropout_mode not in DROPOUT_MODES:
             bad("dropout_mode", f"must be one of {DROPOUT_MODES}")
         if self.recurrent_init not in RECURRENT_INITS:
             bad("recurrent_init", f"must be one of {RECURRENT_INITS}")
         for f in ("gain", "bn_gamma_init", "ln_gamma_init", "bn_momentum", "forget_bias"):
             v = getattr(self, f)
-            if not isinstance(v, int | float) or not math.isfinite(v):
+            if not is_real(v) or not math.isfinite(v):
                 bad(f, "must be a finite number")
         if not 0.0 <= self.bn_momentum < 1.0:
             bad("bn_momentum", "must lie in [0, 1)")
         for f in ("bn_eps", "ln_eps"):
             v = getattr(self, f)
-            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            if not is_real(v) or not math.isfinite(v) or v <= 0:
                 bad(f, "must be a finite number > 0")
         if not isinstance(self.per_step_stats, bool):
             bad("per_step_stats", "must be a bool")
-        if not isinstance(self.t_max, int | np.integer) or isinstance(self.t_max, bool) or self.t_max < 1:
+        if not is_int(self.t_max) or self.t_max < 1:
             bad("t_max", "must be a positive int")
         if self.dtype not in ("float32", "float64"):
             bad("dtype", "must be 'float32' or 'float64'")
@@ -506,8 +514,7 @@ _CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 def _check_positive_int(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    positive_int(name, v)
 
 
 def _preset(name: str) -> CellSpec:

@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gradflow.checks import is_int, positive_int
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["PowerResult", "HutchinsonResult", "top_singular_value", "hutchinson_frobenius"]
@@ -60,7 +60,7 @@ class HutchinsonResult(NamedTuple):
 
 
 def _check_lag(lag, T):
-    if isinstance(lag, bool) or not isinstance(lag, (int, np.integer)) or not 1 <= lag <= T:
+    if not is_int(lag) or not 1 <= lag <= T:
         raise ValueError(f"lag must be an int with 1 <= lag <= T = {T}, got {lag!r}")
     return int(lag)
 
@@ -117,8 +117,7 @@ def top_singular_value(step, carry0, xs, lag, *, wrt=None, iters=100, key=None) 
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
+    iters = positive_int("iters", iters)
     key = jax.random.PRNGKey(0) if key is None else key
     v0 = jax.random.normal(key, (smap.n,), smap.dtype)
     return PowerResult(*_power_jit(step, smap.mask, lag, int(iters), carry0, xs, v0))
@@ -155,8 +154,7 @@ def hutchinson_frobenius(step, carry0, xs, lag, *, key, probes=32, wrt=None) -> 
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
-    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
-        raise ValueError(f"probes must be a positive int, got {probes!r}")
+    probes = positive_int("probes", probes)
     Z = jax.random.rademacher(key, (int(probes), smap.n), dtype=smap.dtype)
     f, se = _hutch_jit(step, smap.mask, lag, carry0, xs, Z)
     return HutchinsonResult(f, se, int(probes))

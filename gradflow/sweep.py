@@ -43,7 +43,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +52,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from gradflow.checks import atomic_write_npz, is_int
 
 __all__ = ["Grid", "run_sweep", "load_table", "pivot", "to_dataframe", "grid_sharding"]
 
@@ -217,25 +218,7 @@ def _write_chunk(
     arrays = {"_meta": np.array(json.dumps(meta))}
     arrays.update({f"cfg:{k}": np.asarray(v) for k, v in cols.items()})
     arrays.update({f"out:{k}": np.asarray(v) for k, v in out.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=store)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, _chunk_path(store, key))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dfd = os.open(store, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_npz(_chunk_path(store, key), arrays)
 
 
 def _read_chunk(path: str) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -386,7 +369,7 @@ def run_sweep(
         raise ValueError(f"grid must be a gradflow.sweep.Grid, got {type(grid).__name__}")
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {type(fn).__name__}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+    if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if not isinstance(tag, str):
         raise ValueError(f"tag must be a str, got {type(tag).__name__}")

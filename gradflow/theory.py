@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow.checks import is_int
+
 __all__ = [
     "gauss_expectation",
     "normalized_coordinate_expectation",
@@ -91,7 +93,7 @@ def _check_rate_p(p) -> float:
 
 
 def _gh_nodes(n_points: int) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(n_points, int) or n_points < 2:
+    if not is_int(n_points) or n_points < 2:
         raise ValueError(f"n_points must be an int >= 2, got {n_points!r}")
     z, w = np.polynomial.hermite_e.hermegauss(n_points)
     return z, w / np.sqrt(2.0 * np.pi)
@@ -124,7 +126,7 @@ def _sphere_nodes(n: int | None, n_points: int = _SPHERE_POINTS) -> tuple[np.nda
     `normalized_coordinate_expectation`); n = None gives the Gaussian (n → ∞) limit."""
     if n is None or n > _SPHERE_GAUSSIAN_ABOVE:
         return _gh_nodes(_GH_POINTS)
-    if not isinstance(n, int | np.integer) or n < 3:
+    if not is_int(n) or n < 3:
         raise ValueError(f"normalized size n must be an int >= 3 (or None for n → ∞), got {n!r}")
     # Y = sqrt(n-1) sin θ, density of θ ∝ cos^{n-3} θ on (-π/2, π/2): smooth, so Gauss–Legendre
     # converges fast.
@@ -411,7 +413,7 @@ def bn_train_chi(
         1.2
     """
     B = batch_size
-    if not isinstance(B, int | np.integer) or B < 4:
+    if not is_int(B) or B < 4:
         raise ValueError(f"batch_size must be an int >= 4 (E[1/σ²] is infinite for B <= 3), got {B!r}")
     gh = _check_number("gamma_h", gamma_h)
     gx = _check_number("gamma_x", gamma_x)
@@ -467,7 +469,7 @@ def ln_chi(
     (accepted to make that explicit). hidden_size None means d → ∞.
     """
     d = hidden_size
-    if d is not None and (not isinstance(d, int | np.integer) or d < 4):
+    if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
     gh = _check_number("gamma_h", gamma_h)
     gx = _check_number("gamma_x", gamma_x)
@@ -503,7 +505,7 @@ def ln_sum_chi(
     with g_eff = g/√(1−p) (`effective_gain`) and σ_x² the input-drive variance (`input_drive_variance`).
     """
     d = hidden_size
-    if d is not None and (not isinstance(d, int | np.integer) or d < 4):
+    if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
     g2 = effective_gain(gain, dropout) ** 2
     gm = _check_number("gamma", gamma)

@@ -38,7 +38,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,6 +48,8 @@ import numpy as np
 import optax
 
 from gradflow.cells import GradflowCell, init_cell
+from gradflow.checks import atomic_write_npz, nonneg_int, positive_float, positive_int
+from gradflow.checks import seed as check_seed
 from gradflow.tasks import Task
 
 __all__ = [
@@ -94,34 +95,16 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
-        if (
-            isinstance(self.checkpoint_every, bool)
-            or not isinstance(self.checkpoint_every, int | np.integer)
-            or self.checkpoint_every < 0
-        ):
-            raise ValueError(
-                f"TrainConfig.checkpoint_every must be an int >= 0, got {self.checkpoint_every!r}"
-            )
-        if not (
-            isinstance(self.learning_rate, int | float)
-            and math.isfinite(self.learning_rate)
-            and self.learning_rate > 0
-        ):
-            raise ValueError(
-                f"TrainConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}"
-            )
-        if self.clip_norm is not None and not (
-            isinstance(self.clip_norm, int | float) and math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
-            raise ValueError(
-                f"TrainConfig.clip_norm must be None or a positive finite number, got {self.clip_norm!r}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
-            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+        # NumPy scalars are accepted and stored as Python numbers (the checkpoint identity is JSON)
+        checked = {name: positive_int(f"TrainConfig.{name}", getattr(self, name))
+                   for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every")}
+        checked["checkpoint_every"] = nonneg_int("TrainConfig.checkpoint_every", self.checkpoint_every)
+        checked["learning_rate"] = positive_float("TrainConfig.learning_rate", self.learning_rate)
+        if self.clip_norm is not None:
+            checked["clip_norm"] = positive_float("TrainConfig.clip_norm (or None)", self.clip_norm)
+        checked["seed"] = check_seed("TrainConfig.seed", self.seed)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclasses.dataclass
@@ -455,17 +438,7 @@ def _save_checkpoint(path: str, state: dict, step: int, history: dict, identity:
         arrays[f"hist_{k}"] = np.asarray(v)
     arrays["step"] = np.asarray(step)
     arrays["identity"] = np.asarray(identity)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_npz(path, arrays)
 
 
 def load_checkpoint(path: str, template: dict) -> tuple[dict, int, dict, str]:
@@ -723,8 +696,8 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
     """
     if not result.batch_stats:
         return {}
-    if isinstance(batches, bool) or not isinstance(batches, int | np.integer) or batches < 1:
-        raise ValueError(f"batches must be a positive int, got {batches!r}")
+    positive_int("batches", batches)
+    check_seed("seed", seed)
     cell, task, B = result.cell, result.task, result.config.batch_size
 
     def build():

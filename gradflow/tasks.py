@@ -270,8 +270,8 @@ def copy_memory(delay: int) -> Task:
 def _check_split(name: str, n_train: int, n_test: int) -> None:
     """Refuse an empty training or test split (sampling or evaluating it would fail or mean nothing)."""
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"{name}: the split leaves {n_train} training and {n_test} test examples; both must be "
-                         "at least 1 (change test_fraction / num_samples)")
+        raise ValueError(f"{name}: the split leaves {n_train} training and {n_test} test examples; both must "
+                         "be at least 1 (change test_fraction / num_samples)")
 
 
 def _dataset_task(name, x_train, y_train, x_test, y_test) -> Task:

@@ -30,11 +30,14 @@ Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, `
   unfinished analysis, dropped when it finishes.
 
 Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow
-package, the shared helpers ``analyses/common.py`` and the analysis module's code without its ``plot`` /
-``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers recomputes
-them; a change to a figure's looks or to the text only redraws). The plot key hashes the data key, the whole
-module source and ``analyses/style.py``. An analysis whose sidecar holds the current data key
-is not recomputed; it is redrawn from its saved data when the plot key differs or a figure file is missing.
+package, the shared helpers ``analyses/common.py``, the analysis module's code and that of every
+``analyses`` module it imports, transitively (``dropout`` imports ``decay.select_lags``), each without its
+``plot`` / ``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers
+recomputes them; a change to a figure's looks or to the text only redraws). The plot key hashes the data
+key, the whole module source and ``analyses/style.py``. An analysis whose sidecar holds the current data key
+is not recomputed if its files read back in full (a truncated or corrupt data file, sidecar or saved part is
+named in a warning and recomputed); it is redrawn from its saved data when the plot key differs or a figure
+file is missing.
 ``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
 written last, so a run killed at any point leaves only complete results, and the next run resumes after the
 last finished analysis (and, inside an analysis, after the last finished ``memo`` part).
@@ -60,6 +63,8 @@ import os
 import shutil
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -131,8 +136,9 @@ class Progress:
                 out = load_data(path)
                 self.memo_hits += 1
                 return out
-            except (OSError, ValueError, KeyError):
-                pass
+            except ValueError as e:  # truncated or corrupt (load_data names the file)
+                print(f"  [{self.name}] warning: saved part unreadable, recomputing it: {e}",
+                      file=self.stream or sys.stderr, flush=True)
         out = fn()
         self.memo_misses += 1
         save_data(path, out)
@@ -218,21 +224,54 @@ def load_data(stem: Path | str) -> dict:
 
     Returns:
         dict: arrays as numpy arrays, scalars as Python numbers, strings as str, lists as lists.
+
+    Raises:
+        ValueError: a file is missing, truncated or corrupt, or the two do not match; the message names it.
     """
     stem = Path(stem)
-    side = json.loads(stem.with_suffix(".json").read_text())
-    kinds = side["kinds"]
+    side_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
+    try:
+        kinds = json.loads(side_path.read_text())["kinds"]
+        if not isinstance(kinds, dict):
+            raise TypeError(f"'kinds' is a {type(kinds).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"unreadable sidecar {side_path} ({type(e).__name__}: {e})") from e
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in kinds}  # read every entry in full: a truncated file fails here
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"unreadable data file {npz_path} ({type(e).__name__}: {e})") from e
     out = {}
-    with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
-        for k, kind in kinds.items():
-            a = z[k]
-            if kind in ("int", "float", "bool", "str"):
-                out[k] = a.item()
-            elif kind == "list":
-                out[k] = a.tolist()
-            else:
-                out[k] = a
+    for k, kind in kinds.items():
+        a = arrays[k]
+        if kind in ("int", "float", "bool", "str"):
+            out[k] = a.item()
+        elif kind == "list":
+            out[k] = a.tolist()
+        else:
+            out[k] = a
     return out
+
+
+def cached_result(stem: Path, dkey: str, warn: Callable[[str], None]) -> tuple[dict | None, dict | None]:
+    """``(sidecar, data)`` of a saved result whose sidecar holds the data key ``dkey``, read back in full.
+
+    ``data`` is None when there is no such result: no sidecar, another key, or a file that does not read back
+    (truncated, corrupt, missing ``.npz``); the last two cases are reported through ``warn``, naming the file.
+    """
+    side_path = stem.with_suffix(".json")
+    side = read_sidecar(stem)
+    if not isinstance(side, dict):
+        if side_path.exists():
+            warn(f"warning: unreadable sidecar {side_path}; recomputing")
+        return None, None
+    if side.get("data_key") != dkey:
+        return side, None
+    try:
+        return side, load_data(stem)
+    except ValueError as e:
+        warn(f"warning: {e}; recomputing")
+        return side, None
 
 
 def read_sidecar(stem: Path | str) -> dict | None:
@@ -301,6 +340,7 @@ def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
         "gradflow": code_hash if code_hash is not None else gradflow_code_hash(),
         "source": _sha(_source_without_plot(_module_source(module)) or module.NAME),
         "helpers": _helpers_hash(),
+        "imports": imports_hash(module),
         "deps": dep_keys or {},
     }
     return _sha(json.dumps(payload, sort_keys=True, default=json_default))[:20]
@@ -311,6 +351,48 @@ def _helpers_hash() -> str:
     from analyses import common
 
     return _sha(_source_without_plot(_module_source(common)))
+
+
+#: Project modules an analysis imports that do not enter its data key: the runner (storage and progress; a
+#: stored result that does not read back is detected when loaded) and the plot style (in the plot key).
+_NOT_IN_DATA_KEY = ("analyses.runner", "analyses.style")
+
+
+def _direct_analyses_imports(source: str) -> set[str]:
+    """``analyses.*`` module names imported anywhere in ``source`` (also inside functions)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)) if source else ():
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("analyses."))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "analyses":
+                names.update(f"analyses.{a.name}" for a in node.names)
+            elif node.module.startswith("analyses."):
+                names.add(node.module)
+    return names
+
+
+def imported_analyses(module: ModuleType) -> dict[str, ModuleType]:
+    """The ``analyses.*`` modules ``module`` imports, transitively (runner and style left out), by name."""
+    found: dict[str, ModuleType] = {}
+    todo = [module]
+    while todo:
+        for name in sorted(_direct_analyses_imports(_module_source(todo.pop()))):
+            if name in found or name in _NOT_IN_DATA_KEY or name == module.__name__:
+                continue
+            try:
+                found[name] = importlib.import_module(name)
+            except ModuleNotFoundError:  # ``from analyses import f`` of a name that is not a module
+                continue
+            todo.append(found[name])
+    return found
+
+
+def imports_hash(module: ModuleType) -> dict[str, str]:
+    """Name -> hash of the non-plot source of every analyses module ``module`` imports (transitively), so
+    that editing a helper another analysis imports (``decay.select_lags`` in dropout) recomputes it."""
+    return {name: _sha(_source_without_plot(_module_source(m)))[:20]
+            for name, m in sorted(imported_analyses(module).items())}
 
 
 def plot_key(module: ModuleType, dkey: str) -> str:
@@ -442,18 +524,18 @@ def run_all(
         pkey = plot_key(mod, dkey)
         keys[name] = dkey
         stem = data_dir / name
-        side = read_sidecar(stem)
         t0 = time.perf_counter()
         tag = f"[{i}/{len(order)}] {name}"
-        cached = (side is not None and side.get("data_key") == dkey and stem.with_suffix(".npz").exists()
-                  and not (force and name in requested))
+        side, saved = (None, None) if (force and name in requested) else cached_result(
+            stem, dkey, lambda m, tag=tag: print(f"{tag}: {m}", file=stream, flush=True))
+        cached = saved is not None
         if cached and side.get("plot_key") == pkey and all(
                 (out / f"{s}.png").exists() for s in side.get("figures", [])):
             status[name] = "cached"
             print(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)", file=stream, flush=True)
             continue
         if cached:
-            data = load_data(stem)
+            data = saved
             status[name] = "redrawn"
             print(f"{tag}: data cached, redrawing figures", file=stream, flush=True)
             elapsed = side.get("elapsed_s", 0.0)

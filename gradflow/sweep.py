@@ -494,6 +494,12 @@ def _sort_key(v: Any) -> tuple:
     return (0, v)
 
 
+def _check_one_tag(store: str, tags: set, tag: str | None) -> None:
+    if tag is None and len(tags) > 1:
+        raise ValueError(f"store {store!r} holds chunks of several tags {sorted(tags)}; pass tag= to "
+                         "load one (their rows would otherwise be merged as one sweep)")
+
+
 def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np.ndarray]:
     """Load every stored row of a sweep into one tidy table (dict of NumPy columns, a row per configuration).
 
@@ -503,10 +509,15 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
 
     Args:
         store: the folder given to ``run_sweep``.
-        tag: only chunks written with this tag (default: all; all chunks must then share axes and results).
+        tag: only chunks written with this tag; required when the store holds chunks of several tags (their
+            rows would otherwise be merged as one sweep).
 
     Returns:
         ``{column: (N, ...) array}`` like ``run_sweep``'s table.
+
+    Raises:
+        ValueError: not a folder, no completed chunks (with ``tag``), several tags and no ``tag``, chunks of
+            one tag with different axes/results, an unreadable chunk file (named).
 
     Example:
         >>> import tempfile
@@ -521,8 +532,9 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
     files = sorted(f for f in os.listdir(store) if f.startswith(_PREFIX) and f.endswith(_SUFFIX))
     rows: dict[tuple, tuple[dict, dict]] = {}
     layout = None
-    for fname in files:
-        meta, cols, out = _read_chunk(os.path.join(store, fname))
+    chunks = [_read_chunk(os.path.join(store, fname)) for fname in files]
+    _check_one_tag(store, {meta["tag"] for meta, _, _ in chunks}, tag)
+    for meta, cols, out in chunks:
         if tag is not None and meta["tag"] != tag:
             continue
         this = (tuple(meta["static_names"]), tuple(meta["traced_names"]), tuple(meta["result_names"]))

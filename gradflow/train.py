@@ -39,6 +39,8 @@ import json
 import math
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -452,22 +454,59 @@ def load_checkpoint(path: str, template: dict) -> tuple[dict, int, dict, str]:
         ``(state, step, history, identity)``.
 
     Raises:
-        ValueError: the file does not match the template (other cell, task or optimizer).
+        ValueError: the file is unreadable (truncated, corrupt, not a checkpoint) or does not match the
+            template (other cell, task or optimizer); the message names the file.
     """
-    with np.load(path, allow_pickle=False) as z:
-        leaves_t, treedef = jax.tree_util.tree_flatten(template)
-        n = sum(1 for k in z.files if k.startswith("leaf_"))
-        if n != len(leaves_t):
-            raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_t)}")
-        leaves = []
-        for i, t in enumerate(leaves_t):
-            a = z[f"leaf_{i:05d}"]
-            if a.shape != np.shape(t):
-                raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(t)}")
-            leaves.append(jnp.asarray(a, dtype=jnp.asarray(t).dtype))
-        state = jax.tree_util.tree_unflatten(treedef, leaves)
-        history = {k[5:]: z[k] for k in z.files if k.startswith("hist_")}
-        return state, int(z["step"]), history, str(z["identity"])
+    z = _read_checkpoint_arrays(path)
+    leaves_t, treedef = jax.tree_util.tree_flatten(template)
+    n = sum(1 for k in z if k.startswith("leaf_"))
+    if n != len(leaves_t):
+        raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_t)}")
+    leaves = []
+    for i, t in enumerate(leaves_t):
+        a = z[f"leaf_{i:05d}"]
+        if a.shape != np.shape(t):
+            raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(t)}")
+        leaves.append(jnp.asarray(a, dtype=jnp.asarray(t).dtype))
+    state = jax.tree_util.tree_unflatten(treedef, leaves)
+    history = {k[5:]: z[k] for k in z if k.startswith("hist_")}
+    return state, int(z["step"]), history, str(z["identity"])
+
+
+def _read_checkpoint_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of a checkpoint file, read in full; an unreadable file raises ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it may be truncated or "
+                         "corrupt: delete it to train from scratch") from e
+    missing = [k for k in ("step", "identity") if k not in arrays]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a gradflow checkpoint (no {', '.join(missing)})")
+    return arrays
+
+
+def _resumed_history(hist: dict, saved: dict, start: int, config: TrainConfig) -> None:
+    """Copy a checkpoint's history (``start`` steps done) into ``hist``, as an uninterrupted run has it.
+
+    Records are kept on the regular grid, plus this run's end-of-run extras (the evaluation at ``steps`` and
+    the gradient flow at ``steps - 1``) when the checkpoint is the finished run; a shorter run's extras are
+    dropped (an uninterrupted longer run would not have them).
+    """
+    S = config.steps
+    n = min(start, len(saved["loss"]))
+    for k in ("loss", "accuracy", "grad_norm"):
+        hist[k][:n] = saved[k][:n]
+    finished = start == S
+    keep = [i for i, st in enumerate(saved["eval_step"])
+            if st % config.eval_every == 0 or (finished and st == S)]
+    for k in ("eval_step", "eval_loss", "eval_accuracy"):
+        hist[k] = [saved[k][i] for i in keep]
+    keep = [i for i, st in enumerate(saved["flow_step"])
+            if st % config.record_every == 0 or (finished and st == S - 1)]
+    hist["flow_step"] = [saved["flow_step"][i] for i in keep]
+    hist["grad_flow"] = [saved["grad_flow"][i] for i in keep]
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -548,17 +587,7 @@ def train(
             )
         if start > S:
             raise ValueError(f"checkpoint {checkpoint} is at step {start}, beyond steps={S}")
-        n = min(start, len(saved["loss"]))
-        for k in ("loss", "accuracy", "grad_norm"):
-            hist[k][:n] = saved[k][:n]
-        # keep the records on the regular grid: a shorter run's end-of-run extras would not be in an
-        # uninterrupted run
-        keep = [i for i, st in enumerate(saved["eval_step"]) if st % config.eval_every == 0]
-        for k in ("eval_step", "eval_loss", "eval_accuracy"):
-            hist[k] = [saved[k][i] for i in keep]
-        keep = [i for i, st in enumerate(saved["flow_step"]) if st % config.record_every == 0]
-        hist["flow_step"] = [saved["flow_step"][i] for i in keep]
-        hist["grad_flow"] = [saved["grad_flow"][i] for i in keep]
+        _resumed_history(hist, saved, start, config)
         say(f"resumed from {checkpoint} at step {start}")
 
     def record_eval(step):
@@ -614,7 +643,7 @@ def train(
             record_eval(step)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < S:
             save(step)
-    if diverged and (not hist["eval_step"] or hist["eval_step"][-1] != step):
+    if not hist["eval_step"] or hist["eval_step"][-1] != step:  # diverged, or resumed at the end
         record_eval(step)
     save(step)
     return TrainResult(

@@ -121,7 +121,7 @@ def seed(name: str, value: Any) -> int:
     return int(value)
 
 
-def raise_if_nonfinite(flags) -> None:
+def raise_if_nonfinite(flags, consequence: str = "the Jacobians are undefined") -> None:
     """Raise if a (T,) bool array of per-state finiteness flags has a False (no-op under tracing).
 
     Raises:
@@ -133,7 +133,7 @@ def raise_if_nonfinite(flags) -> None:
     if not flags.all():
         t = int(np.argmin(flags)) + 1
         raise ValueError(
-            f"non-finite state: h_{t} (the state after {t} steps) has NaN or inf; the Jacobians are undefined"
+            f"non-finite state: h_{t} (the state after {t} steps) has NaN or inf; {consequence}"
         )
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow.checks import is_int, positive_int
+from gradflow.checks import is_int, positive_int, raise_if_nonfinite
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["PowerResult", "HutchinsonResult", "top_singular_value", "hutchinson_frobenius"]
@@ -65,6 +65,18 @@ def _check_lag(lag, T):
     return int(lag)
 
 
+def _finite_flags_scan(step, carry0, xs) -> jax.Array:
+    """(T,) bool: every floating leaf of h_t finite, t = 1..T (one forward pass, states not kept)."""
+
+    def body(h, x):
+        h = step(h, x)
+        leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(h)
+                  if jnp.issubdtype(v.dtype, jnp.inexact)]
+        return h, jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+    return jax.lax.scan(body, carry0, xs)[1]
+
+
 def _segment(step, smap, carry0, xs, lag):
     """(v_t, g) with v_t the selected state at t = T - lag and g: v -> selected state h_T."""
     T = jax.tree_util.tree_leaves(xs)[0].shape[0]
@@ -97,7 +109,7 @@ def _power_jit(step, mask, lag, iters, carry0, xs, v0):
     sigma = jnp.linalg.norm(u)
     w = vjp(u)[0]
     residual = jnp.linalg.norm(w - sigma**2 * v) / jnp.maximum(sigma**2, tiny)
-    return sigma, v, residual
+    return sigma, v, residual, _finite_flags_scan(step, carry0, xs)
 
 
 def top_singular_value(step, carry0, xs, lag, *, wrt=None, iters=100, key=None) -> PowerResult:
@@ -113,14 +125,16 @@ def top_singular_value(step, carry0, xs, lag, *, wrt=None, iters=100, key=None) 
         PowerResult(sigma, vector (n,), residual).
 
     Raises:
-        ValueError: lag out of range, iters < 1, bad step/carry/xs.
+        ValueError: lag out of range, iters < 1, bad step/carry/xs, a non-finite state h_t (t <= T).
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
     iters = positive_int("iters", iters)
     key = jax.random.PRNGKey(0) if key is None else key
     v0 = jax.random.normal(key, (smap.n,), smap.dtype)
-    return PowerResult(*_power_jit(step, smap.mask, lag, int(iters), carry0, xs, v0))
+    sigma, v, residual, flags = _power_jit(step, smap.mask, lag, iters, carry0, xs, v0)
+    raise_if_nonfinite(flags, "the singular value is undefined")
+    return PowerResult(sigma, v, residual)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "mask", "lag"))
@@ -133,7 +147,7 @@ def _hutch_jit(step, mask, lag, carry0, xs, Z):
     f2 = jnp.mean(q)
     se2 = jnp.std(q, ddof=1) / jnp.sqrt(k) if k > 1 else jnp.full((), jnp.nan, q.dtype)
     f = jnp.sqrt(f2)
-    return f, se2 / (2 * jnp.maximum(f, jnp.finfo(f.dtype).tiny))
+    return f, se2 / (2 * jnp.maximum(f, jnp.finfo(f.dtype).tiny)), _finite_flags_scan(step, carry0, xs)
 
 
 def hutchinson_frobenius(step, carry0, xs, lag, *, key, probes=32, wrt=None) -> HutchinsonResult:
@@ -150,11 +164,12 @@ def hutchinson_frobenius(step, carry0, xs, lag, *, key, probes=32, wrt=None) -> 
         is at most sqrt(2 / probes).
 
     Raises:
-        ValueError: lag out of range, probes < 1, bad step/carry/xs.
+        ValueError: lag out of range, probes < 1, bad step/carry/xs, a non-finite state h_t (t <= T).
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
     probes = positive_int("probes", probes)
     Z = jax.random.rademacher(key, (int(probes), smap.n), dtype=smap.dtype)
-    f, se = _hutch_jit(step, smap.mask, lag, carry0, xs, Z)
+    f, se, flags = _hutch_jit(step, smap.mask, lag, carry0, xs, Z)
+    raise_if_nonfinite(flags, "the Frobenius norm is undefined")
     return HutchinsonResult(f, se, int(probes))

@@ -280,7 +280,7 @@ def _step_jacobians_jit(step, mask, carry0, xs):
 
         return jax.jacfwd(f)(sel_map.flatten(h))
 
-    return jax.vmap(one)(prev, xs)
+    return jax.vmap(one)(prev, xs), _finite_flags(full, states)
 
 
 def step_jacobians(step, carry0, xs, *, wrt=None):
@@ -291,7 +291,12 @@ def step_jacobians(step, carry0, xs, *, wrt=None):
 
     Returns:
         (T, n, n) array, entry t-1 is J_t; ``matrices[t]`` of :func:`jacobians` = J_T ... J_{t+1}.
+
+    Raises:
+        ValueError: bad step/carry/xs, a non-finite state h_t (as :func:`jacobians`).
     """
     smap, _ = validate_inputs(step, carry0, xs, wrt)
-    return _step_jacobians_jit(step, smap.mask, carry0, xs)
+    matrices, flags = _step_jacobians_jit(step, smap.mask, carry0, xs)
+    raise_if_nonfinite(flags)
+    return matrices
 

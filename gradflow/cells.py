@@ -65,8 +65,8 @@ RECURRENT_INITS = ("gaussian", "orthogonal", "identity")
 DROPOUT_MODES = ("step", "sequence")
 #: Largest hidden dropout rate. The mask keeps a unit when a float32 uniform (a grid of spacing 2**-23) falls
 #: below 1 - p, so the realized keep probability is 1 - p rounded up to that grid and the mean of the rescaled
-#: mask D(1) is 1 only to within 2**-23 / (1 - p): at p = 1 - 1e-7 it is 1.19. With 1 - p >= 2**-10 that
-#: error stays below 2**-13 (1.2e-4) per step.
+#: mask D(1) is 1 only to within 2**-23 / (1 - p) (its expectation is 2**-23 / 1e-7 = 1.19 at p = 1 - 1e-7).
+#: With 1 - p >= 2**-10 that error stays below 2**-13 (1.2e-4) per step.
 DROPOUT_MAX = 1.0 - 2.0**-10
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 

@@ -25,6 +25,7 @@ import numpy as np
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "lyapunov"
 CONFIG = {
@@ -89,7 +90,7 @@ def run(config: dict, progress=None) -> dict:
                 # Dropout zeroes a fraction p of the units each step: those directions have exponent -inf,
                 # so only the top (1 - p - margin)·n exponents are finite and computed.
                 k = n if cell.spec.dropout == 0 else int((1.0 - cell.spec.dropout - c["dropout_margin"]) * n)
-                out = common.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
+                out = measure.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
                                        segments=c["segments"])
                 return {**out, "n": n}
 
@@ -113,7 +114,7 @@ def run(config: dict, progress=None) -> dict:
                     cell, v, c0, xs, key = common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"],
                                                          c["seed"], c["input_scale"], burn_in=c["burn_in"],
                                                          gain=float(g), dtype=c["dtype"])
-                    r = common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"],
+                    r = measure.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"],
                                          segments=c["segments"])
                     e.append(r["exponents"][0])
                     se.append(r["stderr"][0])

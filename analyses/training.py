@@ -94,7 +94,7 @@ def _one_run(c: dict, preset: str, task_name: str, length, progress) -> dict:
     # eval mode with BN statistics re-estimated for the final parameters (stale running averages aside)
     loss_recal, acc_recal, has_recal = 0.0, 0.0, 0  # (no BN statistics to recalibrate)
     if cell.spec.has_bn and not r.diverged:
-        xs_e, ys_e = task.eval_set(train._eval_key(cfg), cfg.eval_size)
+        xs_e, ys_e = task.eval_set(train.eval_key(cfg), cfg.eval_size)
         bs_recal = train.recalibrate_bn(r, c["recal_batches"])
         loss_recal, acc_recal = train.evaluate(cell, task, r.params, bs_recal, xs_e, ys_e)
         has_recal = 1

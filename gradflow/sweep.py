@@ -45,7 +45,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -53,6 +52,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from gradflow import measure
 
 __all__ = ["Grid", "run_sweep", "load_table", "pivot", "to_dataframe", "grid_sharding"]
 
@@ -303,10 +304,6 @@ def _check_results(shapes: Any, n: int) -> list[str]:
     return list(shapes)
 
 
-_COMPILED: OrderedDict = OrderedDict()  # (fn, static config, width, devices, dtypes, x64) -> jitted vmapped f
-_COMPILED_MAX = 16
-
-
 def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sharding: NamedSharding):
     """``jit(vmap(fn(scfg)))`` with its results checked; reused across calls with the same ``fn`` object."""
     try:
@@ -321,9 +318,12 @@ def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sh
         hash(ckey)
     except TypeError:
         ckey = None
-    if ckey is not None and ckey in _COMPILED:
-        _COMPILED.move_to_end(ckey)
-        return _COMPILED[ckey]
+    if ckey is None:
+        return _build_sweep_fn(fn, scfg, cols, width, sharding)
+    return measure.cached(("sweep", *ckey), lambda: _build_sweep_fn(fn, scfg, cols, width, sharding))
+
+
+def _build_sweep_fn(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sharding: NamedSharding):
     f = fn(dict(scfg))
     if not callable(f):
         raise ValueError(f"fn({scfg}) must return a callable, got {type(f).__name__}")
@@ -332,12 +332,7 @@ def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sh
     clash = set(result_names) & (set(cols) | set(scfg))
     if clash:
         raise ValueError(f"result names {sorted(clash)} clash with axis names")
-    compiled = jax.jit(jax.vmap(f), out_shardings=sharding)
-    if ckey is not None:
-        _COMPILED[ckey] = compiled
-        while len(_COMPILED) > _COMPILED_MAX:
-            _COMPILED.popitem(last=False)
-    return compiled
+    return jax.jit(jax.vmap(f), out_shardings=sharding)
 
 
 def run_sweep(

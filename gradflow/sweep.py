@@ -81,6 +81,44 @@ def _check_name(name: Any, kind: str) -> None:
         )
 
 
+def _static_axis(name: str, values) -> tuple:
+    """A checked static axis: a non-empty sequence of distinct JSON scalars."""
+    _check_name(name, "static")
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+        raise ValueError(f"static axis {name!r} must be a sequence of values, got {type(values).__name__}")
+    values = [_py(v) for v in values]
+    if not values:
+        raise ValueError(f"static axis {name!r} is empty")
+    for v in values:
+        if not _is_static_value(v):
+            raise ValueError(
+                f"static axis {name!r}: values must be str, int, float, bool or None, got {type(v).__name__}"
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"static axis {name!r} has a non-finite value {v!r}")
+    if len({json.dumps(v) for v in values}) != len(values):
+        raise ValueError(f"static axis {name!r} has repeated values {values!r}")
+    return tuple(values)
+
+
+def _traced_axis(name: str, values) -> np.ndarray:
+    """A checked traced axis: a non-empty 1-D array of distinct finite numbers (integers within int32)."""
+    _check_name(name, "traced")
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"traced axis {name!r} must be a non-empty 1-D sequence, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"traced axis {name!r} must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"traced axis {name!r} has non-finite values")
+    i32 = np.iinfo(np.int32)
+    if arr.dtype.kind in "iu" and (arr.min() < i32.min or arr.max() > i32.max):
+        raise ValueError(f"traced axis {name!r} has integers that do not fit in int32")
+    if len(np.unique(arr)) != arr.size:
+        raise ValueError(f"traced axis {name!r} has repeated values")
+    return arr
+
+
 class Grid:
     """A grid of configurations: the product of static axes times the product of traced axes.
 
@@ -102,51 +140,15 @@ class Grid:
     def __init__(
         self, static: Mapping[str, Sequence] | None = None, traced: Mapping[str, Sequence] | None = None
     ):
-        static = dict(static or {})
+        static = {name: _static_axis(name, values) for name, values in dict(static or {}).items()}
         traced = dict(traced or {})
         if not traced:
             raise ValueError("Grid needs at least one traced axis (a numeric axis to vmap over)")
-        for name, values in static.items():
-            _check_name(name, "static")
-            if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
-                raise ValueError(
-                    f"static axis {name!r} must be a sequence of values, got {type(values).__name__}"
-                )
-            values = [_py(v) for v in values]
-            if not values:
-                raise ValueError(f"static axis {name!r} is empty")
-            for v in values:
-                if not _is_static_value(v):
-                    raise ValueError(
-                        f"static axis {name!r}: values must be str, int, float, bool or None, "
-                        f"got {type(v).__name__}"
-                    )
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise ValueError(f"static axis {name!r} has a non-finite value {v!r}")
-            if len({json.dumps(v) for v in values}) != len(values):
-                raise ValueError(f"static axis {name!r} has repeated values {values!r}")
-            static[name] = tuple(values)
-        for name, values in traced.items():
-            _check_name(name, "traced")
+        for name in traced:
             if name in static:
                 raise ValueError(f"axis {name!r} is both static and traced")
-            arr = np.asarray(values)
-            if arr.ndim != 1 or arr.size == 0:
-                raise ValueError(
-                    f"traced axis {name!r} must be a non-empty 1-D sequence, got shape {arr.shape}"
-                )
-            if arr.dtype.kind not in "biuf":
-                raise ValueError(f"traced axis {name!r} must hold numbers, got dtype {arr.dtype}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise ValueError(f"traced axis {name!r} has non-finite values")
-            i32 = np.iinfo(np.int32)
-            if arr.dtype.kind in "iu" and (arr.min() < i32.min or arr.max() > i32.max):
-                raise ValueError(f"traced axis {name!r} has integers that do not fit in int32")
-            if len(np.unique(arr)) != arr.size:
-                raise ValueError(f"traced axis {name!r} has repeated values")
-            traced[name] = arr
         self.static: dict[str, tuple] = static
-        self.traced: dict[str, np.ndarray] = traced
+        self.traced: dict[str, np.ndarray] = {name: _traced_axis(name, v) for name, v in traced.items()}
 
     @property
     def n_static(self) -> int:

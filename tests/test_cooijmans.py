@@ -179,3 +179,17 @@ def test_bad_arguments_raise():
         unit_bn.two_point_log_gain(1.0, 1.0)
     with pytest.raises(ValueError, match="never varies"):
         fig.first_varying_step(np.zeros((4, 3)))
+
+
+def test_no_input_map_becomes_bimodal_and_follows_the_two_point_gain():
+    """From a Gaussian batch, the one-unit map without input converges to two clusters (kurtosis → 1), and
+    each unit's backward exponent is the two-point gain at its own cluster fraction q."""
+    B, d, gamma = 64, 6, 1.0
+    h0 = np.random.default_rng(0).standard_normal((B, d))
+    fwd = unit_bn.forward(np.zeros((300, B)), np.ones(d) / np.sqrt(d), gamma, eps=1e-12, h0=h0)
+    assert np.all(np.mean(fwd["yhat"][0] ** 4, axis=0) > 2.0)  # Gaussian-like start (3 at B → ∞)
+    assert np.all(np.mean(fwd["yhat"][-1] ** 4, axis=0) < 1.01)
+    q = np.mean(fwd["yhat"][-1] > 0, axis=0)
+    rates = unit_bn.unit_exponents(fwd, 150, 290)
+    expect = [unit_bn.two_point_log_gain(gamma, float(qj)) for qj in q]
+    np.testing.assert_allclose(rates, expect, atol=5e-3)

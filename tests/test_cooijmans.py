@@ -192,4 +192,4 @@ def test_no_input_map_becomes_bimodal_and_follows_the_two_point_gain():
     q = np.mean(fwd["yhat"][-1] > 0, axis=0)
     rates = unit_bn.unit_exponents(fwd, 150, 290)
     expect = [unit_bn.two_point_log_gain(gamma, float(qj)) for qj in q]
-    np.testing.assert_allclose(rates, expect, atol=5e-3)
+    np.testing.assert_allclose(rates, expect, atol=2e-3)  # measured 6e-4 (ε = 1e-12, 140 steps)

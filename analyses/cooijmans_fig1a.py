@@ -54,7 +54,7 @@ CONFIG = {
     "seed": 0,
 }
 QUICK = {"gammas": [0.1, 1.0], "hidden": 6, "batch": 8, "frame": 12, "inputs": ["digits28"],
-         "window": {"digits28": [60, 130]}}
+         "cells": ["fig1a"], "window": {"digits28": [60, 130]}}
 FULL = {}
 
 #: Fit windows shorter than this (MNIST-1D's 40 steps) are dominated by the alignment transient of the

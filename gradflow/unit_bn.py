@@ -14,7 +14,7 @@ independent of gradflow's cells: ``forward`` runs the one-unit maps, ``backward_
 a cotangent in log scale (finite over any length), ``unit_exponents`` gives each unit's mean log gain per
 step over a window of steps (its top backward exponent there, whatever the loss).
 
-Closed forms (docs/theory.md §3.7):
+Closed forms (docs/theory.md §3.9):
 
 - ``zero_variance_log_gain``: while every example has the same z (empty image rows, h_0 = 0), s = √ε, ŷ = 0,
   tanh'(0) = 1 and the Jacobian is (γ/√ε)(I − 11ᵀ/B): going back, the zero-mean part of the gradient grows

@@ -28,8 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +35,7 @@ import numpy as np
 import gradflow
 from analyses import style
 from analyses.runner import memo, say
-from gradflow import unit_bn
+from gradflow import measure, unit_bn
 
 NAME = "cooijmans_fig1a"
 CONFIG = {
@@ -134,67 +132,60 @@ def make_setup(kind: str, gamma: float, d: int, T: int, seed: int, eps: float = 
     Wy = orthogonal(rng, d, 10)
     cell = _cell(kind, int(d), int(T), float(eps))
     variables = gradflow.init_cell(cell, jax.random.key(seed))
-    params = dict(variables["params"])
-    for name, sub in list(params.items()):
-        if name.startswith("bn_"):
-            params[name] = {**sub, "scale": jnp.full_like(sub["scale"], float(gamma))}
+    variables = measure.with_scales(variables, scales={name: float(gamma) for name in variables["params"]
+                                                       if name.startswith("bn_")})
     if kind == "fig1a":
-        params["W_xh"] = jnp.asarray(w[:, None])
-    return cell, {**variables, "params": params}, w, Wy
+        variables["params"]["W_xh"] = jnp.asarray(w[:, None])
+    return cell, variables, w, Wy
 
 
-@functools.lru_cache(maxsize=16)
 def _cell(kind: str, d: int, T: int, eps: float):
     if kind == "fig1a":
         spec = gradflow.CellSpec(norm_sum="bn", recurrent_init="identity", bias=False, t_max=T, bn_eps=eps,
                                  dtype="float64")
-        return gradflow.make_cell(spec, d, 1)
+        return measure.cell_for(spec, d, 1)
     if kind == "bn_tanh":
-        return gradflow.make_cell("bn_tanh", d, 1, t_max=T, bn_eps=eps, dtype="float64")
+        return measure.cell_for("bn_tanh", d, 1, t_max=T, bn_eps=eps, dtype="float64")
     raise ValueError(f"unknown cell kind {kind!r}; choose 'fig1a' or 'bn_tanh'")
 
 
 # ------------------------------------------------------------------------------------------ measurement
 
 
-@functools.lru_cache(maxsize=16)
-def _grad_fn(cell):
-    @jax.jit
-    def f(variables, h0, xs, Wy, labels):
-        step = gradflow.as_step(cell, variables, train=True)
-        B = h0.shape[0]
-        c0 = {"h": h0, "t": jnp.zeros((B,), jnp.int32)}
+def _grad_log_norms_core(cell, variables, h0, xs, Wy, labels):
+    """Log gradient norms going back in time (compiled once per cell through gradflow.measure)."""
+    step = gradflow.as_step(cell, variables, train=True)
+    B = h0.shape[0]
+    c0 = {"h": h0, "t": jnp.zeros((B,), jnp.int32)}
 
-        def fwd(c, x):
-            return step(c, x), c
+    def fwd(c, x):
+        return step(c, x), c
 
-        cT, cs = jax.lax.scan(fwd, c0, xs)
+    cT, cs = jax.lax.scan(fwd, c0, xs)
 
-        def loss(h):
-            return -jnp.mean(jax.nn.log_softmax(h @ Wy)[jnp.arange(B), labels])
+    def loss(h):
+        return -jnp.mean(jax.nn.log_softmax(h @ Wy)[jnp.arange(B), labels])
 
-        def record(g, scale):
-            absg = jnp.abs(g)
-            unit = scale + jnp.log(jnp.linalg.norm(g, axis=0))
-            per_example = jnp.log(jnp.linalg.norm(absg, axis=1))
-            return scale + jnp.log(jnp.mean(jnp.exp(per_example))), unit
+    def record(g, scale):
+        absg = jnp.abs(g)
+        unit = scale + jnp.log(jnp.linalg.norm(g, axis=0))
+        per_example = jnp.log(jnp.linalg.norm(absg, axis=1))
+        return scale + jnp.log(jnp.mean(jnp.exp(per_example))), unit
 
-        def back(state, inp):
-            g, scale = state
-            c, x = inp
-            n = jnp.linalg.norm(g)
-            g, scale = g / n, scale + jnp.log(n)
-            out = record(g, scale)
-            _, vjp = jax.vjp(lambda h: step({**c, "h": h}, x)["h"], c["h"])
-            return (vjp(g)[0], scale), out
+    def back(state, inp):
+        g, scale = state
+        c, x = inp
+        n = jnp.linalg.norm(g)
+        g, scale = g / n, scale + jnp.log(n)
+        out = record(g, scale)
+        _, vjp = jax.vjp(lambda h: step({**c, "h": h}, x)["h"], c["h"])
+        return (vjp(g)[0], scale), out
 
-        g = jax.grad(loss)(cT["h"])
-        (g0, s0), (lm, lu) = jax.lax.scan(back, (g, jnp.zeros((), g.dtype)), (cs, xs), reverse=True)
-        n0 = jnp.linalg.norm(g0)
-        m0, u0 = record(g0 / n0, s0 + jnp.log(n0))
-        return jnp.concatenate([m0[None], lm]), jnp.concatenate([u0[None], lu])
-
-    return f
+    g = jax.grad(loss)(cT["h"])
+    (g0, s0), (lm, lu) = jax.lax.scan(back, (g, jnp.zeros((), g.dtype)), (cs, xs), reverse=True)
+    n0 = jnp.linalg.norm(g0)
+    m0, u0 = record(g0 / n0, s0 + jnp.log(n0))
+    return jnp.concatenate([m0[None], lm]), jnp.concatenate([u0[None], lu])
 
 
 def grad_log_norms(cell, variables, h0, xs, Wy, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +203,9 @@ def grad_log_norms(cell, variables, h0, xs, Wy, labels) -> tuple[np.ndarray, np.
         finite over any length.
     """
     dt = jnp.dtype(cell.spec.dtype)
-    lm, lu = _grad_fn(cell)(variables, jnp.asarray(h0, dt), jnp.asarray(xs, dt)[:, :, None],
-                            jnp.asarray(Wy, dt), jnp.asarray(labels, jnp.int32))
+    f = measure.compiled(_grad_log_norms_core, cell)
+    lm, lu = f(variables, jnp.asarray(h0, dt), jnp.asarray(xs, dt)[:, :, None], jnp.asarray(Wy, dt),
+               jnp.asarray(labels, jnp.int32))
     lm, lu = np.asarray(lm, np.float64), np.asarray(lu, np.float64)
     if not np.all(np.isfinite(lm)):
         raise ValueError("non-finite gradient norm: the scaled backward pass over/underflowed")

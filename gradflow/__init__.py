@@ -36,7 +36,7 @@ from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E40
 # isort: split
 
 # --- theory and measurements (modules: gradflow.theory.<name>, gradflow.measure.<name>) ---
-from gradflow import measure, theory  # noqa: E402,F401
+from gradflow import measure, theory, unit_bn  # noqa: E402,F401
 
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 # isort: split
@@ -62,5 +62,5 @@ __all__ = [
     # sweeps
     "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
     # modules
-    "theory", "measure", "tasks", "train",
+    "theory", "measure", "unit_bn", "tasks", "train",
 ]

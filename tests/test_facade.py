@@ -1,4 +1,4 @@
-"""The public façade: ``gradflow.__all__`` is what the README's table of public names lists, and it imports."""
+"""The public façade: ``gradflow.__all__`` is what the README's table of public names lists."""
 
 import re
 from pathlib import Path

@@ -83,6 +83,7 @@ ANALYSES: tuple[str, ...] = (
     "bn_modes",
     "batch_coupling",
     "gamma_init",
+    "cooijmans_fig1a",
     "dropout",
     "theory",
     "training",

@@ -22,7 +22,7 @@ import time
 
 import jax
 
-from gradflow import theory as th
+from gradflow import measure
 
 # (cell, batch size, configuration): the rows of docs/theory.md §7
 ROWS = [
@@ -53,7 +53,7 @@ ROWS = [
 def measure_row(name, batch_size, cfg, d, draws, steps, input_size=16, key=5):
     """(predicted, measured mean, measured seed s.d., mean tied correction) over `draws` W draws."""
     with jax.enable_x64(True):
-        out = th.theory_vs_measurement(
+        out = measure.theory_vs_measurement(
             name,
             [{**cfg, "seed": s} for s in range(draws)],
             hidden_size=d,

@@ -49,9 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradflow import measure
 from gradflow.cells import GradflowCell, init_cell
 from gradflow.checks import atomic_write_npz, nonneg_int, positive_float, positive_int
 from gradflow.checks import seed as check_seed
+from gradflow.lyapunov import LyapunovResult
 from gradflow.tasks import Task
 
 __all__ = [
@@ -321,7 +323,8 @@ def _batch(task, batch_size, root, step):
     return xs, ys, kdrop
 
 
-def _eval_key(config: TrainConfig) -> jax.Array:
+def eval_key(config: TrainConfig) -> jax.Array:
+    """The PRNG key of the held-out evaluation set of a run (``task.eval_set(eval_key(config), size)``)."""
     return jax.random.fold_in(jax.random.key(config.seed), 2)
 
 
@@ -329,21 +332,9 @@ def _eval_key(config: TrainConfig) -> jax.Array:
 # seed, learning rate and clip norm of a (cell, task, batch size).
 _ADAM = optax.scale_by_adam()
 
-_COMPILED: dict = {}
-_COMPILED_MAX = 64
-
-
-def _cached(key, build):
-    """Reuse jitted functions across calls (the same cell, task object and batch size)."""
-    if key not in _COMPILED:
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = build()
-    return _COMPILED[key]
-
-
 def _make_train_step(cell, task, batch_size):
-    return _cached(("train", cell, task, batch_size), lambda: _build_train_step(cell, task, batch_size))
+    key = ("train", cell, task, batch_size)
+    return measure.cached(key, lambda: _build_train_step(cell, task, batch_size))
 
 
 def _build_train_step(cell, task, batch_size):
@@ -375,7 +366,7 @@ def _build_train_step(cell, task, batch_size):
 
 
 def _make_eval(cell, task):
-    return _cached(("eval", cell, task), lambda: _build_eval(cell, task))
+    return measure.cached(("eval", cell, task), lambda: _build_eval(cell, task))
 
 
 def _build_eval(cell, task):
@@ -563,7 +554,7 @@ def train(
         jnp.float32(np.inf if config.clip_norm is None else config.clip_norm),
     )
     eval_fn = _make_eval(cell, task)
-    xs_eval, ys_eval = task.eval_set(_eval_key(config), config.eval_size)
+    xs_eval, ys_eval = task.eval_set(eval_key(config), config.eval_size)
 
     S = config.steps
     hist = {
@@ -691,7 +682,7 @@ def mode_gap(
     task = result.task
     base = task.length if task.length is not None else task.seq_len
     lengths = [base] if lengths is None else [int(n) for n in lengths]
-    key = jax.random.fold_in(_eval_key(result.config), 7) if key is None else key
+    key = jax.random.fold_in(eval_key(result.config), 7) if key is None else key
     rows = {k: [] for k in ("length", "train_loss", "eval_loss", "train_accuracy", "eval_accuracy")}
     for i, n in enumerate(lengths):
         t = task if n == base else task.with_length(n)
@@ -738,7 +729,7 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
 
         return update
 
-    update = _cached(("recal", cell, task, B), build)
+    update = measure.cached(("recal", cell, task, B), build)
     root = jax.random.fold_in(jax.random.key(seed), 3)
     bs = result.batch_stats
     for i in range(int(batches)):
@@ -788,25 +779,7 @@ def lyapunov(
         xs, _ = t.sample(key, 1)
     T = xs.shape[0]
     transient = T // 4 if transient is None else transient
-    f = _cached(
-        ("lyapunov", cell, int(k), int(transient)), lambda: _build_lyapunov(cell, int(k), int(transient))
-    )
-    exps, se = f(_cell_variables(variables["params"], variables.get("batch_stats", {})), xs)
-    if not (np.all(np.isfinite(np.asarray(exps))) and np.all(np.isfinite(np.asarray(se)))):
-        raise ValueError("non-finite Lyapunov exponents: the eval-mode states overflowed")
-    from gradflow.lyapunov import LyapunovResult
-
-    return LyapunovResult(exps, se, T - transient)
-
-
-def _build_lyapunov(cell, k, transient):
-    """Compiled once per (cell, k, transient): the variables are traced, so before/after share it."""
-    from gradflow import as_step, lyapunov_spectrum
-
-    @jax.jit
-    def f(variables, xs):
-        step = as_step(cell, variables, train=False)
-        r = lyapunov_spectrum(step, cell.initialize_carry(1), xs, k=k, transient=transient)
-        return r.exponents, r.stderr
-
-    return f
+    variables = _cell_variables(variables["params"], variables.get("batch_stats", {}))
+    r = measure.lyapunov(cell, variables, cell.initialize_carry(1), xs, train=False, k=int(k),
+                         transient=int(transient))
+    return LyapunovResult(r["exponents"], r["stderr"], T - transient)

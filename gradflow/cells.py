@@ -71,6 +71,16 @@ DROPOUT_MAX = 1.0 - 2.0**-10
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
+def _dropout_problem(p: Any) -> str | None:
+    """Why ``p`` is not a usable hidden dropout rate, or None."""
+    if not (is_real(p) and 0.0 <= p < 1.0):
+        return "must be a rate in [0, 1)"
+    if p > DROPOUT_MAX:
+        return (f"must be <= 1 - 2**-10 = {DROPOUT_MAX}: the Bernoulli mask compares uniforms on a grid of "
+                "2**-23 with 1 - p, so its mean is 1 only to within 2**-23/(1 - p)")
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class CellSpec:
     """Composable specification of a recurrent cell (every preset is one of these).
@@ -143,11 +153,9 @@ class CellSpec:
             bad("activation", f"the {self.family} nonlinearities are fixed; activation must stay 'tanh'")
         if not isinstance(self.bias, bool):
             bad("bias", "must be a bool")
-        if not (is_real(self.dropout) and 0.0 <= self.dropout < 1.0):
-            bad("dropout", "must be a rate in [0, 1)")
-        if self.dropout > DROPOUT_MAX:
-            bad("dropout", f"must be <= 1 - 2**-10 = {DROPOUT_MAX}: the Bernoulli mask compares uniforms "
-                "on a grid of 2**-23 with 1 - p, so its mean is 1 only to within 2**-23/(1 - p)")
+        why = _dropout_problem(self.dropout)
+        if why:
+            bad("dropout", why)
         if self.dropout_mode not in DROPOUT_MODES:
             bad("dropout_mode", f"must be one of {DROPOUT_MODES}")
         if self.recurrent_init not in RECURRENT_INITS:

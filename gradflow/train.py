@@ -541,116 +541,115 @@ def train(
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     _check_cell_task(cell, task)
-    say = progress if progress is not None else (lambda _m: None)
+    run = _Run(cell, task, config, checkpoint, progress if progress is not None else (lambda _m: None))
+    diverged, message = run.loop()
+    return TrainResult(cell=cell, task=task, config=config, params=run.state["params"],
+                       batch_stats=run.state["batch_stats"], opt_state=run.state["opt_state"],
+                       initial=run.initial, history=run.snapshot(), steps_done=run.step, diverged=diverged,
+                       message=message, elapsed_s=time.perf_counter() - t0)
 
-    root = jax.random.key(config.seed)
-    params, batch_stats = init_params(cell, task, jax.random.fold_in(root, 1))
-    initial = {"params": params, "batch_stats": batch_stats}
-    train_step = _make_train_step(cell, task, config.batch_size)
-    state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
-    hyper = (
-        root,
-        jnp.float32(config.learning_rate),
-        jnp.float32(np.inf if config.clip_norm is None else config.clip_norm),
-    )
-    eval_fn = _make_eval(cell, task)
-    xs_eval, ys_eval = task.eval_set(eval_key(config), config.eval_size)
 
-    S = config.steps
-    hist = {
-        "loss": np.full(S, np.nan),
-        "accuracy": np.full(S, np.nan),
-        "grad_norm": np.full(S, np.nan),
-        "eval_step": [],
-        "eval_loss": [],
-        "eval_accuracy": [],
-        "flow_step": [],
-        "grad_flow": [],
-    }
-    identity = _identity(cell, task, config)
-    start = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
-        state, start, saved, saved_id = load_checkpoint(os.fspath(checkpoint), state)
-        if saved_id != identity:
-            raise ValueError(
-                f"checkpoint {checkpoint} was written for another run "
-                f"(cell, task or configuration differ): {saved_id} != {identity}"
-            )
-        if start > S:
-            raise ValueError(f"checkpoint {checkpoint} is at step {start}, beyond steps={S}")
-        _resumed_history(hist, saved, start, config)
-        say(f"resumed from {checkpoint} at step {start}")
+class _Run:
+    """One call of :func:`train`: the state, the history, the checkpoint and the loop over steps."""
 
-    def record_eval(step):
-        loss, acc = eval_fn(state["params"], state["batch_stats"], xs_eval, ys_eval, None, False)
+    def __init__(self, cell, task: Task, config: TrainConfig, checkpoint, say: Callable[[str], None]):
+        self.cell, self.task, self.config, self.say = cell, task, config, say
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.root = jax.random.key(config.seed)
+        params, batch_stats = init_params(cell, task, jax.random.fold_in(self.root, 1))
+        self.initial = {"params": params, "batch_stats": batch_stats}
+        self.state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
+        self.train_step = _make_train_step(cell, task, config.batch_size)
+        self.eval_fn = _make_eval(cell, task)
+        self.eval_data = task.eval_set(eval_key(config), config.eval_size)
+        S = config.steps
+        self.hist = {"loss": np.full(S, np.nan), "accuracy": np.full(S, np.nan),
+                     "grad_norm": np.full(S, np.nan), "eval_step": [], "eval_loss": [], "eval_accuracy": [],
+                     "flow_step": [], "grad_flow": []}
+        self.hyper = (self.root, jnp.float32(config.learning_rate),
+                      jnp.float32(np.inf if config.clip_norm is None else config.clip_norm))
+        self.identity = _identity(cell, task, config)
+        self.step = self._resume()
+
+    def _resume(self) -> int:
+        """The step to start from: 0, or a matching checkpoint's step (its state and history restored)."""
+        if self.checkpoint is None or not os.path.exists(self.checkpoint):
+            return 0
+        self.state, start, saved, saved_id = load_checkpoint(self.checkpoint, self.state)
+        if saved_id != self.identity:
+            raise ValueError(f"checkpoint {self.checkpoint} was written for another run "
+                             f"(cell, task or configuration differ): {saved_id} != {self.identity}")
+        if start > self.config.steps:
+            raise ValueError(f"checkpoint {self.checkpoint} is at step {start}, "
+                             f"beyond steps={self.config.steps}")
+        _resumed_history(self.hist, saved, start, self.config)
+        self.say(f"resumed from {self.checkpoint} at step {start}")
+        return start
+
+    def record_eval(self, step: int) -> None:
+        xs, ys = self.eval_data
+        loss, acc = self.eval_fn(self.state["params"], self.state["batch_stats"], xs, ys, None, False)
+        hist = self.hist
         hist["eval_step"].append(step)
         hist["eval_loss"].append(float(loss))
         hist["eval_accuracy"].append(float(acc))
         train_loss = f"train loss {hist['loss'][step - 1]:.4g}, " if step > 0 else ""
-        say(
-            f"{task.name} T={task.seq_len} step {step}/{S}: {train_loss}eval loss "
-            f"{float(loss):.4g} (baseline {task.baseline:.4g}), eval acc {float(acc):.3f}"
-        )
+        self.say(f"{self.task.name} T={self.task.seq_len} step {step}/{self.config.steps}: {train_loss}"
+                 f"eval loss {float(loss):.4g} (baseline {self.task.baseline:.4g}), "
+                 f"eval acc {float(acc):.3f}")
 
-    def snapshot():
-        out = {
-            k: (np.asarray(v) if not isinstance(v, list) else np.asarray(v, dtype=float))
-            for k, v in hist.items()
-            if k != "grad_flow"
-        }
+    def snapshot(self) -> dict[str, np.ndarray]:
+        hist = self.hist
+        out = {k: (np.asarray(v) if not isinstance(v, list) else np.asarray(v, dtype=float))
+               for k, v in hist.items() if k != "grad_flow"}
         out["eval_step"] = np.asarray(hist["eval_step"], dtype=np.int64)
         out["flow_step"] = np.asarray(hist["flow_step"], dtype=np.int64)
-        out["grad_flow"] = np.stack(hist["grad_flow"]) if hist["grad_flow"] else np.zeros((0, task.seq_len))
+        out["grad_flow"] = (np.stack(hist["grad_flow"]) if hist["grad_flow"]
+                            else np.zeros((0, self.task.seq_len)))
         return out
 
-    def save(step):
-        if checkpoint is not None:
-            _save_checkpoint(os.fspath(checkpoint), state, step, snapshot(), identity)
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            _save_checkpoint(self.checkpoint, self.state, self.step, self.snapshot(), self.identity)
 
-    diverged, message = False, f"finished {S} steps"
-    if start == 0 and not hist["eval_step"]:
-        record_eval(0)
-    step = start
-    while step < S:
-        new_state, m = train_step(state, step, *hyper)
+    def advance(self) -> str | None:
+        """One Adam step with its records; a message instead when the loss or the gradient is not finite."""
+        config, hist, step = self.config, self.hist, self.step
+        new_state, m = self.train_step(self.state, step, *self.hyper)
         loss, gnorm = float(m["loss"]), float(m["grad_norm"])
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            diverged = True
-            message = (
-                f"diverged at step {step}: loss {loss}, gradient norm {gnorm} "
-                f"(kept the parameters of step {step})"
-            )
-            say(message)
-            break
-        state = new_state
-        hist["loss"][step] = loss
+            return (f"diverged at step {step}: loss {loss}, gradient norm {gnorm} "
+                    f"(kept the parameters of step {step})")
+        self.state = new_state
+        hist["loss"][step], hist["grad_norm"][step] = loss, gnorm
         hist["accuracy"][step] = float(m["accuracy"])
-        hist["grad_norm"][step] = gnorm
-        if step % config.record_every == 0 or step == S - 1:
+        if step % config.record_every == 0 or step == config.steps - 1:
             hist["flow_step"].append(step)
             hist["grad_flow"].append(np.asarray(m["grad_flow"], dtype=np.float64))
-        step += 1
-        if step % config.eval_every == 0 or step == S:
-            record_eval(step)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < S:
-            save(step)
-    if not hist["eval_step"] or hist["eval_step"][-1] != step:  # diverged, or resumed at the end
-        record_eval(step)
-    save(step)
-    return TrainResult(
-        cell=cell,
-        task=task,
-        config=config,
-        params=state["params"],
-        batch_stats=state["batch_stats"],
-        opt_state=state["opt_state"],
-        initial=initial,
-        history=snapshot(),
-        steps_done=step,
-        diverged=diverged,
-        message=message,
-        elapsed_s=time.perf_counter() - t0,
-    )
+        self.step = step + 1
+        return None
+
+    def loop(self) -> tuple[bool, str]:
+        """Train to ``config.steps`` (evaluating and checkpointing on schedule); (diverged, message)."""
+        config = self.config
+        if self.step == 0 and not self.hist["eval_step"]:
+            self.record_eval(0)
+        diverged, message = False, f"finished {config.steps} steps"
+        while self.step < config.steps:
+            problem = self.advance()
+            if problem is not None:
+                diverged, message = True, problem
+                self.say(message)
+                break
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                self.record_eval(self.step)
+            every = config.checkpoint_every
+            if every and self.step % every == 0 and self.step < config.steps:
+                self.save()
+        if not self.hist["eval_step"] or self.hist["eval_step"][-1] != self.step:  # diverged, or resumed
+            self.record_eval(self.step)
+        self.save()
+        return diverged, message
 
 
 # --------------------------------------------------------------------------------------------- recordings

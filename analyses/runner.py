@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -484,23 +485,10 @@ def run_all(
     Raises:
         ValueError: an unknown analysis name or mode.
     """
-    import matplotlib
-
-    if os.environ.get("MPLBACKEND") is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     stream = stream or sys.stderr
-    if modules is None:
-        modules = {}
-        for n in ANALYSES:
-            m = load_module(n)
-            if m is None:
-                print(f"(analyses.{n} is not present; skipped)", file=stream, flush=True)
-            else:
-                modules[n] = m
+    modules = _registered_modules(stream) if modules is None else modules
     requested = list(modules) if not names else list(names)
     unknown = [n for n in requested if n not in modules]
     if unknown:
@@ -510,74 +498,114 @@ def run_all(
         _module_source(modules[n])
     _helpers_hash()
     out = Path(out) if out is not None else output_dir(mode)
-    data_dir = out / "data"
     partial_root = (FIGURES / ".cache" / "partial" / mode if out == output_dir(mode)
                     else out / ".cache" / "partial")
-    code = gradflow_code_hash()
-    keys: dict[str, str] = {}
-    status: dict[str, str] = {}
+    forced = set(requested) if force else set()
+    ctx = _RunContext(mode, out, partial_root, forced, quiet, stream, gradflow_code_hash())
     t_all = time.perf_counter()
-    for i, name in enumerate(order, 1):
-        mod = modules[name]
-        cfg = resolve_config(mod, mode)
-        deps = tuple(getattr(mod, "DEPENDS", ()))
-        dkey = data_key(mod, cfg, {d: keys[d] for d in deps if d in keys}, code)
-        pkey = plot_key(mod, dkey)
-        keys[name] = dkey
-        stem = data_dir / name
-        t0 = time.perf_counter()
-        tag = f"[{i}/{len(order)}] {name}"
-        side, saved = (None, None) if (force and name in requested) else cached_result(
-            stem, dkey, lambda m, tag=tag: print(f"{tag}: {m}", file=stream, flush=True))
-        cached = saved is not None
-        if cached and side.get("plot_key") == pkey and all(
-                (out / f"{s}.png").exists() for s in side.get("figures", [])):
-            status[name] = "cached"
-            print(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)", file=stream, flush=True)
-            continue
-        if cached:
-            data = saved
-            status[name] = "redrawn"
-            print(f"{tag}: data cached, redrawing figures", file=stream, flush=True)
-            elapsed = side.get("elapsed_s", 0.0)
-        else:
-            print(f"{tag}: computing ...", file=stream, flush=True)
-            pdir = partial_root / name / dkey
-            prog = Progress(name, quiet=quiet, partial_dir=pdir, stream=stream)
-            if deps:
-                inputs = {d: load_data(data_dir / d) for d in deps if d in keys}
-                data = mod.run(cfg, prog, inputs=inputs)
-            else:
-                data = mod.run(cfg, prog)
-            elapsed = time.perf_counter() - t0
-            status[name] = "computed"
-        figs = mod.plot(data)
-        if not isinstance(figs, dict):
-            raise ValueError(f"{name}.plot must return a dict of stem -> Figure, got {type(figs).__name__}")
-        for s, fig in figs.items():
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=DPI)
-            plt.close(fig)
-            atomic_write_bytes(out / f"{s}.png", buf.getvalue())
-        extra = getattr(mod, "write_extra", None)
-        if extra is not None:  # e.g. findings writes Markdown / JSON beside the figures
-            for fname, text in extra(data).items():
-                atomic_write_bytes(out / fname, text.encode())
-        meta = {"name": name, "mode": mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
-                "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2),
-                "figures": sorted(figs), "depends": list(deps)}
-        if status[name] == "computed":
-            save_data(stem, data, meta)
-            shutil.rmtree(partial_root / name, ignore_errors=True)
-        else:
-            atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
-        print(f"{tag}: {status[name]} in {time.perf_counter() - t0:.1f}s -> "
-              f"{', '.join(sorted(figs)) or '(no figures)'}", file=stream, flush=True)
+    status = {name: _run_one(ctx, f"[{i}/{len(order)}] {name}", name, modules[name])
+              for i, name in enumerate(order, 1)}
     if "findings" in order and out.resolve() == FIGURES.resolve() and README.exists():
         if update_readme(README, out):
             print(f"README.md: findings block rewritten from {out / 'findings.md'}", file=stream, flush=True)
     print(f"done in {time.perf_counter() - t_all:.1f}s ({mode} mode, {out})", file=stream, flush=True)
     return status
+
+
+def _registered_modules(stream) -> dict[str, ModuleType]:
+    modules = {}
+    for n in ANALYSES:
+        m = load_module(n)
+        if m is None:
+            print(f"(analyses.{n} is not present; skipped)", file=stream, flush=True)
+        else:
+            modules[n] = m
+    return modules
+
+
+@dataclasses.dataclass
+class _RunContext:
+    """What every analysis of one :func:`run_all` shares; ``keys`` collects the data keys as they are made."""
+
+    mode: str
+    out: Path
+    partial_root: Path
+    forced: set
+    quiet: bool
+    stream: Any
+    code: str
+    keys: dict = dataclasses.field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+
+def _run_one(ctx: _RunContext, tag: str, name: str, mod: ModuleType) -> str:
+    """Compute, redraw or reuse one analysis; returns "computed", "redrawn" or "cached"."""
+    t0 = time.perf_counter()
+    cfg = resolve_config(mod, ctx.mode)
+    deps = tuple(getattr(mod, "DEPENDS", ()))
+    dkey = data_key(mod, cfg, {d: ctx.keys[d] for d in deps if d in ctx.keys}, ctx.code)
+    pkey = plot_key(mod, dkey)
+    ctx.keys[name] = dkey
+    stem = ctx.out / "data" / name
+    side, data = (None, None) if name in ctx.forced else cached_result(
+        stem, dkey, lambda m: ctx.say(f"{tag}: {m}"))
+    if data is not None and side.get("plot_key") == pkey and all(
+            (ctx.out / f"{s}.png").exists() for s in side.get("figures", [])):
+        ctx.say(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)")
+        return "cached"
+    status = "redrawn" if data is not None else "computed"
+    if data is not None:
+        ctx.say(f"{tag}: data cached, redrawing figures")
+        elapsed = side.get("elapsed_s", 0.0)
+    else:
+        ctx.say(f"{tag}: computing ...")
+        data = _compute(ctx, name, mod, cfg, deps, dkey)
+        elapsed = time.perf_counter() - t0
+    figs = _write_outputs(ctx.out, name, mod, data)
+    meta = {"name": name, "mode": ctx.mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
+            "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2), "figures": sorted(figs),
+            "depends": list(deps)}
+    if status == "computed":
+        save_data(stem, data, meta)
+        shutil.rmtree(ctx.partial_root / name, ignore_errors=True)
+    else:
+        atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
+    made = ", ".join(sorted(figs)) or "(no figures)"
+    ctx.say(f"{tag}: {status} in {time.perf_counter() - t0:.1f}s -> {made}")
+    return status
+
+
+def _compute(ctx: _RunContext, name: str, mod: ModuleType, cfg: dict, deps: tuple, dkey: str) -> dict:
+    prog = Progress(name, quiet=ctx.quiet, partial_dir=ctx.partial_root / name / dkey, stream=ctx.stream)
+    if deps:
+        inputs = {d: load_data(ctx.out / "data" / d) for d in deps if d in ctx.keys}
+        return mod.run(cfg, prog, inputs=inputs)
+    return mod.run(cfg, prog)
+
+
+def _write_outputs(out: Path, name: str, mod: ModuleType, data: dict) -> dict:
+    """The analysis' figures (PNG) and extra files (findings' Markdown / JSON), written atomically."""
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = mod.plot(data)
+    if not isinstance(figs, dict):
+        raise ValueError(f"{name}.plot must return a dict of stem -> Figure, got {type(figs).__name__}")
+    for s, fig in figs.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+        plt.close(fig)
+        atomic_write_bytes(out / f"{s}.png", buf.getvalue())
+    extra = getattr(mod, "write_extra", None)
+    if extra is not None:
+        for fname, text in extra(data).items():
+            atomic_write_bytes(out / fname, text.encode())
+    return figs
 
 
 # ----------------------------------------------------------------------------------------------- README

@@ -126,56 +126,65 @@ def as_step(cell: Any, variables: Any = None, train: bool = False, key: jax.Arra
         (5, 3)
     """
     if isinstance(cell, GradflowCell):
-        _check_shapes_against(cell, variables)
-        check_floating(variables)
-        check_finite(variables)
-        needs_key = train and cell.spec.dropout > 0
-        if needs_key and key is None:
-            raise ValueError(
-                f"cell has hidden dropout {cell.spec.dropout} and train=True: pass key=... (or dropout=0.0)"
-            )
-        rngs = {"dropout": key} if needs_key else {}
-
-        def step(carry, x):
-            new_carry, _ = cell.apply(variables, carry, x, train=train, rngs=rngs)
-            return new_carry
-
-        return step
-
+        return _gradflow_step(cell, variables, train, key)
     if isinstance(cell, nn.Module):
-        if variables is None:
-            raise ValueError("a linen cell needs its variables (e.g. cell.init(key, carry, x))")
-        if isinstance(variables, dict) and "params" in variables:
-            check_floating(variables["params"], "variables['params']")
-        check_finite(variables)
-        rngs = {"dropout": key} if key is not None else {}
-
-        def step(carry, x):
-            _check_step_inputs(carry, x)
-            new_carry, _ = cell.apply(variables, carry, x, rngs=rngs)
-            return new_carry
-
-        return step
-
+        return _linen_step(cell, variables, key)
     if isinstance(cell, nnx.Module):
-        graphdef, state = nnx.split(cell)
-        if variables is not None:
-            state = variables
-        check_finite(state, "the nnx module's state")
-
-        def step(carry, x):
-            _check_step_inputs(carry, x)
-            module = nnx.merge(graphdef, state)
-            if train:
-                module.train()
-            else:
-                module.eval()
-            new_carry, _ = module(carry, x)
-            return new_carry
-
-        return step
-
+        return _nnx_step(cell, variables, train)
     raise ValueError(f"as_step: unsupported cell type {type(cell).__name__} (a gradflow, linen or nnx cell)")
+
+
+def _gradflow_step(cell: GradflowCell, variables: Any, train: bool, key) -> Step:
+    _check_shapes_against(cell, variables)
+    check_floating(variables)
+    check_finite(variables)
+    needs_key = train and cell.spec.dropout > 0
+    if needs_key and key is None:
+        raise ValueError(
+            f"cell has hidden dropout {cell.spec.dropout} and train=True: pass key=... (or dropout=0.0)"
+        )
+    rngs = {"dropout": key} if needs_key else {}
+
+    def step(carry, x):
+        new_carry, _ = cell.apply(variables, carry, x, train=train, rngs=rngs)
+        return new_carry
+
+    return step
+
+
+def _linen_step(cell: nn.Module, variables: Any, key) -> Step:
+    if variables is None:
+        raise ValueError("a linen cell needs its variables (e.g. cell.init(key, carry, x))")
+    if isinstance(variables, dict) and "params" in variables:
+        check_floating(variables["params"], "variables['params']")
+    check_finite(variables)
+    rngs = {"dropout": key} if key is not None else {}
+
+    def step(carry, x):
+        _check_step_inputs(carry, x)
+        new_carry, _ = cell.apply(variables, carry, x, rngs=rngs)
+        return new_carry
+
+    return step
+
+
+def _nnx_step(cell: nnx.Module, variables: Any, train: bool) -> Step:
+    graphdef, state = nnx.split(cell)
+    if variables is not None:
+        state = variables
+    check_finite(state, "the nnx module's state")
+
+    def step(carry, x):
+        _check_step_inputs(carry, x)
+        module = nnx.merge(graphdef, state)
+        if train:
+            module.train()
+        else:
+            module.eval()
+        new_carry, _ = module(carry, x)
+        return new_carry
+
+    return step
 
 
 def unroll(step: Step, carry0: Any, xs: Any) -> Any:

@@ -145,8 +145,9 @@ def test_lru_block_trains_on_adding():
     cell = gradflow.make_cell("lru_block", 16, task.input_size, r_min=0.5, r_max=0.99)
     params, _ = train.init_params(cell, task, jax.random.key(0))
     assert params["readout"]["W"].shape == (1, 8)  # reads the block's output o_t (width N = 8), not the state
-    config = train.TrainConfig(steps=40, batch_size=16, learning_rate=3e-3, eval_every=40, eval_size=64,
-                               record_every=40)
+    config = train.TrainConfig(
+        steps=40, batch_size=16, learning_rate=3e-3, eval_every=40, eval_size=64, record_every=40
+    )
     r = train.train(cell, task, config)
     loss = r.history["loss"]
     assert not r.diverged and np.all(np.isfinite(loss))

@@ -24,6 +24,10 @@ Presets (``CELLS``; ``describe(name)`` renders the equation of any spec):
 - ``gru``:           r = σ(r̃_x + r̃_h), z = σ(z̃_x + z̃_h), n = tanh(ñ_x + r ⊙ ñ_h),
                      h_t = (1 − z) ⊙ n + z ⊙ h_{t-1},  with (r̃_x, z̃_x, ñ_x) = W_xh x_t + b,
                      (r̃_h, z̃_h, ñ_h) = W_hh h_{t-1}
+- ``irnn``:          h_t = relu(W_hh h_{t-1} + W_xh x_t + b), W_hh = I, b = 0 at init (Le et al. 2015)
+- ``lru``:           x_t = λ ⊙ x_{t-1} + γ ⊙ (B u_t), y_t = Re(C x_t) + D ⊙ u_t, carry h_t = [Re x_t, Im x_t]
+                     (Orvieto et al. 2023; `LRUCell`)
+- ``lru_block``:     encoder → LN → LRU → GELU → GLU → residual (`LRUCell`; read out by `readout_features`)
 
 Shift rule: when ``bias`` is on, the bias vector b is the only shift and the summed normalizations have β = 0
 (Cooijmans' β_h = β_x = 0); when it is off, exactly one summed normalization carries a learnable β —

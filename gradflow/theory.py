@@ -56,6 +56,7 @@ __all__ = [
     "lru_eigenvalues",
     "lru_rate",
     "lru_spectrum",
+    "lru_init_rate",
     "relu_rate_bound",
     "critical_input_gamma",
     "input_variance_share",
@@ -857,6 +858,33 @@ def lru_spectrum(params) -> np.ndarray:
     r = -np.exp(np.asarray(params["nu_log"], np.float64))
     lru_eigenvalues(params)  # checks
     return np.sort(np.repeat(r, 2))[::-1]
+
+
+def lru_init_rate(n_modes: int, r_min: float = 0.0, r_max: float = 1.0) -> float:
+    """Expected `lru_rate` at initialization, E[ln max_j |λ_j|], over the ring init of ``n_modes`` modes.
+
+    |λ_j|² = r_min² + (r_max² − r_min²) u_j with u_j ~ U(0, 1) independent, so max|λ|² is that map of the
+    largest of N uniforms (density N u^{N−1}) and
+    E[ln max|λ|] = ½ ∫₀¹ N u^{N−1} ln(r_min² + (r_max² − r_min²) u) du. For r_min = 0 this is
+    ln r_max − 1/(2N) exactly (−ln u_max is exponential with rate N); otherwise it is computed by
+    Gauss–Legendre quadrature in s = u^N (the integrand is smooth in s).
+
+    Example:
+        >>> round(lru_init_rate(32), 6)
+        -0.015625
+    """
+    if isinstance(n_modes, bool) or not isinstance(n_modes, int | np.integer) or n_modes < 1:
+        raise ValueError(f"n_modes must be a positive int, got {n_modes!r}")
+    lo = _check_number("r_min", r_min, nonneg=True)
+    hi = _check_number("r_max", r_max, positive=True)
+    if not lo < hi <= 1.0:
+        raise ValueError(f"the ring needs 0 <= r_min < r_max <= 1, got r_min={lo}, r_max={hi}")
+    if lo == 0.0:
+        return math.log(hi) - 0.5 / n_modes
+    x, w = np.polynomial.legendre.leggauss(200)
+    s_ = 0.5 * (x + 1.0)  # s = u^N ~ U(0, 1): u = s^(1/N)
+    u = s_ ** (1.0 / n_modes)
+    return float(0.5 * np.sum(0.5 * w * np.log(lo**2 + (hi**2 - lo**2) * u)))
 
 
 def relu_rate_bound(W_hh) -> float:

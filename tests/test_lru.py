@@ -154,3 +154,29 @@ def test_lru_block_trains_on_adding():
     assert loss[-10:].mean() < 0.5 * loss[:5].mean()  # a few steps: it falls (measured 0.5 → 0.2 by step 60)
     g = r.history["grad_flow"]
     assert np.all(np.isfinite(g)) and g.shape[1] == task.seq_len
+
+
+def test_lru_init_rate_against_sampled_inits():
+    """E[ln max|λ|] at init: −1/(2N) + ln r_max exactly for r_min = 0; the quadrature against NumPy Monte
+    Carlo of the ring law; and against the mean over real inits of the cell (`lru_rate`)."""
+    assert gradflow.theory.lru_init_rate(32) == pytest.approx(-1 / 64, rel=1e-14)
+    rng = np.random.default_rng(0)
+    for N, lo, hi in ((4, 0.0, 1.0), (16, 0.9, 0.999), (3, 0.5, 0.8), (64, 0.0, 0.95)):
+        u = rng.uniform(size=(200_000, N))
+        mc = 0.5 * np.log(lo**2 + (hi**2 - lo**2) * u.max(axis=1))
+        pred = gradflow.theory.lru_init_rate(N, lo, hi)
+        assert pred == pytest.approx(mc.mean(), abs=5 * mc.std() / np.sqrt(mc.size) + 1e-9)
+    N, lo, hi, draws = 8, 0.9, 0.999, 200
+    cell = gradflow.make_cell("lru", 2 * N, 1, r_min=lo, r_max=hi)
+    rates = np.array(
+        [
+            gradflow.theory.lru_rate(gradflow.init_cell(cell, jax.random.key(s))["params"])
+            for s in range(draws)
+        ]
+    )
+    pred = gradflow.theory.lru_init_rate(N, lo, hi)
+    assert rates.mean() == pytest.approx(pred, abs=5 * rates.std() / np.sqrt(draws))
+    with pytest.raises(ValueError, match="ring"):
+        gradflow.theory.lru_init_rate(4, 0.9, 0.5)
+    with pytest.raises(ValueError, match="n_modes"):
+        gradflow.theory.lru_init_rate(0)

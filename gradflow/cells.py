@@ -338,6 +338,10 @@ def describe(spec: str | CellSpec) -> str:
         notes.append(f"BN γ0 = {s.bn_gamma_init}, statistics {stats}")
     if "ln" in (s.norm_x, s.norm_h, s.norm_sum, s.norm_c):
         notes.append(f"LN γ0 = {s.ln_gamma_init}")
+    if s.norm_x and s.input_gamma_init is not None:
+        notes.append(f"{s.norm_x.upper()}_x γ0 = {s.input_gamma_init}")
+    if s.input_stats == "sequence":
+        notes.append("BN_x train-mode statistics over the whole sequence (B·T values)")
     if s.dropout:
         notes.append(f"D: dropout p = {s.dropout}, mask per {s.dropout_mode}, train mode only")
     notes.append(f"W_hh init {s.recurrent_init}, gain {s.gain}")

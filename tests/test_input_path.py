@@ -27,6 +27,8 @@ def test_input_gamma_init_sets_only_the_input_normalization():
         np.testing.assert_array_equal(P0["bn_x"]["scale"], P0[rec]["scale"])  # None: today's behaviour
     P = gradflow.init_cell(gradflow.make_cell("lru_block", 4, 2, input_gamma_init=0.5), jax.random.key(0))
     np.testing.assert_array_equal(P["params"]["ln_x"]["scale"], np.float32(0.5))
+    text = gradflow.describe(gradflow.CellSpec(norm_x="bn", input_gamma_init=0.3, input_stats="sequence"))
+    assert "BN_x γ0 = 0.3" in text and "whole sequence" in text
     for bad in (float("nan"), "1", True):
         with pytest.raises(ValueError, match="input_gamma_init"):
             gradflow.make_cell("bn_notanh", 4, 2, input_gamma_init=bad)

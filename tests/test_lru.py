@@ -180,3 +180,38 @@ def test_lru_init_rate_against_sampled_inits():
         gradflow.theory.lru_init_rate(4, 0.9, 0.5)
     with pytest.raises(ValueError, match="n_modes"):
         gradflow.theory.lru_init_rate(0)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("irnn", {}), ("lru", {}), ("lru_block", {}), ("lru_block", {"norm_x": "bn", "t_max": 6})],
+)
+def test_engine_functions_run_on_the_new_presets(name, options):
+    """unroll_cell (train: the block's BN running averages move), jacobian_norms, streaming norms and the
+    Lyapunov spectrum all accept the new presets unchanged; for the LRU they agree with the exact rate."""
+    T, B, d = 6, 3, 8
+    cell = gradflow.make_cell(name, d, 2, **options)
+    v = gradflow.init_cell(cell, jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (T, B, 2))
+    states, v2 = gradflow.unroll_cell(cell, v, cell.initialize_carry(B), xs, train=True)
+    assert states["h"].shape == (T, B, d) and np.all(np.isfinite(np.asarray(states["h"])))
+    if "batch_stats" in v:
+        moved = np.abs(
+            np.asarray(v2["batch_stats"]["bn_x"]["mean"][:T])
+            - np.asarray(v["batch_stats"]["bn_x"]["mean"][:T])
+        )
+        assert moved.max() > 0
+    step = gradflow.as_step(cell, v, train=True)
+    norms = gradflow.jacobian_norms(step, cell.initialize_carry(B), xs)
+    stream = gradflow.streaming_log_norms(step, cell.initialize_carry(B), xs, probes=2, key=jax.random.key(2))
+    lyap = gradflow.lyapunov_spectrum(step, cell.initialize_carry(B), xs, k=2, segments=3)
+    assert np.all(np.isfinite(np.asarray(norms.frobenius_norms))) and np.all(
+        np.isfinite(np.asarray(lyap.exponents))
+    )
+    assert np.asarray(stream.log_frobenius).shape == (T,)
+    if cell.spec.family == "lru":
+        lags = np.asarray(norms.lags)
+        rate = gradflow.theory.lru_rate(v["params"])
+        np.testing.assert_allclose(
+            np.log(np.asarray(norms.spectral_norms)), rate * lags, atol=2e-5 * lags.max()
+        )

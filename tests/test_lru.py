@@ -184,7 +184,7 @@ def test_lru_init_rate_against_sampled_inits():
 
 @pytest.mark.parametrize(
     "name,options",
-    [("irnn", {}), ("lru", {}), ("lru_block", {}), ("lru_block", {"norm_x": "bn", "t_max": 6})],
+    [("irnn", {}), ("lru_block", {"norm_x": "bn", "t_max": 6})],
 )
 def test_engine_functions_run_on_the_new_presets(name, options):
     """unroll_cell (train: the block's BN running averages move), jacobian_norms, streaming norms and the

@@ -1,6 +1,7 @@
 """Regenerate the prediction-vs-measurement table of docs/theory.md §7 (recurrent cells at initialization).
 
-Each row is `gradflow.measure.theory_vs_measurement` on the real cell in train mode, float64, 16 input features
+Each row is `gradflow.measure.theory_vs_measurement` on the real cell in train mode, float64, 16 input
+features
 (x ~ N(0, x_scale²)), `steps` steps with a third discarded, several W draws (config key ``seed``) per row, at
 each hidden size d. It prints Markdown: predicted / measured mean ± seed s.d. / diff = measured − predicted
 (for ``ln_notanh`` also measured − (predicted + ln ρ(W_hh)/g), the tied-weight correction of §6.1).

@@ -3,7 +3,8 @@
 Measurements: the top Lyapunov exponent of our real cells (gradflow.make_cell + as_step, train mode, float64)
 from one jvp-propagated tangent over the whole carry (``gradflow.measure.top_exponent``), cross-checked
 against the engine's streaming log-Frobenius norms of ∂h_T/∂h_t (``gradflow.streaming_log_norms``).
-Tolerances are finite-size bounds at d = 256 measured in docs/theory.md §7 (the deviations shrink with d there).
+Tolerances are finite-size bounds at d = 256 measured in docs/theory.md §7 (the deviations shrink with d
+there).
 """
 
 import jax

@@ -38,7 +38,6 @@ BN_c / LN_c always has its own β.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -46,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gradflow import cache
 from gradflow.checks import is_int, is_real, positive_int
 from gradflow.norm import BatchNorm, LayerNorm, batch_moments
 
@@ -812,10 +812,11 @@ def init_cell(cell: GradflowCell, key: jax.Array, batch_size: int = 1) -> dict:
     _check_positive_int("batch_size", batch_size)
     cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)
     # the variables do not depend on the batch size: one compiled init per cell configuration
-    return _jitted_init(type(cell), cell.spec, cell.hidden_size, cell.input_size)(key)
+    key_ = ("init_cell", type(cell), cell.spec, cell.hidden_size, cell.input_size)
+    init = cache.cached(key_, lambda: _jitted_init(type(cell), cell.spec, cell.hidden_size, cell.input_size))
+    return init(key)
 
 
-@functools.lru_cache(maxsize=256)
 def _jitted_init(cls, spec, hidden_size, input_size):
     """One compiled init per cell configuration (eager init compiles every initializer op separately)."""
     cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)

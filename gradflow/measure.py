@@ -2,8 +2,7 @@
 
 A measurement takes the cell and a few settings as *static* arguments (the cell is a hashable Flax module)
 and the variables, inputs and keys as *traced* arguments, so sweeping gains, seeds or trained parameters
-reuses one compilation. :func:`cached` is the cache (least recently used, :data:`CACHE_SIZE` entries);
-:func:`compiled` is ``jax.jit(functools.partial(fn, *static))`` built once per ``(fn, static)``.
+reuses one compilation; every compilation goes through the one cache of ``gradflow.cache``.
 
 - :func:`lag_norms`: ‖∂h_T/∂h_t‖ (spectral and Frobenius) for every lag (the engine's one reverse pass).
 - :func:`lag_singular_values`: exact ∂h_T/∂h_t at chosen lags, singular values by float64 SVD.
@@ -26,56 +25,19 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradflow import theory
+from gradflow.cache import cached, compiled
 from gradflow.cells import init_cell, make_cell
 from gradflow.jacobians import jacobian_norms, jacobians
 from gradflow.lyapunov import lyapunov_spectrum
 from gradflow.statemap import StateMap
 from gradflow.step import as_step
-
-#: How many compiled functions (and cached cells) the cache keeps; the least recently used go first.
-CACHE_SIZE = 256
-_CACHE: OrderedDict = OrderedDict()
-
-
-def cached(key: Hashable, build: Callable[[], object]):
-    """``build()``, made once per ``key`` and kept (least recently used first out)."""
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    value = build()
-    _CACHE[key] = value
-    if len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return value
-
-
-def compiled(fn: Callable, *static) -> Callable:
-    """``jax.jit(functools.partial(fn, *static))``, compiled once per ``(fn, static)``.
-
-    ``static`` must be hashable (cells, bools, ints, tuples); the remaining arguments of ``fn`` are traced.
-    """
-    return cached(("compiled", fn, static), lambda: jax.jit(functools.partial(fn, *static)))
-
-
-def cache_size() -> int:
-    """How many entries the cache holds now."""
-    return len(_CACHE)
-
-
-def clear_cache() -> None:
-    """Drop every cached compilation and cell."""
-    _CACHE.clear()
-
 
 # ---------------------------------------------------------------------------------------------- cells
 

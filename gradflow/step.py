@@ -7,7 +7,6 @@ the whole batch at once.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gradflow import cache
 from gradflow.cells import GradflowCell, init_cell, with_sequence_stats
 from gradflow.checks import raise_if_nonfinite
 from gradflow.statemap import is_traced
@@ -40,10 +40,12 @@ def check_finite(tree: Any, what: str = "variables") -> None:
         raise ValueError(f"non-finite values (NaN or inf) in {what}{where}")
 
 
-@functools.lru_cache(maxsize=256)
 def _expected_shapes(cls, spec, hidden_size, input_size):
-    cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
-    return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
+    def build():
+        cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
+        return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
+
+    return cache.cached(("expected_shapes", cls, spec, hidden_size, input_size), build)
 
 
 def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:

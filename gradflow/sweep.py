@@ -53,7 +53,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gradflow import measure
+from gradflow import cache
 from gradflow.checks import atomic_write_npz, is_int
 
 __all__ = ["Grid", "run_sweep", "load_table", "pivot", "to_dataframe", "grid_sharding"]
@@ -305,7 +305,7 @@ def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sh
         ckey = None
     if ckey is None:
         return _build_sweep_fn(fn, scfg, cols, width, sharding)
-    return measure.cached(("sweep", *ckey), lambda: _build_sweep_fn(fn, scfg, cols, width, sharding))
+    return cache.cached(("sweep", *ckey), lambda: _build_sweep_fn(fn, scfg, cols, width, sharding))
 
 
 def _build_sweep_fn(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sharding: NamedSharding):

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import cache
 from gradflow.checks import int_at_least, is_int
 from gradflow.checks import seed as check_seed
 
@@ -187,17 +188,9 @@ def _accuracy(outputs, ys, kind, readout):
     return jnp.mean(pred == ys)
 
 
-_JIT_CACHE: dict = {}
-
-
 def _jitted(sampler):
     """One compiled sampler per task (eager sampling would dispatch and compile op by op)."""
-    f = _JIT_CACHE.get(sampler)
-    if f is None:
-        if len(_JIT_CACHE) > 256:
-            _JIT_CACHE.clear()
-        f = _JIT_CACHE[sampler] = jax.jit(sampler, static_argnums=1)
-    return f
+    return cache.cached(("sampler", sampler), lambda: jax.jit(sampler, static_argnums=1))
 
 
 def _check_length(name: str, value: Any, minimum: int) -> int:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradflow import measure
+from gradflow import cache, measure
 from gradflow.cells import GradflowCell, feature_size, init_cell, readout_features, with_sequence_stats
 from gradflow.checks import atomic_write_npz, nonneg_int, positive_float, positive_int
 from gradflow.checks import seed as check_seed
@@ -358,7 +358,7 @@ _ADAM = optax.scale_by_adam()
 
 def _make_train_step(cell, task, batch_size):
     key = ("train", cell, task, batch_size)
-    return measure.cached(key, lambda: _build_train_step(cell, task, batch_size))
+    return cache.cached(key, lambda: _build_train_step(cell, task, batch_size))
 
 
 def _build_train_step(cell, task, batch_size):
@@ -390,7 +390,7 @@ def _build_train_step(cell, task, batch_size):
 
 
 def _make_eval(cell, task):
-    return measure.cached(("eval", cell, task), lambda: _build_eval(cell, task))
+    return cache.cached(("eval", cell, task), lambda: _build_eval(cell, task))
 
 
 def _build_eval(cell, task):
@@ -752,7 +752,7 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
 
         return update
 
-    update = measure.cached(("recal", cell, task, B), build)
+    update = cache.cached(("recal", cell, task, B), build)
     root = jax.random.fold_in(jax.random.key(seed), 3)
     bs = result.batch_stats
     for i in range(int(batches)):

@@ -6,8 +6,9 @@ The public façade. Each module's exports are imported in its own section below.
 __version__ = "0.1.0"
 
 # --- cells, steps (gradflow.norm, gradflow.cells, gradflow.step) ---
-from gradflow.cells import CELLS, PRESETS, CellSpec, describe, init_cell, make_cell  # noqa: E402,F401
+from gradflow.cells import init_cell, make_cell  # noqa: E402,F401
 from gradflow.norm import batch_norm, layer_norm  # noqa: E402,F401
+from gradflow.specs import CELLS, PRESETS, CellSpec, describe  # noqa: E402,F401
 from gradflow.step import as_step, check_finite, unroll, unroll_cell  # noqa: E402,F401
 
 # --- engine (gradflow.jacobians, streaming, spectra, lyapunov, estimators, batch) ---

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gradflow.checks import is_int
+from gradflow.specs import CELLS, PRESETS
 
 __all__ = [
     "gauss_expectation",
@@ -326,7 +327,7 @@ def cell_eval_matrix(spec, variables, t: int | None = None) -> np.ndarray:
     """Exact ∂h_t/∂h_{t-1} of a linear-recurrence preset in eval mode (``linear``, ``bn_notanh``).
 
     Args:
-        spec: a preset name or `gradflow.cells.CellSpec` of the rnn family with identity activation and
+        spec: a preset name or `gradflow.CellSpec` of the rnn family with identity activation and
         no LN.
         variables: the cell's variables ({"params", "batch_stats"}).
         t: the step whose per-step statistics row is used (default: the last row, t_max − 1, i.e. the
@@ -335,11 +336,9 @@ def cell_eval_matrix(spec, variables, t: int | None = None) -> np.ndarray:
     Returns:
         (d, d) matrix M; the exact exponents are `linear_lyapunov_spectrum(M)`.
     """
-    from gradflow import cells as _cells
-
-    s = _cells.PRESETS[spec] if isinstance(spec, str) and spec in _cells.PRESETS else spec
-    if isinstance(spec, str) and spec not in _cells.PRESETS:
-        raise ValueError(f"unknown cell {spec!r}; choose from {_cells.CELLS}")
+    s = PRESETS[spec] if isinstance(spec, str) and spec in PRESETS else spec
+    if isinstance(spec, str) and spec not in PRESETS:
+        raise ValueError(f"unknown cell {spec!r}; choose from {CELLS}")
     if s.family != "rnn" or s.activation != "identity" or "ln" in (s.norm_h, s.norm_sum):
         raise ValueError(
             "cell_eval_matrix needs an rnn cell with identity activation and no LN (linear in h)"
@@ -565,11 +564,9 @@ def predict_rate(
         The predicted rate. "linear" returns the large-d value ln g_eff (the exact value for a given W is
         max `linear_lyapunov_spectrum`).
     """
-    from gradflow import cells as _cells
-
     if name not in ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh"):
         raise ValueError(f"no mean-field prediction for {name!r}")
-    spec = _cells.PRESETS[name]
+    spec = PRESETS[name]
     p = dropout if train else 0.0
     sx = sigma_x2 if has_input else 0.0
     if name == "tanh":

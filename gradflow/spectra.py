@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -131,12 +132,25 @@ def spectra(step, carry0, xs, *, lags=None, wrt=None) -> SpectrumResult:
     return spectrum_of(r, lags)
 
 
+def _log_norms_of(result):
+    """The log norms a growth rate is fitted to, from a result: spectral, or Frobenius where those are NaN."""
+    if hasattr(result, "log_spectral"):
+        pairs = (result.log_spectral, result.log_frobenius)
+    elif getattr(result, "log_spectral_norms", None) is not None:
+        pairs = (result.log_spectral_norms, result.log_frobenius_norms)
+    else:  # a result built by hand without log fields
+        pairs = (jnp.log(result.spectral_norms), jnp.log(result.frobenius_norms))
+    y = np.asarray(pairs[0], np.float64)
+    return np.asarray(pairs[1], np.float64) if np.all(np.isnan(y)) else y
+
+
 def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
     """Fit log-norm = intercept + rate * lag by least squares over ``min_lag <= lag <= max_lag``.
 
     Args:
-        log_norms: (T,) natural-log norms, or a JacobianResult (its log spectral norms are used) or a
-            StreamingResult (its log spectral norms, or log Frobenius norms when the spectral ones are NaN).
+        log_norms: (T,) natural-log norms, or a result: a JacobianResult or BatchBlockNorms (its exact
+            ``log_spectral_norms``, or ``log_frobenius_norms`` when the spectral ones are NaN; never the plain
+            norms, which can under/overflow) or a StreamingResult (``log_spectral``, or ``log_frobenius``).
         lags: (T,) lags of ``log_norms`` (taken from the result when one is given).
         min_lag, max_lag: the fit window.
 
@@ -147,25 +161,24 @@ def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
         ValueError: fewer than 3 finite points in the window, or mismatched shapes.
     """
     if hasattr(log_norms, "lags"):
-        lags = log_norms.lags
-        if hasattr(log_norms, "log_spectral"):
-            y = log_norms.log_spectral
-            if np.all(np.isnan(np.asarray(y))):
-                y = log_norms.log_frobenius
-        else:
-            y = jnp.log(log_norms.spectral_norms)
-            if np.all(np.isnan(np.asarray(y))):
-                y = jnp.log(log_norms.frobenius_norms)
-        log_norms = y
+        lags, log_norms = log_norms.lags, _log_norms_of(log_norms)
     y = np.asarray(log_norms, np.float64)
     if lags is None:
         lags = y.shape[0] - np.arange(y.shape[0])
     x = np.asarray(lags, np.float64)
     if y.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"log_norms and lags must be 1-D of equal length, got {y.shape} and {x.shape}")
-    keep = (x >= min_lag) & np.isfinite(y)
+    window = x >= min_lag
     if max_lag is not None:
-        keep &= x <= max_lag
+        window &= x <= max_lag
+    keep = window & np.isfinite(y)
+    if keep.sum() < window.sum():
+        warnings.warn(
+            f"growth_rate: {int(window.sum() - keep.sum())} of {int(window.sum())} log norms in the lag "
+            "window are not finite (an exactly zero Jacobian, or NaN) and are left out of the fit",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     x, y = x[keep], y[keep]
     m = x.size
     if m < 3:

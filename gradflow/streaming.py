@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow.jacobians import _raise_if_nonfinite, power_norm, step_vjp_rows
+from gradflow.jacobians import _raise_if_nonfinite, reverse_pass, spectral_reducer
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
@@ -63,55 +63,22 @@ def forward_states(step, carry0, xs):
     return prev, hT, flags
 
 
-def _kahan_add(s, c, x):
-    y = x - c
-    t = s + y
-    return t, jnp.where(jnp.isfinite(t), (t - s) - y, jnp.zeros_like(t))
-
-
 @functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
 def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes):
     full = StateMap.from_carry(carry0)
     sel_map = full.with_mask(mask)
-    sel = jnp.asarray(sel_map.selection_in(full))
     dt = full.dtype
-    prev, _, flags = forward_states(step, carry0, xs)
     n = sel_map.n
     if probes is None:
-        G0 = jnp.eye(full.n, dtype=dt)[sel]
-        offset = jnp.zeros((), dt)
+        rows, offset = None, jnp.zeros((), dt)
     else:
-        G0 = jnp.zeros((probes.shape[0], full.n), dt).at[:, sel].set(probes.astype(dt))
+        sel = jnp.asarray(sel_map.selection_in(full))
+        rows = jnp.zeros((probes.shape[0], full.n), dt).at[:, sel].set(probes.astype(dt))
         offset = -0.5 * jnp.log(jnp.asarray(probes.shape[0], dt))
-    tiny = jnp.finfo(dt).tiny
     v0 = jnp.ones((n,), dt) / jnp.sqrt(jnp.asarray(n, dt))
-
-    def body(carry, inp):
-        G, s, c, v = carry
-        h, x = inp
-        G = step_vjp_rows(step, full, h, x, G)
-        # unit Frobenius norm; the scale goes to the log-scale. max-abs first so the norm itself cannot
-        # overflow
-        # (an all-zero G stays zero: the divisors are 1 then, so XLA's reciprocal products stay finite)
-        amax = jnp.max(jnp.abs(G))
-        G = G / jnp.where(amax > 0, jnp.maximum(amax, tiny), 1.0)
-        fn = jnp.sqrt(jnp.sum(jnp.square(G)))  # >= 1 unless G == 0
-        G = G / jnp.where(fn > 0, fn, 1.0)
-        s, c = _kahan_add(s, c, jnp.log(amax) + jnp.log(fn))
-        M = G if sel_map.n == full.n else G[:, sel]  # no gather when the whole state is selected
-        log_f = s + jnp.log(jnp.sqrt(jnp.sum(jnp.square(M)))) + offset
-        if spectral == "svd":
-            log_s = s + jnp.log(jnp.linalg.norm(M, ord=2))
-        elif spectral == "power":
-            sig, v = power_norm(M, v, power_iters)
-            log_s = s + jnp.log(sig)
-        else:
-            log_s = jnp.full((), jnp.nan, dt)
-        return (G, s, c, v), (log_f, log_s)
-
-    init = (G0, jnp.zeros((), dt), jnp.zeros((), dt), v0)
-    _, (log_f, log_s) = jax.lax.scan(body, init, (prev, xs), reverse=True)
-    return log_f, log_s, flags
+    reduce = spectral_reducer(spectral, power_iters, n)
+    log_scale, (log_f, log_s), flags = reverse_pass(step, mask, carry0, xs, reduce, v0, rows=rows)
+    return log_scale + log_f + offset, log_scale + log_s, flags
 
 
 def streaming_log_norms(

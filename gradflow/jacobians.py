@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow.per_example import ExamplePlan
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, is_traced, validate_inputs
 
@@ -215,7 +216,7 @@ def forward_and_flags(step, carry0, xs):
     return prev, flags
 
 
-def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1):
+def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, final_aux=False):
     """The renormalized reverse pass: G_t = ∂h_T/∂h_t (selected rows) by one vjp per step, at unit norm.
 
     Args:
@@ -227,6 +228,7 @@ def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1):
         rows: optional (k, n_full) starting cotangent rows (default the identity rows of the selection).
         groups: renormalize this many equal consecutive row blocks separately (see :func:`renormalize`);
             M's row block g is then the true one times exp(log_scale[t, g]).
+        final_aux: also return the ``aux`` after the last step (t = 0), as a fourth value.
 
     Returns:
         (log_scale (T,) or (T, groups), outs stacked along t, finiteness flags (T,)).
@@ -246,8 +248,8 @@ def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1):
         return (G, s, c, aux), (s, out)
 
     zero = jnp.zeros(() if groups == 1 else (groups,), full.dtype)
-    _, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), (prev, xs), reverse=True)
-    return log_scale, outs, flags
+    last, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), (prev, xs), reverse=True)
+    return (log_scale, outs, flags, last[3]) if final_aux else (log_scale, outs, flags)
 
 
 def safe_log(x):
@@ -324,7 +326,22 @@ def _result(matrices, log_s, log_f, T, spectral) -> JacobianResult:
     return JacobianResult(matrices, spec, fro, T - jnp.arange(T), log_s, log_f)
 
 
-def jacobians(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> JacobianResult:
+def run_engine(fn, step, carry0, xs, per_example):
+    """``fn(carry0, xs)`` -> (..., flags), on the batch or (``per_example``) on each example alone; the
+    non-finite check is applied to the flags (any example)."""
+    if per_example:
+        out = ExamplePlan.build(step, carry0, xs).vmap(fn, carry0, xs)
+        flags = jnp.all(out[-1], axis=0)
+    else:
+        out = fn(carry0, xs)
+        flags = out[-1]
+    _raise_if_nonfinite(flags)
+    return out[:-1]
+
+
+def jacobians(
+    step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20, per_example=False
+) -> JacobianResult:
     """Exact ∂h_T/∂h_t for every t = 0..T-1, by one renormalized reverse pass (one vjp per step).
 
     Args:
@@ -337,6 +354,9 @@ def jacobians(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> 
         spectral: "svd" (exact spectral norms by batched SVD, the default), "power" (warm-started power
             iteration, ``power_iters`` iterations per lag; a lower-bound estimate) or None (skip: NaN).
         power_iters: iterations per lag for ``spectral="power"``.
+        per_example: run the step on each example of the batch alone (carry (1, ...), inputs (T, 1, ...),
+            vmapped): every per-lag field gains a leading batch axis, n is the per-example state size.
+            A batch-coupled step raises ValueError (see :mod:`gradflow.per_example`).
 
     Returns:
         JacobianResult with ``matrices`` (T, n, n), ``spectral_norms`` (T,), ``frobenius_norms`` (T,),
@@ -360,12 +380,14 @@ def jacobians(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> 
     """
     _check_spectral(spectral)
     smap, T = validate_inputs(step, carry0, xs, wrt)
-    matrices, log_s, log_f, flags = _jacobians_jit(step, smap.mask, spectral, int(power_iters), carry0, xs)
-    _raise_if_nonfinite(flags)
+    fn = functools.partial(_jacobians_jit, step, smap.mask, spectral, int(power_iters))
+    matrices, log_s, log_f = run_engine(fn, step, carry0, xs, per_example)
     return _result(matrices, log_s, log_f, T, spectral)
 
 
-def jacobian_norms(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> JacobianResult:
+def jacobian_norms(
+    step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20, per_example=False
+) -> JacobianResult:
     """Norms of ∂h_T/∂h_t for every t, exactly, without storing the (T, n, n) matrices.
 
     The same renormalized reverse pass as :func:`jacobians`, reducing the cotangent matrix to its norms at
@@ -376,6 +398,7 @@ def jacobian_norms(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20
         step, carry0, xs, wrt: as in :func:`jacobians`.
         spectral: "svd" (exact, one SVD per step), "power" (warm-started power iteration) or None.
         power_iters: power iterations per lag for ``spectral="power"``.
+        per_example: as in :func:`jacobians` (results (B, T)).
 
     Returns:
         JacobianResult with ``matrices=None``.
@@ -389,8 +412,8 @@ def jacobian_norms(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20
     """
     _check_spectral(spectral)
     smap, T = validate_inputs(step, carry0, xs, wrt)
-    log_s, log_f, flags = _norms_jit(step, smap.mask, spectral, int(power_iters), carry0, xs)
-    _raise_if_nonfinite(flags)
+    fn = functools.partial(_norms_jit, step, smap.mask, spectral, int(power_iters))
+    log_s, log_f = run_engine(fn, step, carry0, xs, per_example)
     return _result(None, log_s, log_f, T, spectral)
 
 

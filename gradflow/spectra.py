@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -17,7 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.jacobians import JacobianResult, jacobians
+from gradflow.jacobians import (
+    JacobianResult,
+    plain_from_log,
+    reverse_pass,
+    run_engine,
+    safe_log,
+    warn_out_of_range,
+)
+from gradflow.reprs import short_repr
+from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = [
     "SpectrumResult",
@@ -39,12 +49,21 @@ class SpectrumResult(NamedTuple):
             exp(-sum p_i log p_i), p_i = s_i / sum_j s_j; between 1 and n.
         condition_number: (L,) s_max / s_min (inf when s_min = 0).
         lags: (L,) int, the lags T - t, in the order requested.
+        log_singular_values: (L, n) their natural logs, exact at any lag (from the renormalized reverse pass;
+            the plain values are their exp and can under/overflow; rank and condition number are computed
+            from the renormalized matrices, so they stay exact).
+
+    With ``per_example=True`` every field but ``lags`` gains a leading batch axis.
     """
 
     singular_values: jax.Array
     effective_rank: jax.Array
     condition_number: jax.Array
     lags: jax.Array
+    log_singular_values: jax.Array | None = None
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 class GrowthRate(NamedTuple):
@@ -62,6 +81,9 @@ class GrowthRate(NamedTuple):
     stderr: float
     intercept: float
     n_points: int
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def effective_rank(singular_values):
@@ -114,22 +136,81 @@ def spectrum_of(result_or_matrices, lags=None) -> SpectrumResult:
         raise ValueError(f"matrices must have shape (T, n, n), got {M.shape}")
     idx, lag_values = _lag_indices(M.shape[0], lags)
     s = _svals(M if lags is None else M[jnp.asarray(idx)])
-    return SpectrumResult(s, effective_rank(s), condition_number(s), jnp.asarray(lag_values))
+    return SpectrumResult(s, effective_rank(s), condition_number(s), jnp.asarray(lag_values), safe_log(s))
 
 
-def spectra(step, carry0, xs, *, lags=None, wrt=None) -> SpectrumResult:
-    """Singular-value spectra of ∂h_T/∂h_t at the chosen lags (exact: all-lag Jacobians, then batched SVDs).
+def _all_finite(carry):
+    leaves = [a for a in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
+
+
+@functools.partial(jax.jit, static_argnames=("step", "mask", "head", "slots"))
+def _spectra_jit(step, mask, head, slots, carry0, xs):
+    """Singular values at the requested lags only: a plain forward scan over the first ``head`` steps (no
+    stored states), then the renormalized reverse pass over the last len(slots) steps, copying the matrix of
+    each requested lag into a buffer (``slots[lag - 1]``: its row, or -1). Returns (log singular values
+    (L, n), effective rank (L,), condition number (L,), flags (T,))."""
+    first = jax.tree_util.tree_map(lambda a: a[:head], xs)
+    tail = jax.tree_util.tree_map(lambda a: a[head:], xs)
+
+    def fwd(h, x):
+        h = step(h, x)
+        return h, _all_finite(h)
+
+    h, head_flags = jax.lax.scan(fwd, carry0, first)
+    n = StateMap.from_carry(carry0, mask=mask).n
+    slot_of = jnp.asarray(slots, jnp.int32)
+    L = max(slots) + 1
+
+    def reduce(M, aux):
+        buf, lag = aux  # lag - 1: this step's lag minus one (the reverse scan starts at lag 1)
+        i = slot_of[lag]
+        j = jnp.maximum(i, 0)
+        buf = jax.lax.dynamic_update_index_in_dim(buf, jnp.where(i >= 0, M, buf[j]), j, 0)
+        return (buf, lag + 1), None
+
+    # the log scale of each requested lag comes from reverse_pass's per-step output
+    dt = StateMap.from_carry(carry0).dtype
+    init = (jnp.zeros((L, n, n), dt), jnp.zeros((), jnp.int32))
+    log_scale, _, flags, (buf, _) = reverse_pass(step, mask, h, tail, reduce, init, final_aux=True)
+    lag_of_slot = np.full(L, -1)
+    for lag, i in enumerate(slots, start=1):
+        if i >= 0:
+            lag_of_slot[i] = lag
+    scale = log_scale[len(slots) - jnp.asarray(lag_of_slot)]  # t index in the tail of each slot's lag
+    sv = jnp.linalg.svd(buf, compute_uv=False)
+    log_sv = safe_log(sv) + scale[:, None]
+    return log_sv, effective_rank(sv), condition_number(sv), jnp.concatenate([head_flags, flags])
+
+
+def spectra(step, carry0, xs, *, lags=None, wrt=None, per_example=False) -> SpectrumResult:
+    """Singular-value spectra of ∂h_T/∂h_t at the chosen lags (exact: renormalized reverse pass, SVDs).
+
+    Only the last max(lags) steps are differentiated (the earlier ones are a plain forward pass) and only the
+    requested lags' matrices are kept: memory O(L n^2 + max(lags) * state size).
 
     Args:
         step, carry0, xs, wrt: as in :func:`gradflow.jacobians`.
-        lags: ints in 1..T; default every lag.
+        lags: ints in 1..T; default every lag (in the order t = 0..T-1, i.e. decreasing lag).
+        per_example: run the step on each example alone (see :func:`gradflow.jacobians`): fields (B, L, ...).
 
     Returns:
         SpectrumResult with ``singular_values`` (L, n) sorted descending, ``effective_rank`` (L,),
-        ``condition_number`` (L,), ``lags`` (L,).
+        ``condition_number`` (L,), ``lags`` (L,), ``log_singular_values`` (L, n).
     """
-    r = jacobians(step, carry0, xs, wrt=wrt, spectral=None)
-    return spectrum_of(r, lags)
+    smap, T = validate_inputs(step, carry0, xs, wrt)
+    _, lag_values = _lag_indices(T, lags)
+    uniq = sorted({int(v) for v in lag_values})
+    Lmax = uniq[-1]
+    slot = {lag: i for i, lag in enumerate(uniq)}
+    slots = tuple(slot.get(lag, -1) for lag in range(1, Lmax + 1))
+    fn = functools.partial(_spectra_jit, step, smap.mask, T - Lmax, slots)
+    log_sv, rank, cond = run_engine(fn, step, carry0, xs, per_example)
+    order = jnp.asarray([slot[int(v)] for v in lag_values])
+    log_sv, rank, cond = log_sv[..., order, :], rank[..., order], cond[..., order]
+    sv = plain_from_log(log_sv)
+    warn_out_of_range(sv[..., 0], log_sv[..., 0], "largest singular values", "log_singular_values")
+    return SpectrumResult(sv, rank, cond, jnp.asarray(lag_values), log_sv)
 
 
 def _log_norms_of(result):

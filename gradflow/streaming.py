@@ -24,7 +24,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow.jacobians import _raise_if_nonfinite, reverse_pass, spectral_reducer
+from gradflow.jacobians import reverse_pass, run_engine, spectral_reducer
+from gradflow.per_example import ExamplePlan
+from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
@@ -43,6 +45,9 @@ class StreamingResult(NamedTuple):
     log_frobenius: jax.Array
     log_spectral: jax.Array
     lags: jax.Array
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def forward_states(step, carry0, xs):
@@ -82,7 +87,7 @@ def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes):
 
 
 def streaming_log_norms(
-    step, carry0, xs, *, wrt=None, probes=None, key=None, spectral="auto", power_iters=10
+    step, carry0, xs, *, wrt=None, probes=None, key=None, spectral="auto", power_iters=10, per_example=False
 ) -> StreamingResult:
     """Natural-log Frobenius and spectral norms of ∂h_T/∂h_t for every t, stable for long sequences.
 
@@ -97,6 +102,8 @@ def streaming_log_norms(
         key: PRNG key for the probes (required when ``probes`` is given).
         spectral: "auto", "svd", "power" or None (see the module docstring). Ignored (NaN) with probes.
         power_iters: power iterations per step for ``spectral="power"``.
+        per_example: run the step on each example alone (see :func:`gradflow.jacobians`): results (B, T);
+            the probes (k, m) are shared by the examples, m the per-example state size.
 
     Returns:
         StreamingResult with ``log_frobenius`` (T,), ``log_spectral`` (T,), ``lags`` (T,). An exactly zero
@@ -116,16 +123,17 @@ def streaming_log_norms(
     if spectral not in ("auto", "svd", "power", None):
         raise ValueError(f"spectral must be 'auto', 'svd', 'power' or None, got {spectral!r}")
     smap, T = validate_inputs(step, carry0, xs, wrt)
+    n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     P = None
     if probes is not None:
         if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
             raise ValueError(f"probes must be a positive int or None, got {probes!r}")
         if key is None:
             raise ValueError("probes need an explicit PRNG key: pass key=jax.random.PRNGKey(...)")
-        P = jax.random.normal(key, (probes, smap.n), smap.dtype)
+        P = jax.random.normal(key, (probes, n), smap.dtype)
         spectral = None
     elif spectral == "auto":
-        spectral = "svd" if smap.n <= 64 else "power"
-    log_f, log_s, flags = _stream_jit(step, smap.mask, spectral, int(power_iters), carry0, xs, P)
-    _raise_if_nonfinite(flags)
+        spectral = "svd" if n <= 64 else "power"
+    fn = functools.partial(_stream_jit, step, smap.mask, spectral, int(power_iters))
+    log_f, log_s = run_engine(lambda c, x: fn(c, x, P), step, carry0, xs, per_example)
     return StreamingResult(log_f, log_s, T - jnp.arange(T))

@@ -24,6 +24,7 @@ from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_j
 from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F401
 from gradflow.spectra import GrowthRate, SpectrumResult, growth_rate, spectra, spectrum_of  # noqa: E402,F401
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
+from gradflow.summary import Summary, summary  # noqa: E402,F401
 
 # isort: split
 

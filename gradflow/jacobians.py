@@ -262,7 +262,9 @@ def plain_from_log(log_norms):
     return jnp.exp(log_norms)
 
 
-def warn_out_of_range(plain, log_norms, what="norms", fields="log_spectral_norms / log_frobenius_norms"):
+def warn_out_of_range(
+    plain, log_norms, what="norms", fields="log_spectral_norms / log_frobenius_norms", stacklevel=3
+):
     """Warn when plain norms are 0, subnormal or inf although their logs are finite (skipped under jit)."""
     if is_traced(plain, log_norms):
         return
@@ -274,7 +276,7 @@ def warn_out_of_range(plain, log_norms, what="norms", fields="log_spectral_norms
             f"{int(bad.sum())} of {bad.size} {what} lie outside {plain.dtype}'s range (the plain values are "
             f"0, subnormal or inf there); the exact natural logs are in {fields}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -320,9 +322,9 @@ def _norms_jit(step, mask, spectral, power_iters, carry0, xs):
 
 def _result(matrices, log_s, log_f, T, spectral) -> JacobianResult:
     spec, fro = plain_from_log(log_s), plain_from_log(log_f)
-    warn_out_of_range(fro, log_f, "Frobenius norms", "log_frobenius_norms")
+    warn_out_of_range(fro, log_f, "Frobenius norms", "log_frobenius_norms", stacklevel=4)
     if spectral is not None:
-        warn_out_of_range(spec, log_s, "spectral norms", "log_spectral_norms")
+        warn_out_of_range(spec, log_s, "spectral norms", "log_spectral_norms", stacklevel=4)
     return JacobianResult(matrices, spec, fro, T - jnp.arange(T), log_s, log_f)
 
 

@@ -264,7 +264,9 @@ def summary(
         step, carry0, xs, min(int(k), smap.n // B if per_example else smap.n), transient, per_example, key,
         segments,
     )
-    sp = spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
+    with warnings.catch_warnings():  # plain singular values out of float32's range: the summary keeps the logs
+        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)
+        sp = spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
     batch = B if per_example else _batch_size(carry0)
     pred, note = _prediction(preset, theory_options, _hidden_size(carry0, m), batch)
     verdict = verdict_of(rate, threshold)

@@ -264,7 +264,7 @@ def summary(
         step, carry0, xs, min(int(k), smap.n // B if per_example else smap.n), transient, per_example, key,
         segments,
     )
-    with warnings.catch_warnings():  # plain singular values out of float32's range: the summary keeps the logs
+    with warnings.catch_warnings():  # plain singular values out of float32's range: the logs are kept
         warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)
         sp = spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
     batch = B if per_example else _batch_size(carry0)

@@ -33,6 +33,7 @@ from gradflow.spectra import (  # noqa: E402,F401
     spectrum_of,
 )
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
+from gradflow.summary import Summary, summary  # noqa: E402,F401
 
 # isort: split
 
@@ -52,7 +53,7 @@ __all__ = [
     "CELLS", "PRESETS", "CellSpec", "describe", "init_cell", "make_cell", "batch_norm", "layer_norm",
     "as_step", "check_finite", "unroll", "unroll_cell",
     # engine
-    "jacobians", "jacobian_norms", "step_jacobians", "JacobianResult",
+    "jacobians", "jacobian_norms", "step_jacobians", "JacobianResult", "summary", "Summary",
     "streaming_log_norms", "StreamingResult",
     "spectra", "spectrum_of", "growth_rate", "effective_rank", "condition_number",
     "SpectrumResult", "GrowthRate",

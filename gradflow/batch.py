@@ -28,10 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.checks import raise_if_nonfinite as _raise_if_nonfinite
-from gradflow.jacobians import jacobians, step_vjp_rows
+from gradflow.checks import raise_if_nonfinite
+from gradflow.jacobians import (
+    jacobians,
+    plain_from_log,
+    reverse_pass,
+    safe_log,
+    warn_out_of_range,
+)
+from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
-from gradflow.streaming import forward_states
 
 __all__ = [
     "BatchBlockNorms",
@@ -51,8 +57,17 @@ class BatchBlockNorms(NamedTuple):
         diagonal_spectral: (T, B) spectral norm of each diagonal block.
         diagonal_total: (T,) Frobenius norm of the block-diagonal part.
         cross: (T,) Frobenius norm of the off-diagonal (cross-example) part.
-        ratio: (T,) cross / diagonal_total.
+        ratio: (T,) cross / diagonal_total (from the log norms: meaningful where the plain norms
+            over/underflow).
         lags: (T,) int, T - t.
+        log_frobenius_norms: (T, B) natural log of ``diagonal``, exact at every lag (the reverse pass carries
+            a log scale).
+        log_spectral_norms: (T, B) natural log of ``diagonal_spectral``.
+        log_diagonal_total: (T,) natural log of ``diagonal_total``.
+        log_cross: (T,) natural log of ``cross`` (-inf for an uncoupled step).
+
+    The plain norms are exp of the log norms: 0 or inf only where the true value lies outside the dtype's
+    range (a warning then points to the log fields).
     """
 
     diagonal: jax.Array
@@ -61,6 +76,13 @@ class BatchBlockNorms(NamedTuple):
     cross: jax.Array
     ratio: jax.Array
     lags: jax.Array
+    log_frobenius_norms: jax.Array | None = None
+    log_spectral_norms: jax.Array | None = None
+    log_diagonal_total: jax.Array | None = None
+    log_cross: jax.Array | None = None
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 class FrozenComparison(NamedTuple):
@@ -76,6 +98,9 @@ class FrozenComparison(NamedTuple):
     true: BatchBlockNorms
     frozen: BatchBlockNorms
     overstatement: jax.Array
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def example_permutation(smap: StateMap) -> tuple[np.ndarray, int, int]:
@@ -115,17 +140,22 @@ def batch_blocks(step, carry0, xs, *, wrt=None) -> jax.Array:
     return M.reshape(M.shape[0], B, m, B, m).transpose(0, 1, 3, 2, 4)
 
 
-def _block_norms(Mp):
-    """Mp: (B, m, B, m) -> (diag fro (B,), diag spectral (B,), diag total, cross)."""
+def _block_log_norms(Mp):
+    """Mp: (B, m, B, m), row block a renormalized on its own -> logs, relative to row block a's scale, of
+    (diag fro (B,), diag spectral (B,), diag squared (B,), cross squared per row block (B,))."""
     B = Mp.shape[0]
-    sq = jnp.square(Mp)
     diag_blocks = jnp.einsum("aiaj->aij", Mp)
-    diag = jnp.sqrt(jnp.sum(jnp.square(diag_blocks), axis=(1, 2)))
-    spec = jnp.linalg.svd(diag_blocks, compute_uv=False)[:, 0]
+    diag_sq = jnp.sum(jnp.square(diag_blocks), axis=(1, 2))
+    log_diag = 0.5 * safe_log(diag_sq)
+    log_spec = jnp.minimum(safe_log(jnp.linalg.svd(diag_blocks, compute_uv=False)[:, 0]), log_diag)
     off = (1.0 - jnp.eye(B, dtype=Mp.dtype))[:, None, :, None]
-    cross = jnp.sqrt(jnp.sum(sq * off))
-    total = jnp.sqrt(jnp.sum(jnp.square(diag)))
-    return diag, spec, total, cross
+    log_cross_rows = 0.5 * safe_log(jnp.sum(jnp.square(Mp) * off, axis=(1, 2, 3)))
+    return log_diag, log_spec, log_cross_rows
+
+
+def _log_norm_of_parts(log_parts):
+    """log sqrt(sum_a exp(2 log_parts[..., a])): the norm of parts given by their log norms (no overflow)."""
+    return 0.5 * jax.nn.logsumexp(2.0 * log_parts, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "mask"))
@@ -133,18 +163,19 @@ def _block_norms_jit(step, mask, carry0, xs):
     full = StateMap.from_carry(carry0)
     sel_map = full.with_mask(mask)
     perm, B, m = example_permutation(sel_map)
-    sel = jnp.asarray(sel_map.selection_in(full)[perm])  # example-major selected columns of the full state
-    prev, _, flags = forward_states(step, carry0, xs)
-    G0 = jnp.eye(full.n, dtype=full.dtype)[sel]
+    idx = sel_map.selection_in(full)
+    p = jnp.asarray(perm)
+    rows = jnp.eye(full.n, dtype=full.dtype)[jnp.asarray(idx[perm])]  # example-major rows: one block each
 
-    def body(G, inp):
-        h, x = inp
-        G = step_vjp_rows(step, full, h, x, G)
-        Mp = G[:, sel].reshape(B, m, B, m)
-        return G, _block_norms(Mp)
+    def reduce(M, aux):  # M: rows example-major, columns in state order
+        return aux, _block_log_norms(M[:, p].reshape(B, m, B, m))
 
-    _, out = jax.lax.scan(body, G0, (prev, xs), reverse=True)
-    return out, flags
+    # each example's rows carry their own log scale: examples that vanish at different rates stay exact
+    s, (log_diag, log_spec, log_cross_rows), flags = reverse_pass(
+        step, mask, carry0, xs, reduce, (), rows=rows, groups=B
+    )
+    log_diag, log_spec, log_cross_rows = log_diag + s, log_spec + s, log_cross_rows + s
+    return (log_diag, log_spec, _log_norm_of_parts(log_diag), _log_norm_of_parts(log_cross_rows)), flags
 
 
 def batch_block_norms(step, carry0, xs, *, wrt=None) -> BatchBlockNorms:
@@ -156,14 +187,23 @@ def batch_block_norms(step, carry0, xs, *, wrt=None) -> BatchBlockNorms:
 
     Returns:
         BatchBlockNorms with ``diagonal`` (T, B), ``diagonal_spectral`` (T, B), ``diagonal_total`` (T,),
-        ``cross`` (T,), ``ratio`` (T,), ``lags`` (T,). Exact products, no renormalization: for very long
-        sequences the norms can over/underflow (the ratio of two such norms is still meaningful where finite).
+        ``cross`` (T,), ``ratio`` (T,), ``lags`` (T,) and the exact log norms (the reverse pass carries a
+        log scale, so they are finite at any length where the plain norms over/underflow).
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
-    (diag, spec, total, cross), flags = _block_norms_jit(step, smap.mask, carry0, xs)
-    _raise_if_nonfinite(flags)
-    ratio = cross / total
-    return BatchBlockNorms(diag, spec, total, cross, ratio, T - jnp.arange(T))
+    (log_diag, log_spec, log_total, log_cross), flags = _block_norms_jit(step, smap.mask, carry0, xs)
+    raise_if_nonfinite(flags)
+    diag, spec, total, cross = (plain_from_log(a) for a in (log_diag, log_spec, log_total, log_cross))
+    for plain, lg, what, field in (
+        (diag, log_diag, "diagonal-block Frobenius norms", "log_frobenius_norms"),
+        (spec, log_spec, "diagonal-block spectral norms", "log_spectral_norms"),
+        (cross, log_cross, "cross-block norms", "log_cross"),
+    ):
+        warn_out_of_range(plain, lg, what, field)
+    ratio = jnp.exp(log_cross - log_total)
+    return BatchBlockNorms(
+        diag, spec, total, cross, ratio, T - jnp.arange(T), log_diag, log_spec, log_total, log_cross
+    )
 
 
 def frozen_statistics_comparison(step, frozen_step, carry0, xs, *, wrt=None) -> FrozenComparison:

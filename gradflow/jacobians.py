@@ -2,12 +2,14 @@
 
 For a step ``step(carry, x_t) -> carry`` (the step contract in docs/CONTRACT.md) with h_0 = ``carry0`` and
 h_t the state after t steps, :func:`jacobians` returns ``matrices[t] = ∂h_T/∂h_t`` for t = 0..T-1 (lag T - t).
-It injects a zero perturbation eps_t into h_t at every step of the unrolled scan and takes one ``jax.jacrev``
-of h_T with respect to all eps at once: a single reverse pass whose cotangent is the (n, n) matrix ∂h_T/∂h_t,
-propagated backwards by one matrix product per step.
+One forward scan stores h_0..h_{T-1}; one reverse scan carries the cotangent matrix G_t = ∂h_T/∂h_t (n rows),
+multiplies it by one step Jacobian per step (a vmapped vjp) and renormalizes it to unit Frobenius norm, adding
+the log of the scale to a compensated running log scale. The log norms (``log_spectral_norms``,
+``log_frobenius_norms``) are therefore exact at every lag, in float32 too, where the plain product over- or
+underflows; the plain norms and matrices are their exp.
 
-:func:`jacobian_norms` computes the same norms by the same reverse pass written as an explicit reverse scan,
-but never stores the (T, n, n) matrices (memory O(n^2) beyond the stored forward states).
+:func:`jacobian_norms` reduces G_t to its norms at each step and never stores the (T, n, n) matrices (memory
+O(n^2) beyond the stored forward states).
 
 The compiled functions are cached by ``jax.jit`` keyed on the step function object (static argument): reuse
 the same step object to avoid recompiling. All functions may also be called inside a user's ``jit``/``vmap``.
@@ -16,13 +18,17 @@ the same step object to avoid recompiling. All functions may also be called insi
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradflow.checks import positive_int, raise_if_nonfinite
-from gradflow.statemap import StateMap, validate_inputs
+from gradflow.per_example import ExamplePlan
+from gradflow.reprs import short_repr
+from gradflow.statemap import StateMap, is_traced, validate_inputs
 
 __all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory"]
 
@@ -39,12 +45,24 @@ class JacobianResult(NamedTuple):
             estimate when ``spectral="power"``; NaN when ``spectral=None``).
         frobenius_norms: (T,) Frobenius norm of ``matrices[t]``.
         lags: (T,) int, T - t.
+        log_spectral_norms: (T,) natural log of the spectral norm, exact at every lag (the reverse pass
+            carries a log scale): finite where the plain norm over- or underflows.
+        log_frobenius_norms: (T,) natural log of the Frobenius norm (>= ``log_spectral_norms``).
+
+    The plain norms are ``exp`` of the log norms: 0 or inf only where the true value lies outside the
+    dtype's range (a warning then points to the log fields). With ``per_example=True`` every per-lag field
+    gains a leading batch axis (B, T, ...); ``lags`` stays (T,).
     """
 
     matrices: jax.Array | None
     spectral_norms: jax.Array
     frobenius_norms: jax.Array
     lags: jax.Array
+    log_spectral_norms: jax.Array | None = None
+    log_frobenius_norms: jax.Array | None = None
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def trajectory(step, carry0, xs):
@@ -92,6 +110,7 @@ def power_norm(M, v, n_iter):
 
 
 def _spectral_from_matrices(matrices, spectral, power_iters):
+    """(T,) spectral norms of (T, n, n) matrices (renormalized ones: entries of order 1)."""
     if spectral == "svd":
         return jnp.linalg.svd(matrices, compute_uv=False)[..., 0]
     if spectral == "power":
@@ -107,77 +126,14 @@ def _spectral_from_matrices(matrices, spectral, power_iters):
     return jnp.full(matrices.shape[:1], jnp.nan, matrices.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
-def _jacobians_jit(step, mask, spectral, power_iters, carry0, xs):
-    smap = StateMap.from_carry(carry0, mask=mask)
-    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    n = smap.n
-
-    def final_state(eps):
-        def body(h, inp):
-            e, x = inp
-            h = step(smap.add(h, e), x)
-            return h, h
-
-        hT, states = jax.lax.scan(body, carry0, (eps, xs))
-        return smap.flatten(hT), _finite_flags(smap, states)
-
-    eps0 = jnp.zeros((T, n), smap.dtype)
-    jac, flags = jax.jacrev(final_state, has_aux=True)(eps0)  # (n_out, T, n_in)
-    matrices = jnp.moveaxis(jac, 0, 1)  # (T, n_out, n_in)
-    fro = jnp.sqrt(jnp.sum(jnp.square(matrices), axis=(1, 2)))
-    spec = _spectral_from_matrices(matrices, spectral, power_iters)
-    return matrices, spec, fro, flags
-
-
 def _check_spectral(spectral):
     if spectral not in _SPECTRAL:
         raise ValueError(f"spectral must be one of {_SPECTRAL}, got {spectral!r}")
 
 
-def jacobians(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> JacobianResult:
-    """Exact ∂h_T/∂h_t for every t = 0..T-1, by one ``jax.jacrev`` over injected zero perturbations.
-
-    Args:
-        step: ``step(carry, x_t) -> carry``, pure and jittable.
-        carry0: initial carry pytree h_0 (leaves with a leading batch axis B).
-        xs: inputs, leaves with a leading time axis: (T, B, input_size).
-        wrt: optional pytree of bools (the carry's structure or a prefix) selecting the leaves that make up
-            the state; default all inexact leaves. With a partial selection the result is the corresponding
-            block of the whole-state Jacobian (other leaves still carry the dynamics).
-        spectral: "svd" (exact spectral norms by batched SVD, the default), "power" (warm-started power
-            iteration, ``power_iters`` iterations per lag; a lower-bound estimate) or None (skip: NaN).
-        power_iters: iterations per lag for ``spectral="power"``.
-
-    Returns:
-        JacobianResult with ``matrices`` (T, n, n), ``spectral_norms`` (T,), ``frobenius_norms`` (T,),
-        ``lags`` (T,). Memory: T * n^2 numbers; use :func:`jacobian_norms` or :mod:`gradflow.streaming` when
-        that does not fit.
-
-    Raises:
-        ValueError: if the step does not accept (carry0, xs[0]) or changes the carry's
-            structure/shapes/dtypes,
-            T = 0, carry0 or a later state is non-finite, or ``spectral`` is unknown.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> W = jnp.array([[0.5, 0.1], [0.0, 0.9]])
-        >>> step = lambda h, x: h @ W.T + x
-        >>> r = jacobians(step, jnp.ones((1, 2)), jnp.zeros((3, 1, 2)))
-        >>> bool(jnp.allclose(r.matrices[0], W @ W @ W))
-        True
-    """
-    _check_spectral(spectral)
-    smap, T = validate_inputs(step, carry0, xs, wrt)
-    iters = positive_int("power_iters", power_iters)
-    matrices, spec, fro, flags = _jacobians_jit(step, smap.mask, spectral, iters, carry0, xs)
-    raise_if_nonfinite(flags)
-    return JacobianResult(matrices, spec, fro, T - jnp.arange(T))
-
-
 # ------------------------------------------------------------------------------------------------------------
-# The same reverse pass as an explicit reverse scan (norms without the (T, n, n) matrices; shared with
-# streaming).
+# The renormalized reverse pass shared by jacobians, jacobian_norms, streaming, spectra and batch: the
+# cotangent matrix G_t = ∂h_T/∂h_t is carried at unit Frobenius norm, its log scale in a compensated sum.
 
 
 def step_vjp_rows(step, full: StateMap, h_prev, x, G):
@@ -206,65 +162,252 @@ def previous_states(carry0, states):
     return jax.tree_util.tree_map(lambda c, s: jnp.concatenate([c[None], s[:-1]], axis=0), carry0, states)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
-def _norms_jit(step, mask, spectral, power_iters, carry0, xs):
+def kahan_add(s, c, x):
+    """Compensated (Kahan) sum: add ``x`` to the running sum ``s`` with compensation ``c``; returns (s, c)."""
+    y = x - c
+    t = s + y
+    return t, jnp.where(jnp.isfinite(t), (t - s) - y, jnp.zeros_like(t))
+
+
+def renormalize(G, s, c, groups=1):
+    """Scale G to unit Frobenius norm and add the log of the scale to the compensated log scale (s, c).
+
+    Max-abs first, so the norm itself cannot overflow; an all-zero G stays zero and adds -inf (an exactly
+    zero Jacobian, not an underflow). With ``groups`` > 1 the rows are split into that many equal consecutive
+    blocks, each scaled on its own (s and c then have shape (groups,)): rows evolve independently under
+    G <- G J, so blocks that grow at different rates (different examples) never underflow one another.
+    """
+    tiny = jnp.finfo(G.dtype).tiny
+    Gg = G.reshape(groups, -1, G.shape[-1])
+    amax = jnp.max(jnp.abs(Gg), axis=(1, 2))
+    d = jnp.where(amax > 0, jnp.maximum(amax, tiny), 1.0)
+    Gg = Gg / d[:, None, None]
+    fn = jnp.sqrt(jnp.sum(jnp.square(Gg), axis=(1, 2)))  # >= 1 unless the block is 0
+    fn = jnp.where(fn > 0, fn, 1.0)
+    Gg = Gg / fn[:, None, None]
+    log_scale = jnp.where(amax > 0, jnp.log(d) + jnp.log(fn), -jnp.inf)
+    if groups == 1:
+        log_scale = log_scale[0]
+    s, c = kahan_add(s, c, log_scale)
+    return Gg.reshape(G.shape), s, c
+
+
+def forward_and_flags(step, carry0, xs):
+    """One forward scan: (h_0..h_{T-1} stacked, (T,) finiteness flags of h_1..h_T)."""
+    full = StateMap.from_carry(carry0)
+
+    def body(h, x):
+        new = step(h, x)
+        flat = [a for a, m in zip(full.treedef.flatten_up_to(new), full.mask, strict=True) if m]
+        ok = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in flat])
+        return new, (h, ok)
+
+    _, (prev, flags) = jax.lax.scan(body, carry0, xs)
+    return prev, flags
+
+
+def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, final_aux=False):
+    """The renormalized reverse pass: G_t = ∂h_T/∂h_t (selected rows) by one vjp per step, at unit norm.
+
+    Args:
+        step, carry0, xs: as in :func:`jacobians`.
+        mask: the selection (one bool per carry leaf).
+        reduce: ``reduce(M, aux) -> (aux, out)`` applied at every t (from t = T-1 down to 0) to the
+            renormalized (k, n) selected block M of G_t (true block = M * exp(log_scale[t])).
+        init: initial ``aux``.
+        rows: optional (k, n_full) starting cotangent rows (default the identity rows of the selection).
+        groups: renormalize this many equal consecutive row blocks separately (see :func:`renormalize`);
+            M's row block g is then the true one times exp(log_scale[t, g]).
+        final_aux: also return the ``aux`` after the last step (t = 0), as a fourth value.
+
+    Returns:
+        (log_scale (T,) or (T, groups), outs stacked along t, finiteness flags (T,)).
+    """
     full = StateMap.from_carry(carry0)
     sel_map = full.with_mask(mask)
-    sel = jnp.asarray(sel_map.selection_in(full))
-    states = trajectory(step, carry0, xs)
-    flags = _finite_flags(full, states)
-    prev = previous_states(carry0, states)
-    n = sel_map.n
-    G0 = jnp.eye(full.n, dtype=full.dtype)[sel]  # (n, n_full)
-    v0 = jnp.ones((n,), full.dtype) / jnp.sqrt(n)
+    idx = jnp.asarray(sel_map.selection_in(full))
+    whole = sel_map.n == full.n
+    prev, flags = forward_and_flags(step, carry0, xs)
+    G0 = jnp.eye(full.n, dtype=full.dtype)[idx] if rows is None else rows.astype(full.dtype)
 
     def body(carry, inp):
-        G, v = carry
+        G, s, c, aux = carry
         h, x = inp
-        G = step_vjp_rows(step, full, h, x, G)
-        M = G if sel_map.n == full.n else G[:, sel]  # no gather when the whole state is selected
-        fro = jnp.sqrt(jnp.sum(jnp.square(M)))
+        G, s, c = renormalize(step_vjp_rows(step, full, h, x, G), s, c, groups)
+        aux, out = reduce(G if whole else G[:, idx], aux)  # no gather when the whole state is selected
+        return (G, s, c, aux), (s, out)
+
+    zero = jnp.zeros(() if groups == 1 else (groups,), full.dtype)
+    last, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), (prev, xs), reverse=True)
+    return (log_scale, outs, flags, last[3]) if final_aux else (log_scale, outs, flags)
+
+
+def safe_log(x):
+    """log(x) with log(0) = -inf and no NaN gradient trouble (x >= 0)."""
+    return jnp.log(jnp.where(x > 0, x, 0.0))
+
+
+def plain_from_log(log_norms):
+    """exp(log_norms): 0 or inf only where the true value lies outside the dtype's range."""
+    return jnp.exp(log_norms)
+
+
+def warn_out_of_range(
+    plain, log_norms, what="norms", fields="log_spectral_norms / log_frobenius_norms", stacklevel=3
+):
+    """Warn when plain norms are 0, subnormal or inf although their logs are finite (skipped under jit)."""
+    if is_traced(plain, log_norms):
+        return
+    plain, log_norms = np.asarray(plain), np.asarray(log_norms)
+    tiny = np.finfo(plain.dtype).tiny
+    bad = np.isfinite(log_norms) & ~((plain >= tiny) & np.isfinite(plain))
+    if bad.any():
+        warnings.warn(
+            f"{int(bad.sum())} of {bad.size} {what} lie outside {plain.dtype}'s range (the plain values are "
+            f"0, subnormal or inf there); the exact natural logs are in {fields}",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def spectral_reducer(spectral, power_iters, n):
+    """``reduce`` for :func:`reverse_pass` giving (log Frobenius, log spectral) of the renormalized M.
+
+    The carried ``aux`` is the power-iteration vector (n,) (unused by the other methods).
+    """
+
+    def reduce(M, v):
+        log_f = safe_log(jnp.sqrt(jnp.sum(jnp.square(M))))
         if spectral == "svd":
-            s = jnp.linalg.norm(M, ord=2)
+            log_s = safe_log(jnp.linalg.norm(M, ord=2))
         elif spectral == "power":
-            s, v = power_norm(M, v, power_iters)
+            sig, v = power_norm(M, v, power_iters)
+            log_s = safe_log(sig)
         else:
-            s = jnp.full((), jnp.nan, M.dtype)
-        return (G, v), (s, fro)
+            log_s = jnp.full((), jnp.nan, M.dtype)
+        return v, (log_f, jnp.minimum(log_s, log_f))  # rounding must not put spectral above Frobenius
 
-    _, (spec, fro) = jax.lax.scan(body, (G0, v0), (prev, xs), reverse=True)
-    return spec, fro, flags
+    return reduce
 
 
-def jacobian_norms(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> JacobianResult:
+@functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
+def _jacobians_jit(step, mask, spectral, power_iters, carry0, xs):
+    log_scale, Ms, flags = reverse_pass(step, mask, carry0, xs, lambda M, a: (a, M), ())
+    log_f = log_scale + safe_log(jnp.sqrt(jnp.sum(jnp.square(Ms), axis=(1, 2))))
+    log_s = jnp.minimum(log_scale + safe_log(_spectral_from_matrices(Ms, spectral, power_iters)), log_f)
+    half = jnp.exp(0.5 * log_scale)[:, None, None]  # two halves: exp(log_scale) alone may overflow
+    return (Ms * half) * half, log_s, log_f, flags
+
+
+@functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
+def _norms_jit(step, mask, spectral, power_iters, carry0, xs):
+    n = StateMap.from_carry(carry0, mask=mask).n
+    dt = StateMap.from_carry(carry0).dtype
+    v0 = jnp.ones((n,), dt) / jnp.sqrt(jnp.asarray(n, dt))
+    log_scale, (log_f, log_s), flags = reverse_pass(
+        step, mask, carry0, xs, spectral_reducer(spectral, power_iters, n), v0
+    )
+    return log_scale + log_s, log_scale + log_f, flags
+
+
+def _result(matrices, log_s, log_f, T, spectral) -> JacobianResult:
+    spec, fro = plain_from_log(log_s), plain_from_log(log_f)
+    warn_out_of_range(fro, log_f, "Frobenius norms", "log_frobenius_norms", stacklevel=4)
+    if spectral is not None:
+        warn_out_of_range(spec, log_s, "spectral norms", "log_spectral_norms", stacklevel=4)
+    return JacobianResult(matrices, spec, fro, T - jnp.arange(T), log_s, log_f)
+
+
+def run_engine(fn, step, carry0, xs, per_example):
+    """``fn(carry0, xs)`` -> (..., flags), on the batch or (``per_example``) on each example alone; the
+    non-finite check is applied to the flags (any example)."""
+    if per_example:
+        out = ExamplePlan.build(step, carry0, xs).vmap(fn, carry0, xs)
+        flags = jnp.all(out[-1], axis=0)
+    else:
+        out = fn(carry0, xs)
+        flags = out[-1]
+    raise_if_nonfinite(flags)
+    return out[:-1]
+
+
+def jacobians(
+    step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20, per_example=False
+) -> JacobianResult:
+    """Exact ∂h_T/∂h_t for every t = 0..T-1, by one renormalized reverse pass (one vjp per step).
+
+    Args:
+        step: ``step(carry, x_t) -> carry``, pure and jittable.
+        carry0: initial carry pytree h_0 (leaves with a leading batch axis B).
+        xs: inputs, leaves with a leading time axis: (T, B, input_size).
+        wrt: optional pytree of bools (the carry's structure or a prefix) selecting the leaves that make up
+            the state; default all inexact leaves. With a partial selection the result is the corresponding
+            block of the whole-state Jacobian (other leaves still carry the dynamics).
+        spectral: "svd" (exact spectral norms by batched SVD, the default), "power" (warm-started power
+            iteration, ``power_iters`` iterations per lag; a lower-bound estimate) or None (skip: NaN).
+        power_iters: iterations per lag for ``spectral="power"``.
+        per_example: run the step on each example of the batch alone (carry (1, ...), inputs (T, 1, ...),
+            vmapped): every per-lag field gains a leading batch axis, n is the per-example state size.
+            A batch-coupled step raises ValueError (see :mod:`gradflow.per_example`).
+
+    Returns:
+        JacobianResult with ``matrices`` (T, n, n), ``spectral_norms`` (T,), ``frobenius_norms`` (T,),
+        ``lags`` (T,), ``log_spectral_norms`` (T,), ``log_frobenius_norms`` (T,). The log norms are exact at
+        every lag; the matrices and plain norms are their exp (entries can under/overflow at long lags).
+        Memory: T * n^2 numbers; use :func:`jacobian_norms` or :mod:`gradflow.streaming` when that does
+        not fit.
+
+    Raises:
+        ValueError: if the step does not accept (carry0, xs[0]) or changes the carry's
+            structure/shapes/dtypes,
+            T = 0, carry0 or a later state is non-finite, or ``spectral`` is unknown.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> W = jnp.array([[0.5, 0.1], [0.0, 0.9]])
+        >>> step = lambda h, x: h @ W.T + x
+        >>> r = jacobians(step, jnp.ones((1, 2)), jnp.zeros((3, 1, 2)))
+        >>> bool(jnp.allclose(r.matrices[0], W @ W @ W))
+        True
+    """
+    _check_spectral(spectral)
+    smap, T = validate_inputs(step, carry0, xs, wrt)
+    iters = positive_int("power_iters", power_iters)
+    fn = functools.partial(_jacobians_jit, step, smap.mask, spectral, iters)
+    matrices, log_s, log_f = run_engine(fn, step, carry0, xs, per_example)
+    return _result(matrices, log_s, log_f, T, spectral)
+
+
+def jacobian_norms(
+    step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20, per_example=False
+) -> JacobianResult:
     """Norms of ∂h_T/∂h_t for every t, exactly, without storing the (T, n, n) matrices.
 
-    The same reverse pass as :func:`jacobians` written as a reverse ``lax.scan`` that carries the (n, n_full)
-    cotangent matrix G_t = ∂h_T/∂h_t and reduces it to norms at each step (no renormalization: values are the
-    plain products, so they can over/underflow for long sequences; see
-    :func:`gradflow.streaming.streaming_log_norms`).
+    The same renormalized reverse pass as :func:`jacobians`, reducing the cotangent matrix to its norms at
+    each step (memory O(n^2) beyond the stored forward states). The log norms are exact at every lag in
+    float32 even where the plain norms over/underflow.
 
     Args:
         step, carry0, xs, wrt: as in :func:`jacobians`.
         spectral: "svd" (exact, one SVD per step), "power" (warm-started power iteration) or None.
         power_iters: power iterations per lag for ``spectral="power"``.
+        per_example: as in :func:`jacobians` (results (B, T)).
 
     Returns:
         JacobianResult with ``matrices=None``.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> step = lambda h, x: jnp.tanh(h @ jnp.eye(2).T * 0.5 + x)
-        >>> r = jacobian_norms(step, jnp.ones((1, 2)), jnp.zeros((4, 1, 2)))
-        >>> r.frobenius_norms.shape
-        (4,)
+        >>> step = lambda h, x: 0.7 * h
+        >>> r = jacobian_norms(step, jnp.ones((1, 2)), jnp.zeros((125, 1, 1)))
+        >>> f"{float(r.frobenius_norms[0]):.3e}"  # sqrt(2) 0.7^125 = 6.134e-20: its square underflows float32
+        '6.134e-20'
     """
     _check_spectral(spectral)
     smap, T = validate_inputs(step, carry0, xs, wrt)
-    iters = positive_int("power_iters", power_iters)
-    spec, fro, flags = _norms_jit(step, smap.mask, spectral, iters, carry0, xs)
-    raise_if_nonfinite(flags)
-    return JacobianResult(None, spec, fro, T - jnp.arange(T))
+    fn = functools.partial(_norms_jit, step, smap.mask, spectral, positive_int("power_iters", power_iters))
+    log_s, log_f = run_engine(fn, step, carry0, xs, per_example)
+    return _result(None, log_s, log_f, T, spectral)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "mask"))

@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.checks import raise_if_nonfinite as _raise_if_nonfinite
+from gradflow.jacobians import run_engine
+from gradflow.per_example import ExamplePlan
+from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "qr_log_diagonals"]
@@ -35,11 +37,16 @@ class LyapunovResult(NamedTuple):
         exponents: (k,) sorted in descending order, natural log per step.
         stderr: (k,) standard errors from ``segments`` independent segments (same order as ``exponents``).
         n_steps: number of steps averaged (after the transient).
+
+    With ``per_example=True`` ``exponents`` and ``stderr`` are (B, k).
     """
 
     exponents: jax.Array
     stderr: jax.Array
     n_steps: int
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "k"))
@@ -62,34 +69,41 @@ def _qr_jit(step, k, carry0, xs, Q0):
         return (h_new, Q.T), (jnp.log(d), finite)
 
     _, (logs, flags) = jax.lax.scan(body, (carry0, Q0.T), xs)
-    return logs, flags
+    return logs, flags  # flags last: run_engine checks them
 
 
-def qr_log_diagonals(step, carry0, xs, *, k=None, key=None):
+def _check_k(k, n):
+    if k is None:
+        return n
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k > n:
+        raise ValueError(f"k must be an int with 1 <= k <= n = {n} (the state size), got {k!r}")
+    return int(k)
+
+
+def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
     """The per-step log|R_ii| of Benettin's QR iteration, (T, k), unsorted (column order of Q).
 
     Args:
         step, carry0, xs: as in :func:`gradflow.jacobians`.
         k: number of directions (default n).
         key: PRNG key for the random orthonormal start (default ``jax.random.PRNGKey(0)``).
+        per_example: run on each example alone (n the per-example state size): (B, T, k).
 
     Returns:
-        (T, k) array.
+        (T, k) array (B, T, k) with ``per_example``).
     """
     smap, T = validate_inputs(step, carry0, xs)
-    n = smap.n
-    if k is None:
-        k = n
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k > n:
-        raise ValueError(f"k must be an int with 1 <= k <= n = {n} (the state size), got {k!r}")
+    n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
+    k = _check_k(k, n)
     key = jax.random.PRNGKey(0) if key is None else key
-    Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, int(k)), smap.dtype))
-    logs, flags = _qr_jit(step, int(k), carry0, xs, Q0)
-    _raise_if_nonfinite(flags)
+    Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))
+    (logs,) = run_engine(lambda c, x: _qr_jit(step, k, c, x, Q0), step, carry0, xs, per_example)
     return logs
 
 
-def lyapunov_spectrum(step, carry0, xs, k=None, transient=0, *, segments=10, key=None, wrt=None):
+def lyapunov_spectrum(
+    step, carry0, xs, k=None, transient=0, *, segments=10, key=None, wrt=None, per_example=False
+):
     """Top-k Lyapunov exponents of ``step`` along the trajectory driven by ``xs`` (Benettin / QR).
 
     Args:
@@ -104,13 +118,15 @@ def lyapunov_spectrum(step, carry0, xs, k=None, transient=0, *, segments=10, key
         key: PRNG key for the random orthonormal start (default ``jax.random.PRNGKey(0)``).
         wrt: must be None or select every inexact leaf: Lyapunov exponents belong to the whole tangent
             dynamics.
+        per_example: run the step on each example alone (n the per-example state size; see
+            :func:`gradflow.jacobians`): ``exponents`` and ``stderr`` are (B, k), each row that example's.
 
     Returns:
         LyapunovResult with ``exponents`` (k,) sorted descending, ``stderr`` (k,), ``n_steps``.
 
     Raises:
         ValueError: k outside 1..n, transient or segments out of range, a partial ``wrt``, bad step/carry/xs,
-            non-finite states.
+            non-finite states, a batch-coupled step with ``per_example``.
     """
     smap, T = validate_inputs(step, carry0, xs)
     if wrt is not None and StateMap.from_carry(carry0, wrt).mask != smap.mask:
@@ -123,10 +139,19 @@ def lyapunov_spectrum(step, carry0, xs, k=None, transient=0, *, segments=10, key
     m = T - int(transient)
     if not 2 <= segments <= m:
         raise ValueError(f"segments must satisfy 2 <= segments <= T - transient = {m}, got {segments}")
-    logs = qr_log_diagonals(step, carry0, xs, k=k, key=key)[int(transient) :]
-    exps = jnp.mean(logs, axis=0)
+    logs = qr_log_diagonals(step, carry0, xs, k=k, key=key, per_example=per_example)[..., int(transient) :, :]
+    exps, se = exponent_statistics(logs, segments)
+    return LyapunovResult(exps, se, m)
+
+
+def exponent_statistics(logs, segments):
+    """(exponents, stderr) sorted descending by exponent from per-step log|R_ii| (..., m, k): means over the
+    m steps, standard errors from ``segments`` consecutive segment means."""
+    m = logs.shape[-2]
+    exps = jnp.mean(logs, axis=-2)
     L = m // segments
-    seg_means = jnp.mean(logs[: L * segments].reshape(segments, L, -1), axis=1)
-    se = jnp.std(seg_means, axis=0, ddof=1) / jnp.sqrt(segments)
-    order = jnp.argsort(-exps)
-    return LyapunovResult(exps[order], se[order], m)
+    seg = logs[..., : L * segments, :]
+    seg_means = jnp.mean(seg.reshape(seg.shape[:-2] + (segments, L, seg.shape[-1])), axis=-2)
+    se = jnp.std(seg_means, axis=-2, ddof=1) / jnp.sqrt(segments)
+    order = jnp.argsort(-exps, axis=-1)
+    return jnp.take_along_axis(exps, order, -1), jnp.take_along_axis(se, order, -1)

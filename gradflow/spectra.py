@@ -10,13 +10,24 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.jacobians import JacobianResult, jacobians
+from gradflow.jacobians import (
+    JacobianResult,
+    plain_from_log,
+    reverse_pass,
+    run_engine,
+    safe_log,
+    warn_out_of_range,
+)
+from gradflow.reprs import short_repr
+from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = [
     "SpectrumResult",
@@ -38,12 +49,21 @@ class SpectrumResult(NamedTuple):
             exp(-sum p_i log p_i), p_i = s_i / sum_j s_j; between 1 and n.
         condition_number: (L,) s_max / s_min (inf when s_min = 0).
         lags: (L,) int, the lags T - t, in the order requested.
+        log_singular_values: (L, n) their natural logs, exact at any lag (from the renormalized reverse pass;
+            the plain values are their exp and can under/overflow; rank and condition number are computed
+            from the renormalized matrices, so they stay exact).
+
+    With ``per_example=True`` every field but ``lags`` gains a leading batch axis.
     """
 
     singular_values: jax.Array
     effective_rank: jax.Array
     condition_number: jax.Array
     lags: jax.Array
+    log_singular_values: jax.Array | None = None
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 class GrowthRate(NamedTuple):
@@ -61,6 +81,9 @@ class GrowthRate(NamedTuple):
     stderr: float
     intercept: float
     n_points: int
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def effective_rank(singular_values):
@@ -113,30 +136,102 @@ def spectrum_of(result_or_matrices, lags=None) -> SpectrumResult:
         raise ValueError(f"matrices must have shape (T, n, n), got {M.shape}")
     idx, lag_values = _lag_indices(M.shape[0], lags)
     s = _svals(M if lags is None else M[jnp.asarray(idx)])
-    return SpectrumResult(s, effective_rank(s), condition_number(s), jnp.asarray(lag_values))
+    return SpectrumResult(s, effective_rank(s), condition_number(s), jnp.asarray(lag_values), safe_log(s))
 
 
-def spectra(step, carry0, xs, *, lags=None, wrt=None) -> SpectrumResult:
-    """Singular-value spectra of ∂h_T/∂h_t at the chosen lags (exact: all-lag Jacobians, then batched SVDs).
+def _all_finite(carry):
+    leaves = [a for a in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
+
+
+@functools.partial(jax.jit, static_argnames=("step", "mask", "head", "slots"))
+def _spectra_jit(step, mask, head, slots, carry0, xs):
+    """Singular values at the requested lags only: a plain forward scan over the first ``head`` steps (no
+    stored states), then the renormalized reverse pass over the last len(slots) steps, copying the matrix of
+    each requested lag into a buffer (``slots[lag - 1]``: its row, or -1). Returns (log singular values
+    (L, n), effective rank (L,), condition number (L,), flags (T,))."""
+    first = jax.tree_util.tree_map(lambda a: a[:head], xs)
+    tail = jax.tree_util.tree_map(lambda a: a[head:], xs)
+
+    def fwd(h, x):
+        h = step(h, x)
+        return h, _all_finite(h)
+
+    h, head_flags = jax.lax.scan(fwd, carry0, first)
+    n = StateMap.from_carry(carry0, mask=mask).n
+    slot_of = jnp.asarray(slots, jnp.int32)
+    L = max(slots) + 1
+
+    def reduce(M, aux):
+        buf, lag = aux  # lag - 1: this step's lag minus one (the reverse scan starts at lag 1)
+        i = slot_of[lag]
+        j = jnp.maximum(i, 0)
+        buf = jax.lax.dynamic_update_index_in_dim(buf, jnp.where(i >= 0, M, buf[j]), j, 0)
+        return (buf, lag + 1), None
+
+    # the log scale of each requested lag comes from reverse_pass's per-step output
+    dt = StateMap.from_carry(carry0).dtype
+    init = (jnp.zeros((L, n, n), dt), jnp.zeros((), jnp.int32))
+    log_scale, _, flags, (buf, _) = reverse_pass(step, mask, h, tail, reduce, init, final_aux=True)
+    lag_of_slot = np.full(L, -1)
+    for lag, i in enumerate(slots, start=1):
+        if i >= 0:
+            lag_of_slot[i] = lag
+    scale = log_scale[len(slots) - jnp.asarray(lag_of_slot)]  # t index in the tail of each slot's lag
+    sv = jnp.linalg.svd(buf, compute_uv=False)
+    log_sv = safe_log(sv) + scale[:, None]
+    return log_sv, effective_rank(sv), condition_number(sv), jnp.concatenate([head_flags, flags])
+
+
+def spectra(step, carry0, xs, *, lags=None, wrt=None, per_example=False) -> SpectrumResult:
+    """Singular-value spectra of ∂h_T/∂h_t at the chosen lags (exact: renormalized reverse pass, SVDs).
+
+    Only the last max(lags) steps are differentiated (the earlier ones are a plain forward pass) and only the
+    requested lags' matrices are kept: memory O(L n^2 + max(lags) * state size).
 
     Args:
         step, carry0, xs, wrt: as in :func:`gradflow.jacobians`.
-        lags: ints in 1..T; default every lag.
+        lags: ints in 1..T; default every lag (in the order t = 0..T-1, i.e. decreasing lag).
+        per_example: run the step on each example alone (see :func:`gradflow.jacobians`): fields (B, L, ...).
 
     Returns:
         SpectrumResult with ``singular_values`` (L, n) sorted descending, ``effective_rank`` (L,),
-        ``condition_number`` (L,), ``lags`` (L,).
+        ``condition_number`` (L,), ``lags`` (L,), ``log_singular_values`` (L, n).
     """
-    r = jacobians(step, carry0, xs, wrt=wrt, spectral=None)
-    return spectrum_of(r, lags)
+    smap, T = validate_inputs(step, carry0, xs, wrt)
+    _, lag_values = _lag_indices(T, lags)
+    uniq = sorted({int(v) for v in lag_values})
+    Lmax = uniq[-1]
+    slot = {lag: i for i, lag in enumerate(uniq)}
+    slots = tuple(slot.get(lag, -1) for lag in range(1, Lmax + 1))
+    fn = functools.partial(_spectra_jit, step, smap.mask, T - Lmax, slots)
+    log_sv, rank, cond = run_engine(fn, step, carry0, xs, per_example)
+    order = jnp.asarray([slot[int(v)] for v in lag_values])
+    log_sv, rank, cond = log_sv[..., order, :], rank[..., order], cond[..., order]
+    sv = plain_from_log(log_sv)
+    warn_out_of_range(sv[..., 0], log_sv[..., 0], "largest singular values", "log_singular_values")
+    return SpectrumResult(sv, rank, cond, jnp.asarray(lag_values), log_sv)
+
+
+def _log_norms_of(result):
+    """The log norms a growth rate is fitted to, from a result: spectral, or Frobenius where those are NaN."""
+    if hasattr(result, "log_spectral"):
+        pairs = (result.log_spectral, result.log_frobenius)
+    elif getattr(result, "log_spectral_norms", None) is not None:
+        pairs = (result.log_spectral_norms, result.log_frobenius_norms)
+    else:  # a result built by hand without log fields
+        pairs = (jnp.log(result.spectral_norms), jnp.log(result.frobenius_norms))
+    y = np.asarray(pairs[0], np.float64)
+    return np.asarray(pairs[1], np.float64) if np.all(np.isnan(y)) else y
 
 
 def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
     """Fit log-norm = intercept + rate * lag by least squares over ``min_lag <= lag <= max_lag``.
 
     Args:
-        log_norms: (T,) natural-log norms, or a JacobianResult (its log spectral norms are used) or a
-            StreamingResult (its log spectral norms, or log Frobenius norms when the spectral ones are NaN).
+        log_norms: (T,) natural-log norms, or a result: a JacobianResult or BatchBlockNorms (its exact
+            ``log_spectral_norms``, or ``log_frobenius_norms`` when the spectral ones are NaN; never the plain
+            norms, which can under/overflow) or a StreamingResult (``log_spectral``, or ``log_frobenius``).
         lags: (T,) lags of ``log_norms`` (taken from the result when one is given).
         min_lag, max_lag: the fit window.
 
@@ -147,25 +242,24 @@ def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
         ValueError: fewer than 3 finite points in the window, or mismatched shapes.
     """
     if hasattr(log_norms, "lags"):
-        lags = log_norms.lags
-        if hasattr(log_norms, "log_spectral"):
-            y = log_norms.log_spectral
-            if np.all(np.isnan(np.asarray(y))):
-                y = log_norms.log_frobenius
-        else:
-            y = jnp.log(log_norms.spectral_norms)
-            if np.all(np.isnan(np.asarray(y))):
-                y = jnp.log(log_norms.frobenius_norms)
-        log_norms = y
+        lags, log_norms = log_norms.lags, _log_norms_of(log_norms)
     y = np.asarray(log_norms, np.float64)
     if lags is None:
         lags = y.shape[0] - np.arange(y.shape[0])
     x = np.asarray(lags, np.float64)
     if y.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"log_norms and lags must be 1-D of equal length, got {y.shape} and {x.shape}")
-    keep = (x >= min_lag) & np.isfinite(y)
+    window = x >= min_lag
     if max_lag is not None:
-        keep &= x <= max_lag
+        window &= x <= max_lag
+    keep = window & np.isfinite(y)
+    if keep.sum() < window.sum():
+        warnings.warn(
+            f"growth_rate: {int(window.sum() - keep.sum())} of {int(window.sum())} log norms in the lag "
+            "window are not finite (an exactly zero Jacobian, or NaN) and are left out of the fit",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     x, y = x[keep], y[keep]
     m = x.size
     if m < 3:

@@ -17,13 +17,23 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["StateMap", "resolve_mask", "validate_inputs", "check_finite", "is_traced"]
+__all__ = [
+    "StateMap",
+    "resolve_mask",
+    "validate_inputs",
+    "check_finite",
+    "check_finite_inputs",
+    "is_traced",
+    "leaf_name",
+    "warn_casts",
+]
 
 
 def _is_inexact(leaf) -> bool:
@@ -185,14 +195,74 @@ def is_traced(*trees) -> bool:
     return any(isinstance(x, jax.core.Tracer) for t in trees for x in jax.tree_util.tree_leaves(t))
 
 
+def leaf_name(name: str, path) -> str:
+    """``name`` and the leaf's key path (``xs['a']``, ``carry0[0]``; ``name`` alone for a bare array)."""
+    return f"{name}{jax.tree_util.keystr(path)}"
+
+
 def check_finite(carry, name="carry0") -> None:
     """Raise ValueError if a floating leaf of ``carry`` holds NaN or inf (skipped under tracing)."""
     if is_traced(carry):
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]:
         if _is_inexact(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
-            where = jax.tree_util.keystr(path)
-            raise ValueError(f"{name} has non-finite values (NaN or inf) in leaf {where}")
+            raise ValueError(f"{name} has non-finite values (NaN or inf) in {leaf_name(name, path)}")
+
+
+def check_finite_inputs(xs) -> None:
+    """Raise ValueError naming the first time step at which an input leaf holds NaN or inf (an input problem,
+    reported as such rather than as a non-finite state later; skipped under tracing)."""
+    if is_traced(xs):
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(xs)[0]:
+        if not _is_inexact(leaf):
+            continue
+        ok = np.asarray(jnp.all(jnp.isfinite(jnp.reshape(leaf, (np.shape(leaf)[0], -1))), axis=1))
+        if not ok.all():
+            t = int(np.argmin(ok))
+            raise ValueError(
+                f"the inputs have NaN or inf: {leaf_name('xs', path)}[{t}] (the input x_{t + 1} of step "
+                f"{t + 1}) is not finite; fix the input data (the Jacobians along such a trajectory are "
+                "undefined)"
+            )
+
+
+def warn_casts(tree, name: str) -> None:
+    """Warn about leaves JAX will silently cast: float64 (or int64) NumPy arrays without ``jax_enable_x64``,
+    and integer inputs that a step will promote to floats."""
+    x64 = bool(jax.config.jax_enable_x64)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dt = np.dtype(jnp.result_type(leaf)) if not hasattr(leaf, "dtype") else np.dtype(leaf.dtype)
+        where = leaf_name(name, path)
+        wide = (dt.kind in "fiu" and dt.itemsize == 8) or (dt.kind == "c" and dt.itemsize == 16)
+        if not x64 and wide:
+            warnings.warn(
+                f"{where} has dtype {dt} but jax_enable_x64 is off: JAX casts it to 32 bits silently; cast "
+                f"it yourself, or enable x64 (jax.config.update('jax_enable_x64', True)) for float64",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif name == "xs" and dt.kind in "iub":
+            warnings.warn(
+                f"{where} has integer dtype {dt}: the step will promote it to floats; pass float inputs "
+                f"({where}.astype(jnp.float32)) unless the step really expects integers",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _time_major_hint(carry0, xs) -> str:
+    """A hint when xs looks batch-major (B, T, ...): its leading axis equals the carry's batch size B."""
+    Bs = {int(np.shape(x)[0]) for x in jax.tree_util.tree_leaves(carry0) if np.ndim(x) > 0}
+    shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(xs)]
+    if len(Bs) == 1 and all(len(s) >= 2 for s in shapes):
+        B = Bs.pop()
+        if all(s[0] == B and s[1] != B for s in shapes):
+            return (
+                f". Hint: xs is time-major, (T, B, ...), and yours looks batch-major (B, T, ...) = "
+                f"{shapes[0]} with B = {B} (the carry's batch size): pass jnp.swapaxes(xs, 0, 1)"
+            )
+    return ""
 
 
 def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[StateMap, int]:
@@ -228,6 +298,7 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
             f"step(carry0, xs[0]) failed: carry0 and xs do not match the step "
             f"(carry0 shapes {jax.tree_util.tree_map(np.shape, carry0)}, xs[0] shapes "
             f"{jax.tree_util.tree_map(lambda x: np.shape(x)[1:], xs)}): {type(e).__name__}: {e}"
+            f"{_time_major_hint(carry0, xs)}"
         ) from e
     s_in, s_out = jax.tree_util.tree_structure(carry0), jax.tree_util.tree_structure(out)
     if s_in != s_out:
@@ -240,9 +311,12 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
     ):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise ValueError(
-                f"step changes carry leaf {jax.tree_util.keystr(path)}: carry0 has {a.dtype}{list(a.shape)}, "
-                f"step(carry0, xs[0]) returns {b.dtype}{list(b.shape)}"
+                f"step changes carry leaf {leaf_name('carry0', path)}: carry0 has {a.dtype}{list(a.shape)}, "
+                f"step(carry0, xs[0]) returns {b.dtype}{list(b.shape)}{_time_major_hint(carry0, xs)}"
             )
     if check_values:
         check_finite(carry0)
+        check_finite_inputs(xs)
+        warn_casts(carry0, "carry0")
+        warn_casts(xs, "xs")
     return smap, T

@@ -92,8 +92,8 @@ def _check_step_inputs(carry: Any, x: jax.Array) -> None:
         s = jnp.shape(leaf)
         if len(s) == 0 or s[0] != shape[0]:
             raise ValueError(
-                f"carry leaf {jax.tree_util.keystr(path)} has shape {s}; its leading axis must be the batch "
-                f"B={shape[0]} of x_t"
+                f"carry leaf carry{jax.tree_util.keystr(path)} has shape {s}; its leading axis must be the "
+                f"batch B={shape[0]} of x_t (inputs xs are time-major: (T, B, ...))"
             )
 
 
@@ -233,8 +233,8 @@ def _check_sequence(carry0: Any, xs: Any) -> None:
         s = jnp.shape(leaf)
         if len(s) == 0 or s[0] != B:
             raise ValueError(
-                f"carry0 leaf {jax.tree_util.keystr(path)} has shape {s}; its leading axis must be the batch "
-                f"B={B} of xs (T, B, ...)"
+                f"carry0 leaf carry0{jax.tree_util.keystr(path)} has shape {s}; its leading axis must be the "
+                f"batch B={B} of xs (T, B, ...): xs is time-major"
             )
 
 

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from gradflow.checks import is_int, positive_int
-from gradflow.checks import raise_if_nonfinite as _raise_if_nonfinite
-from gradflow.jacobians import power_norm, step_vjp_rows
+from gradflow.jacobians import reverse_pass, run_engine, spectral_reducer
+from gradflow.per_example import ExamplePlan
+from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
@@ -45,6 +46,9 @@ class StreamingResult(NamedTuple):
     log_frobenius: jax.Array
     log_spectral: jax.Array
     lags: jax.Array
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def forward_states(step, carry0, xs):
@@ -65,59 +69,26 @@ def forward_states(step, carry0, xs):
     return prev, hT, flags
 
 
-def _kahan_add(s, c, x):
-    y = x - c
-    t = s + y
-    return t, jnp.where(jnp.isfinite(t), (t - s) - y, jnp.zeros_like(t))
-
-
 @functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
 def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes):
     full = StateMap.from_carry(carry0)
     sel_map = full.with_mask(mask)
-    sel = jnp.asarray(sel_map.selection_in(full))
     dt = full.dtype
-    prev, _, flags = forward_states(step, carry0, xs)
     n = sel_map.n
     if probes is None:
-        G0 = jnp.eye(full.n, dtype=dt)[sel]
-        offset = jnp.zeros((), dt)
+        rows, offset = None, jnp.zeros((), dt)
     else:
-        G0 = jnp.zeros((probes.shape[0], full.n), dt).at[:, sel].set(probes.astype(dt))
+        sel = jnp.asarray(sel_map.selection_in(full))
+        rows = jnp.zeros((probes.shape[0], full.n), dt).at[:, sel].set(probes.astype(dt))
         offset = -0.5 * jnp.log(jnp.asarray(probes.shape[0], dt))
-    tiny = jnp.finfo(dt).tiny
     v0 = jnp.ones((n,), dt) / jnp.sqrt(jnp.asarray(n, dt))
-
-    def body(carry, inp):
-        G, s, c, v = carry
-        h, x = inp
-        G = step_vjp_rows(step, full, h, x, G)
-        # unit Frobenius norm; the scale goes to the log-scale. max-abs first so the norm itself cannot
-        # overflow
-        # (an all-zero G stays zero: the divisors are 1 then, so XLA's reciprocal products stay finite)
-        amax = jnp.max(jnp.abs(G))
-        G = G / jnp.where(amax > 0, jnp.maximum(amax, tiny), 1.0)
-        fn = jnp.sqrt(jnp.sum(jnp.square(G)))  # >= 1 unless G == 0
-        G = G / jnp.where(fn > 0, fn, 1.0)
-        s, c = _kahan_add(s, c, jnp.log(amax) + jnp.log(fn))
-        M = G if sel_map.n == full.n else G[:, sel]  # no gather when the whole state is selected
-        log_f = s + jnp.log(jnp.sqrt(jnp.sum(jnp.square(M)))) + offset
-        if spectral == "svd":
-            log_s = s + jnp.log(jnp.linalg.norm(M, ord=2))
-        elif spectral == "power":
-            sig, v = power_norm(M, v, power_iters)
-            log_s = s + jnp.log(sig)
-        else:
-            log_s = jnp.full((), jnp.nan, dt)
-        return (G, s, c, v), (log_f, log_s)
-
-    init = (G0, jnp.zeros((), dt), jnp.zeros((), dt), v0)
-    _, (log_f, log_s) = jax.lax.scan(body, init, (prev, xs), reverse=True)
-    return log_f, log_s, flags
+    reduce = spectral_reducer(spectral, power_iters, n)
+    log_scale, (log_f, log_s), flags = reverse_pass(step, mask, carry0, xs, reduce, v0, rows=rows)
+    return log_scale + log_f + offset, log_scale + log_s, flags
 
 
 def streaming_log_norms(
-    step, carry0, xs, *, wrt=None, probes=None, key=None, spectral="auto", power_iters=10
+    step, carry0, xs, *, wrt=None, probes=None, key=None, spectral="auto", power_iters=10, per_example=False
 ) -> StreamingResult:
     """Natural-log Frobenius and spectral norms of ∂h_T/∂h_t for every t, stable for long sequences.
 
@@ -132,6 +103,8 @@ def streaming_log_norms(
         key: PRNG key for the probes (required when ``probes`` is given).
         spectral: "auto", "svd", "power" or None (see the module docstring). Ignored (NaN) with probes.
         power_iters: power iterations per step for ``spectral="power"``.
+        per_example: run the step on each example alone (see :func:`gradflow.jacobians`): results (B, T);
+            the probes (k, m) are shared by the examples, m the per-example state size.
 
     Returns:
         StreamingResult with ``log_frobenius`` (T,), ``log_spectral`` (T,), ``lags`` (T,). An exactly zero
@@ -151,17 +124,17 @@ def streaming_log_norms(
     if spectral not in ("auto", "svd", "power", None):
         raise ValueError(f"spectral must be 'auto', 'svd', 'power' or None, got {spectral!r}")
     smap, T = validate_inputs(step, carry0, xs, wrt)
+    n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     P = None
     if probes is not None:
         if not is_int(probes) or probes < 1:
             raise ValueError(f"probes must be a positive int or None, got {probes!r}")
         if key is None:
             raise ValueError("probes need an explicit PRNG key: pass key=jax.random.PRNGKey(...)")
-        P = jax.random.normal(key, (probes, smap.n), smap.dtype)
+        P = jax.random.normal(key, (probes, n), smap.dtype)
         spectral = None
     elif spectral == "auto":
-        spectral = "svd" if smap.n <= 64 else "power"
-    iters = positive_int("power_iters", power_iters)
-    log_f, log_s, flags = _stream_jit(step, smap.mask, spectral, iters, carry0, xs, P)
-    _raise_if_nonfinite(flags)
+        spectral = "svd" if n <= 64 else "power"
+    fn = functools.partial(_stream_jit, step, smap.mask, spectral, positive_int("power_iters", power_iters))
+    log_f, log_s = run_engine(lambda c, x: fn(c, x, P), step, carry0, xs, per_example)
     return StreamingResult(log_f, log_s, T - jnp.arange(T))

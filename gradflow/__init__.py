@@ -43,6 +43,7 @@ from gradflow import measure, theory, unit_bn  # noqa: E402,F401
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 # isort: split
 from gradflow import tasks, train  # noqa: E402,F401
+from gradflow.fitting import UserCell, fit  # noqa: E402,F401
 
 # --- sweeps (gradflow.sweep) ---
 # isort: split
@@ -64,5 +65,6 @@ __all__ = [
     # sweeps
     "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
     # modules
+    "fit", "UserCell",
     "theory", "measure", "unit_bn", "tasks", "train",
 ]

@@ -498,14 +498,12 @@ def init_cell(cell: GradflowCell, key: jax.Array, batch_size: int = 1) -> dict:
     _check_positive_int("batch_size", batch_size)
     cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)
     # the variables do not depend on the batch size: one compiled init per cell configuration
-    key_ = ("init_cell", type(cell), cell.spec, cell.hidden_size, cell.input_size)
-    init = cache.cached(key_, lambda: _jitted_init(type(cell), cell.spec, cell.hidden_size, cell.input_size))
-    return init(key)
+    return cache.cached(("init_cell", cell), lambda: _jitted_init(cell))(key)
 
 
-def _jitted_init(cls, spec, hidden_size, input_size):
+def _jitted_init(cell: GradflowCell):
     """One compiled init per cell configuration (eager init compiles every initializer op separately)."""
-    cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
+    input_size = cell.input_size
 
     def init(key):
         carry = cell.initialize_carry(1)

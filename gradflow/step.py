@@ -40,18 +40,16 @@ def check_finite(tree: Any, what: str = "variables") -> None:
         raise ValueError(f"non-finite values (NaN or inf) in {what}{where}")
 
 
-def _expected_shapes(cls, spec, hidden_size, input_size):
-    def build():
-        cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
-        return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
-
-    return cache.cached(("expected_shapes", cls, spec, hidden_size, input_size), build)
+def _expected_shapes(cell: GradflowCell):
+    """The shapes of ``init_cell(cell, ·)``'s variables (computed once per cell)."""
+    return cache.cached(("expected_shapes", cell),
+                        lambda: jax.eval_shape(lambda: init_cell(cell, jax.random.key(0))))
 
 
 def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
-    expected = _expected_shapes(type(cell), cell.spec, cell.hidden_size, cell.input_size)
+    expected = _expected_shapes(cell)
     for col, exp in expected.items():
         if col not in variables:
             raise ValueError(f"variables lack the {col!r} collection this cell needs")

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -130,6 +131,8 @@ class TrainResult:
         diverged: True when a non-finite loss or gradient stopped training.
         message: why training stopped.
         elapsed_s: wall time of this call (seconds).
+        variables: (property) the trained cell's variables ``{"params": ..., ["batch_stats": ...]}``, ready
+            for ``gradflow.as_step(result.cell, result.variables)``.
     """
 
     cell: GradflowCell
@@ -431,13 +434,15 @@ def evaluate(
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def _identity(cell: GradflowCell, task: Task, config: TrainConfig) -> str:
+def _identity(cell: GradflowCell, task: Task, config: TrainConfig, start: dict | None = None) -> str:
     cfg = dataclasses.asdict(config)
     cfg.pop("steps")
     cfg.pop("checkpoint_every")
+    inner = getattr(cell, "inner", None)
     return json.dumps(
         {
-            "cell": repr(cell.spec),
+            "cell": repr(cell.spec) + ("" if inner is None else f" wrapping {inner!r}"),
+            "start": None if start is None else _digest(start),
             "hidden": cell.hidden_size,
             "input": cell.input_size,
             "task": task.name,
@@ -446,6 +451,28 @@ def _identity(cell: GradflowCell, task: Task, config: TrainConfig) -> str:
         },
         sort_keys=True,
     )
+
+
+def _digest(tree) -> str:
+    """A short content hash of a pytree of arrays (the starting variables of a run)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _start_from(params: dict, batch_stats: dict, variables: dict) -> tuple[dict, dict]:
+    """``params`` with the cell's part replaced by ``variables["params"]`` (shapes checked), and its BN
+    statistics."""
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError("variables must be a dict with a 'params' entry (as init_cell returns)")
+    new, old = variables["params"], params["cell"]
+    if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old) or any(
+            jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new),
+                                                         jax.tree_util.tree_leaves(old), strict=True)):
+        raise ValueError("variables['params'] does not match the cell's parameters (structure or shapes)")
+    cast = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, jnp.result_type(b)), new, old)
+    return {**params, "cell": cast}, dict(variables.get("batch_stats", batch_stats))
 
 
 def _save_checkpoint(path: str, state: dict, step: int, history: dict, identity: str) -> None:
@@ -534,8 +561,9 @@ def train(
     *,
     checkpoint: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
+    variables: dict | None = None,
 ) -> TrainResult:
-    """Train cell + readout on a task with Adam.
+    """Train cell + readout on a task with Adam (``gradflow.fit`` also takes a user's linen or nnx cell).
 
     Args:
         cell: one of our cells (``gradflow.make_cell``) with ``input_size == task.input_size``. With per-step
@@ -546,6 +574,9 @@ def train(
             configuration apart from ``steps``), training resumes from it; it is (re)written atomically every
             ``checkpoint_every`` steps and at the end.
         progress: called with a one-line message at every evaluation (None: silent).
+        variables: the cell's starting variables (``{"params": ..., ["batch_stats": ...]}``, e.g. after
+            ``gradflow.floss``); default: ``init_cell`` seeded by ``config.seed``. The readout is initialized
+            as usual.
 
     Returns:
         :class:`TrainResult`. A non-finite loss or gradient ends training with ``diverged=True`` (the last
@@ -565,7 +596,8 @@ def train(
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     _check_cell_task(cell, task)
-    run = _Run(cell, task, config, checkpoint, progress if progress is not None else (lambda _m: None))
+    say = progress if progress is not None else (lambda _m: None)
+    run = _Run(cell, task, config, checkpoint, say, variables)
     diverged, message = run.loop()
     return TrainResult(cell=cell, task=task, config=config, params=run.state["params"],
                        batch_stats=run.state["batch_stats"], opt_state=run.state["opt_state"],
@@ -576,11 +608,14 @@ def train(
 class _Run:
     """One call of :func:`train`: the state, the history, the checkpoint and the loop over steps."""
 
-    def __init__(self, cell, task: Task, config: TrainConfig, checkpoint, say: Callable[[str], None]):
+    def __init__(self, cell, task: Task, config: TrainConfig, checkpoint, say: Callable[[str], None],
+                 variables: dict | None = None):
         self.cell, self.task, self.config, self.say = cell, task, config, say
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.root = jax.random.key(config.seed)
         params, batch_stats = init_params(cell, task, jax.random.fold_in(self.root, 1))
+        if variables is not None:
+            params, batch_stats = _start_from(params, batch_stats, variables)
         self.initial = {"params": params, "batch_stats": batch_stats}
         self.state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
         self.train_step = _make_train_step(cell, task, config.batch_size)
@@ -592,7 +627,7 @@ class _Run:
                      "flow_step": [], "grad_flow": []}
         self.hyper = (self.root, jnp.float32(config.learning_rate),
                       jnp.float32(np.inf if config.clip_norm is None else config.clip_norm))
-        self.identity = _identity(cell, task, config)
+        self.identity = _identity(cell, task, config, None if variables is None else self.initial)
         self.step = self._resume()
 
     def _resume(self) -> int:

@@ -25,6 +25,10 @@ from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F4
 from gradflow.spectra import GrowthRate, SpectrumResult, growth_rate, spectra, spectrum_of  # noqa: E402,F401
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
 
+# --- gradient flossing (gradflow.floss) ---
+# isort: split
+from gradflow.floss import floss, floss_schedule, flossing_exponents, flossing_loss  # noqa: E402,F401
+
 # isort: split
 
 # --- theory (gradflow.theory is imported as a module: gradflow.theory.<name>) ---

@@ -24,6 +24,10 @@ Presets (``CELLS``; ``describe(name)`` renders the equation of any spec):
 - ``gru``:           r = σ(r̃_x + r̃_h), z = σ(z̃_x + z̃_h), n = tanh(ñ_x + r ⊙ ñ_h),
                      h_t = (1 − z) ⊙ n + z ⊙ h_{t-1},  with (r̃_x, z̃_x, ñ_x) = W_xh x_t + b,
                      (r̃_h, z̃_h, ñ_h) = W_hh h_{t-1}
+- ``irnn``:          h_t = relu(W_hh h_{t-1} + W_xh x_t + b), W_hh = I, b = 0 at init (Le et al. 2015)
+- ``lru``:           x_t = λ ⊙ x_{t-1} + γ ⊙ (B u_t), y_t = Re(C x_t) + D ⊙ u_t, carry h_t = [Re x_t, Im x_t]
+                     (Orvieto et al. 2023; `LRUCell`)
+- ``lru_block``:     encoder → LN → LRU → GELU → GLU → residual (`LRUCell`; read out by `readout_features`)
 
 Shift rule: when ``bias`` is on, the bias vector b is the only shift and the summed normalizations have β = 0
 (Cooijmans' β_h = β_x = 0); when it is off, exactly one summed normalization carries a learnable β —
@@ -43,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.norm import BatchNorm, LayerNorm
+from gradflow.norm import BatchNorm, LayerNorm, batch_moments
 
 __all__ = [
     "CellSpec",
@@ -56,14 +60,20 @@ __all__ = [
     "init_cell",
     "describe",
     "recurrent_init",
+    "LRUCell",
+    "gamma_of",
+    "with_sequence_stats",
+    "feature_size",
+    "readout_features",
 ]
 
-FAMILIES = ("rnn", "lstm", "gru")
+FAMILIES = ("rnn", "lstm", "gru", "lru")
 NORMS = (None, "bn", "ln")
 ACTIVATIONS = {"tanh": jnp.tanh, "identity": lambda a: a, "relu": jax.nn.relu}
 RECURRENT_INITS = ("gaussian", "orthogonal", "identity")
 DROPOUT_MODES = ("step", "sequence")
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lru": 1}
+INPUT_STATS = ("step", "sequence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +106,15 @@ class CellSpec:
         ln_eps: LN ε (> 0).
         forget_bias: initial bias of the LSTM forget gate.
         dtype: "float32" or "float64" (parameters, statistics and carry).
+        input_gamma_init: initial γ of the input path's normalization N_x only (γ_x; the LRU block: its
+            normalization); None: N_x uses ``bn_gamma_init`` / ``ln_gamma_init`` like every other one.
+        input_stats: statistics of BN_x in train mode: "step" (the batch at each step) or "sequence" (one
+            mean and variance per feature over all B·T values of W_xh x_t, Laurent et al. 2016; computed
+            before the scan by `with_sequence_stats`, see there).
+        r_min, r_max: the LRU's ring 0 ≤ r_min < r_max ≤ 1 of initial eigenvalue moduli |λ| (family "lru").
+        max_phase: the LRU's initial phases arg λ are uniform in [0, max_phase] (> 0).
+        lru_block: family "lru": the whole block (encoder → N_x → LRU → GELU → GLU → residual) instead of
+            the bare unit (see `LRUCell`).
     """
 
     family: str = "rnn"
@@ -118,6 +137,12 @@ class CellSpec:
     ln_eps: float = 1e-5
     forget_bias: float = 0.0
     dtype: str = "float32"
+    input_gamma_init: float | None = None
+    input_stats: str = "step"
+    r_min: float = 0.0
+    r_max: float = 1.0
+    max_phase: float = 6.28
+    lru_block: bool = False
 
     def __post_init__(self):
         def bad(field, why):
@@ -160,6 +185,37 @@ class CellSpec:
             bad("t_max", "must be a positive int")
         if self.dtype not in ("float32", "float64"):
             bad("dtype", "must be 'float32' or 'float64'")
+        self._check_additions(bad)
+
+    def _check_additions(self, bad):
+        """Checks of the input-path options and the LRU options."""
+        g = self.input_gamma_init
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g)):
+            bad("input_gamma_init", "must be None or a finite number")
+        if self.input_stats not in INPUT_STATS:
+            bad("input_stats", f"must be one of {INPUT_STATS}")
+        if self.input_stats == "sequence" and self.norm_x != "bn":
+            bad("input_stats", "sequence statistics are for a BN on the input path (norm_x='bn')")
+        for f in ("r_min", "r_max", "max_phase"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                bad(f, "must be a finite number")
+        if not 0.0 <= self.r_min < self.r_max <= 1.0:
+            bad("r_min", f"the LRU ring needs 0 <= r_min < r_max <= 1 (r_max={self.r_max!r})")
+        if self.max_phase <= 0:
+            bad("max_phase", "must be > 0")
+        if not isinstance(self.lru_block, bool):
+            bad("lru_block", "must be a bool")
+        if self.lru_block and self.family != "lru":
+            bad("lru_block", "is an option of family 'lru'")
+        if self.family == "lru":
+            for f in ("norm_h", "norm_sum"):
+                if getattr(self, f) is not None:
+                    bad(f, "an LRU has no normalization inside its linear recurrence")
+            if self.norm_x is not None and not self.lru_block:
+                bad("norm_x", "the bare LRU has no input normalization (it belongs to the block: lru_block)")
+            if self.dropout:
+                bad("dropout", "not supported for family 'lru'")
 
     @property
     def has_bn(self) -> bool:
@@ -204,6 +260,9 @@ PRESETS: dict[str, CellSpec] = {
         family="lstm", norm_x="ln", norm_h="ln", norm_c="ln", recurrent_init="orthogonal", forget_bias=1.0
     ),
     "gru": CellSpec(family="gru", recurrent_init="orthogonal"),
+    "irnn": CellSpec(activation="relu", recurrent_init="identity"),
+    "lru": CellSpec(family="lru", bias=False),
+    "lru_block": CellSpec(family="lru", lru_block=True, norm_x="ln", bias=False),
 }
 CELLS: tuple[str, ...] = tuple(PRESETS)
 
@@ -219,6 +278,9 @@ _CITATION = {
     "bn_lstm": "Cooijmans et al. 2016",
     "ln_lstm": "Ba et al. 2016",
     "gru": "Cho et al. 2014",
+    "irnn": "Le, Jaitly & Hinton 2015",
+    "lru": "Orvieto et al. 2023",
+    "lru_block": "Orvieto et al. 2023, the unit in its block",
 }
 
 
@@ -242,6 +304,8 @@ def describe(spec: str | CellSpec) -> str:
         name = spec
         spec = _preset(spec)
     s = spec
+    if s.family == "lru":
+        return _describe_lru(s, name)
     hh, xx = _n(s, "h", "W_hh h_{t-1}"), _n(s, "x", "W_xh x_t")
     b = " + b" if s.bias else ""
     lines = []
@@ -274,6 +338,10 @@ def describe(spec: str | CellSpec) -> str:
         notes.append(f"BN γ0 = {s.bn_gamma_init}, statistics {stats}")
     if "ln" in (s.norm_x, s.norm_h, s.norm_sum, s.norm_c):
         notes.append(f"LN γ0 = {s.ln_gamma_init}")
+    if s.norm_x and s.input_gamma_init is not None:
+        notes.append(f"{s.norm_x.upper()}_x γ0 = {s.input_gamma_init}")
+    if s.input_stats == "sequence":
+        notes.append("BN_x train-mode statistics over the whole sequence (B·T values)")
     if s.dropout:
         notes.append(f"D: dropout p = {s.dropout}, mask per {s.dropout_mode}, train mode only")
     notes.append(f"W_hh init {s.recurrent_init}, gain {s.gain}")
@@ -281,6 +349,30 @@ def describe(spec: str | CellSpec) -> str:
         notes.append(f"forget bias {s.forget_bias}")
     head = f"[{name}: {_CITATION[name]}] " if name else ""
     return "\n".join(lines) + "\n" + head + "; ".join(notes)
+
+
+def _describe_lru(s: CellSpec, name: str | None) -> str:
+    ring = f"ring init r_min = {s.r_min}, r_max = {s.r_max}, max_phase = {s.max_phase}"
+    if s.lru_block:
+        z = _n(s, "x", "e_t")
+        lines = [
+            f"x_t = λ ⊙ x_{{t-1}} + γ ⊙ (B z_t),  z_t = {z},  e_t = W_enc u_t + b_enc",
+            "y_t = Re(C x_t) + D ⊙ z_t;  g_t = GELU(y_t);  o_t = e_t + (W_1 g_t + b_1) ⊙ σ(W_2 g_t + b_2)",
+        ]
+        notes = [f"{s.norm_x.upper()}_x γ0 = {gamma_of(s, 'x')}" if s.norm_x else "no normalization"]
+    else:
+        lines = ["x_t = λ ⊙ x_{t-1} + γ ⊙ (B u_t),  y_t = Re(C x_t) + D ⊙ u_t"]
+        notes = []
+    lines.append("λ = exp(−exp(ν) + i·exp(θ)), γ = exp(γ_log); state h_t = [Re x_t, Im x_t]")
+    head = f"[{name}: {_CITATION[name]}] " if name else ""
+    return "\n".join(lines) + "\n" + head + "; ".join([ring, "γ0 = sqrt(1 − |λ|²)"] + notes)
+
+
+def gamma_of(spec: CellSpec, where: str) -> float:
+    """Initial γ of the normalization at ``where``: ``input_gamma_init`` for "x" when set, else BN/LN's."""
+    if where == "x" and spec.input_gamma_init is not None:
+        return spec.input_gamma_init
+    return spec.ln_gamma_init if getattr(spec, "norm_" + where) == "ln" else spec.bn_gamma_init
 
 
 def recurrent_init(kind: str, gain: float, gates: int = 1):
@@ -379,21 +471,32 @@ class GradflowCell(nn.Module):
                 feats,
                 per_step_stats=s.per_step_stats,
                 t_max=s.t_max,
-                gamma_init=s.bn_gamma_init,
+                gamma_init=gamma_of(s, where),
                 use_bias=s.shift_of(where),
                 momentum=s.bn_momentum,
                 eps=s.bn_eps,
                 param_dtype=self.dtype,
                 name="bn_" + where,
-            )(z, t, train)
+            )(z, t, train, moments=self._sequence_moments(where, train))
         return LayerNorm(
             feats,
-            gamma_init=s.ln_gamma_init,
+            gamma_init=gamma_of(s, where),
             use_bias=s.shift_of(where),
             eps=s.ln_eps,
             param_dtype=self.dtype,
             name="ln_" + where,
         )(z)
+
+    def _sequence_moments(self, where: str, train: bool):
+        """The sequence-wise (mean, var) of BN_x in train mode with ``input_stats="sequence"``, else None."""
+        if where != "x" or self.spec.input_stats != "sequence" or not train:
+            return None
+        if not self.has_variable("sequence_stats", "mean") or not self.has_variable("sequence_stats", "var"):
+            raise ValueError(
+                "input_stats='sequence' in train mode needs the statistics of the whole input sequence: "
+                "pass variables from gradflow.cells.with_sequence_stats(cell, variables, xs)"
+            )
+        return self.get_variable("sequence_stats", "mean"), self.get_variable("sequence_stats", "var")
 
     def _params(self):
         d, G, s = self.hidden_size, self.gates, self.spec
@@ -502,7 +605,129 @@ class GRUCell(GradflowCell):
         return {"h": h_new, "t": t + 1}, h_new
 
 
-_CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+def _lru_nu_log_init(r_min, r_max):
+    def init(key, shape, dtype):
+        u = jax.random.uniform(key, shape, dtype)
+        r2 = u * (r_max**2 - r_min**2) + r_min**2  # |λ|² uniform over the ring's area
+        r2 = jnp.clip(r2, jnp.finfo(dtype).tiny, 1.0 - jnp.finfo(dtype).eps)  # ν finite: 0 < |λ| < 1
+        return jnp.log(-0.5 * jnp.log(r2))
+
+    return init
+
+
+def _lru_theta_log_init(max_phase):
+    def init(key, shape, dtype):
+        u = jax.random.uniform(key, shape, dtype, minval=jnp.finfo(dtype).tiny)  # θ > 0: log θ finite
+        return jnp.log(max_phase * u)
+
+    return init
+
+
+def _normal_init(scale):
+    return lambda key, shape, dtype: jax.random.normal(key, shape, dtype) * scale
+
+
+class LRUCell(GradflowCell):
+    """The Linear Recurrent Unit (Orvieto et al. 2023), alone or in its block.
+
+    The complex state x_t ∈ C^N is kept as real numbers, ``carry["h"] = [Re x_t, Im x_t]`` of shape (B, 2N):
+    ``hidden_size`` = 2N counts real numbers (it must be even), so every engine function sees an ordinary
+    real state. λ_j = exp(−exp(ν_j) + i·exp(θ_j)) (|λ_j| < 1 for every parameter value), γ_j = exp(γ_log_j):
+
+    - bare unit (``lru``): x_t = λ ⊙ x_{t−1} + γ ⊙ (B u_t),  output y_t = Re(C x_t) + D ⊙ u_t,
+      u_t = the input (input_size = H); B (N, H), C (H, N), D (H,).
+    - block (``lru_block``): e_t = W_enc u_t + b_enc (width H = N), z_t = N_x(e_t) (LN by default),
+      x_t = λ ⊙ x_{t−1} + γ ⊙ (B z_t), y_t = Re(C x_t) + D ⊙ z_t, g_t = GELU(y_t) (tanh form),
+      output o_t = e_t + (W_1 g_t + b_1) ⊙ σ(W_2 g_t + b_2)  (GLU, residual; Orvieto et al.'s block).
+
+    The state Jacobian ∂x_t/∂x_{t−1} = diag(λ) exactly (the block's normalization and GLU act on the input
+    and output paths only); in the real layout it is [[diag Re λ, −diag Im λ], [diag Im λ, diag Re λ]].
+
+    Init (the paper's reference code): |λ|² uniform in [r_min², r_max²], arg λ uniform in [0, max_phase],
+    γ = sqrt(1 − |λ|²), B_re, B_im ~ N(0, 1/(2H)), C_re, C_im ~ N(0, 1/N), D ~ N(0, 1). Parameter names
+    nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D as there.
+
+    Call: ``new_carry, out = cell.apply(variables, carry, u, train=bool)``, out = y_t (bare, (B, H)) or
+    o_t (block, (B, N)). The readout of a trained model uses `readout_features` (the state for the bare
+    unit, o_t for the block).
+    """
+
+    def setup(self):
+        s, d = self.spec, self.hidden_size
+        if d % 2:
+            raise ValueError(f"an LRU's hidden_size (2 × N complex modes) must be even, got {d}")
+        N, dt = d // 2, self.dtype
+        H = N if s.lru_block else self.input_size
+        self.nu_log = self.param("nu_log", _lru_nu_log_init(s.r_min, s.r_max), (N,), dt)
+        self.theta_log = self.param("theta_log", _lru_theta_log_init(s.max_phase), (N,), dt)
+
+        def gamma_log_init(key, shape, dtype):
+            return 0.5 * jnp.log1p(-jnp.exp(-2.0 * jnp.exp(self.nu_log)))  # ln sqrt(1 − |λ|²)
+
+        self.gamma_log = self.param("gamma_log", gamma_log_init, (N,), dt)
+        for name, shape, scale in (("B_re", (N, H), (2 * H) ** -0.5), ("B_im", (N, H), (2 * H) ** -0.5),
+                                   ("C_re", (H, N), N**-0.5), ("C_im", (H, N), N**-0.5), ("D", (H,), 1.0)):
+            setattr(self, name, self.param(name, _normal_init(scale), shape, dt))
+        if s.lru_block:
+            lecun = nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
+            self.W_enc = self.param("W_enc", lecun, (H, self.input_size), dt)
+            self.b_enc = self.param("b_enc", nn.initializers.zeros, (H,), dt)
+            for k in ("1", "2"):
+                setattr(self, "W_" + k, self.param("W_" + k, lecun, (H, H), dt))
+                setattr(self, "b_" + k, self.param("b_" + k, nn.initializers.zeros, (H,), dt))
+            if s.norm_x == "bn":
+                self.bn_x = BatchNorm(H, per_step_stats=s.per_step_stats, t_max=s.t_max,
+                                      gamma_init=gamma_of(s, "x"), use_bias=s.shift_of("x"),
+                                      momentum=s.bn_momentum, eps=s.bn_eps, param_dtype=dt)
+            elif s.norm_x == "ln":
+                self.ln_x = LayerNorm(H, gamma_init=gamma_of(s, "x"), use_bias=s.shift_of("x"),
+                                      eps=s.ln_eps, param_dtype=dt)
+
+    def eigenvalues(self):
+        """(Re λ, Im λ), each (N,)."""
+        r, th = jnp.exp(-jnp.exp(self.nu_log)), jnp.exp(self.theta_log)
+        return r * jnp.cos(th), r * jnp.sin(th)
+
+    def _lru_input(self, u, t, train):
+        """(drive z of the recurrence, residual e): u itself for the bare unit."""
+        if not self.spec.lru_block:
+            return u, None
+        e = u @ self.W_enc.T + self.b_enc
+        if self.spec.norm_x == "bn":
+            z = self.bn_x(e, t, train, moments=self._sequence_moments("x", train))
+        elif self.spec.norm_x == "ln":
+            z = self.ln_x(e)
+        else:
+            z = e
+        return z, e
+
+    def _output(self, h, z, e):
+        N = self.hidden_size // 2
+        y = h[:, :N] @ self.C_re.T - h[:, N:] @ self.C_im.T + self.D * z
+        if e is None:
+            return y
+        g = jax.nn.gelu(y, approximate=True)
+        return e + (g @ self.W_1.T + self.b_1) * jax.nn.sigmoid(g @ self.W_2.T + self.b_2)
+
+    def __call__(self, carry, x, train: bool = False):
+        self._check(carry, x)
+        N = self.hidden_size // 2
+        h, t = carry["h"], carry["t"]
+        z, e = self._lru_input(x, t, train)
+        lr, li = self.eigenvalues()
+        gam = jnp.exp(self.gamma_log)
+        bu_re, bu_im = gam * (z @ self.B_re.T), gam * (z @ self.B_im.T)
+        re, im = h[:, :N], h[:, N:]
+        h_new = jnp.concatenate([lr * re - li * im + bu_re, li * re + lr * im + bu_im], axis=-1)
+        return {"h": h_new, "t": t + 1}, self._output(h_new, z, e)
+
+    def features(self, h, x, t, train: bool = False):
+        """The output at a step from the state h_t (B, 2N), input u_t (B, input_size), t (B,); no update."""
+        z, e = self._lru_input(x, t, train)
+        return self._output(h, z, e)
+
+
+_CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell, "lru": LRUCell}
 
 
 def _check_positive_int(name: str, v: Any) -> None:
@@ -548,6 +773,10 @@ def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options
     if unknown:
         raise ValueError(f"unknown cell option(s) {unknown}; CellSpec fields are {sorted(fields)}")
     spec = dataclasses.replace(spec, **options)
+    if spec.family == "lru" and hidden_size % 2:
+        raise ValueError(
+            f"an LRU's hidden_size counts real numbers (2 × N complex modes): must be even, got {hidden_size}"
+        )
     return _CLASSES[spec.family](spec=spec, hidden_size=int(hidden_size), input_size=int(input_size))
 
 
@@ -583,3 +812,64 @@ def _jitted_init(cls, spec, hidden_size, input_size):
         return {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
 
     return jax.jit(init)
+
+
+def with_sequence_stats(cell: GradflowCell, variables: dict, xs: jax.Array) -> dict:
+    """Variables with the sequence-wise statistics of BN_x (``input_stats="sequence"``, Laurent et al. 2016).
+
+    The input path does not depend on the recurrence, so its pre-normalization values z_t = W_xh x_t (the
+    block's e_t for ``lru_block``) over the whole sequence are known before the scan: one mean and one
+    (biased) variance per feature over all B·T values. The step then normalizes z_t with these instead of
+    the batch's statistics at step t (train mode only; eval mode uses the running averages as always). They
+    travel in the ``"sequence_stats"`` collection, so `as_step` and every engine function work unchanged
+    and the state Jacobian for a given forward pass is the same function of the statistics as before.
+    Under ``jax.grad`` the statistics are differentiated through (they are a function of W_xh and xs).
+
+    Args:
+        cell: a cell with ``input_stats="sequence"``.
+        variables: its variables.
+        xs: (T, B, input_size), the sequence the step will see.
+
+    Returns:
+        ``{**variables, "sequence_stats": {"mean": (F,), "var": (F,)}}``.
+    """
+    if not isinstance(cell, GradflowCell) or cell.spec.input_stats != "sequence":
+        raise ValueError("with_sequence_stats needs a gradflow cell with input_stats='sequence'")
+    xs = jnp.asarray(xs)
+    if xs.ndim != 3 or xs.shape[-1] != cell.input_size:
+        raise ValueError(f"xs must have shape (T, B, input_size={cell.input_size}), got {xs.shape}")
+    P = variables["params"]
+    if cell.spec.family == "lru":
+        z = xs @ P["W_enc"].T + P["b_enc"]
+    else:
+        z = xs @ P["W_xh"].T
+    mean, var = batch_moments(z.reshape(-1, z.shape[-1]))
+    return {**variables, "sequence_stats": {"mean": mean, "var": var}}
+
+
+def feature_size(cell: GradflowCell) -> int:
+    """Width of `readout_features`: the LRU block's width N = hidden_size/2, else hidden_size."""
+    return cell.hidden_size // 2 if cell.spec.lru_block else cell.hidden_size
+
+
+def readout_features(cell: GradflowCell, variables: dict, hs: jax.Array, xs: jax.Array, *, t0: int = 0,
+                     train: bool = False) -> jax.Array:
+    """What a readout reads at each step: the state h_t, or the LRU block's output o_t (from h_t and u_t).
+
+    Args:
+        cell: one of our cells.
+        variables: its variables.
+        hs: (T, B, hidden_size) states h_{t0+1}.. (as returned by a scan).
+        xs: (T, B, input_size) the inputs of those steps.
+        t0: the step counter before the first of them.
+        train: train mode (the block's BN uses the batch's statistics; nothing is updated).
+
+    Returns:
+        ``hs`` itself, or (T, B, `feature_size`) block outputs.
+    """
+    if not cell.spec.lru_block:
+        return hs
+    T, B = hs.shape[:2]
+    ts = jnp.broadcast_to((t0 + jnp.arange(T, dtype=jnp.int32))[:, None], (T, B))
+    f = lambda h, x, t: cell.apply(variables, h, x, t, train, method=LRUCell.features)  # noqa: E731
+    return jax.vmap(f)(hs, xs, ts)

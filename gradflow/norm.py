@@ -134,13 +134,15 @@ class BatchNorm(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z: jax.Array, t: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, z: jax.Array, t: jax.Array, train: bool, moments=None) -> jax.Array:
         """Normalize.
 
         Args:
             z: (B, F).
             t: (B,) int step counters (steps already taken).
             train: batch statistics (True) or running averages (False).
+            moments: optional ``(mean, var)``, each (F,), used in train mode instead of this batch's
+                statistics (and fed to the running averages); e.g. statistics over a whole sequence.
 
         Returns:
             (B, F).
@@ -158,10 +160,14 @@ class BatchNorm(nn.Module):
             else None
         )
         rows = jnp.minimum(t, self.t_max - 1)
-        if train:
+        if train and moments is not None:
+            mean, var = moments
+            zhat = normalize(z, mean, var, self.eps)
+        elif train:
             mean, zc = _center(z, 0)
             mean, var = mean[0], jnp.mean(jnp.square(zc), axis=0)
             zhat = zc * jax.lax.rsqrt(var + self.eps)
+        if train:
             if self.is_mutable_collection("batch_stats") and not self.is_initializing():
                 m = self.momentum
                 if self.per_step_stats:

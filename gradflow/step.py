@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gradflow.cells import GradflowCell, init_cell
+from gradflow.cells import GradflowCell, init_cell, with_sequence_stats
 
 __all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
@@ -221,7 +221,9 @@ def unroll_cell(
     """Run one of our cells over a sequence, updating BN running averages in train mode (for training code).
 
     Unlike ``unroll(as_step(...))``, which is pure, in train mode the running averages of every BN are updated
-    step by step (row min(t, t_max − 1) at step t for per-step statistics) and returned.
+    step by step (row min(t, t_max − 1) at step t for per-step statistics) and returned. A cell with
+    ``input_stats="sequence"`` gets BN_x's statistics over ``xs`` (`gradflow.cells.with_sequence_stats`)
+    unless ``variables`` already holds them.
 
     Args:
         cell: one of our cells (`gradflow.make_cell`).
@@ -251,10 +253,14 @@ def unroll_cell(
     rngs = {"dropout": key} if (train and cell.spec.dropout > 0) else {}
     params, stats = variables["params"], variables.get("batch_stats")
     update = train and stats is not None
+    if train and cell.spec.input_stats == "sequence" and "sequence_stats" not in variables:
+        variables = with_sequence_stats(cell, variables, xs)  # BN_x's statistics over the whole sequence
+    extra = {"sequence_stats": variables["sequence_stats"]} if "sequence_stats" in variables else {}
 
     def body(c, x):
         carry, stats = c
         v = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+        v = {**v, **extra}
         if update:
             (new, _), upd = cell.apply(v, carry, x, train=True, mutable=["batch_stats"], rngs=rngs)
             stats = upd["batch_stats"]

@@ -53,6 +53,13 @@ __all__ = [
     "measure_top_exponent",
     "theory_vs_measurement",
     "ACTIVATIONS",
+    "lru_eigenvalues",
+    "lru_rate",
+    "lru_spectrum",
+    "lru_init_rate",
+    "relu_rate_bound",
+    "critical_input_gamma",
+    "input_variance_share",
 ]
 
 ACTIVATIONS = ("linear", "tanh")
@@ -806,3 +813,145 @@ def theory_vs_measurement(
         ):
             cols[k].append(v)
     return {k: np.asarray(v) for k, v in cols.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# what keeps gradients alive: exact statements for the LRU and the IRNN, the critical input γ of the
+# normalized recurrences without tanh (docs/theory.md §8)
+
+
+def lru_eigenvalues(params) -> np.ndarray:
+    """The LRU's diagonal λ_j = exp(−exp(ν_j) + i·exp(θ_j)) from its parameters (``nu_log``, ``theta_log``).
+
+    Args:
+        params: the LRU cell's params (or any mapping with ``nu_log`` and ``theta_log``, each (N,)).
+
+    Returns:
+        (N,) complex128.
+    """
+    nu = np.asarray(params["nu_log"], np.float64)
+    th = np.asarray(params["theta_log"], np.float64)
+    if nu.shape != th.shape or nu.ndim != 1:
+        raise ValueError(f"nu_log and theta_log must be (N,) arrays, got shapes {nu.shape} and {th.shape}")
+    if not (np.all(np.isfinite(nu)) and np.all(np.isfinite(th))):
+        raise ValueError("nu_log or theta_log has non-finite entries")
+    return np.exp(-np.exp(nu) + 1j * np.exp(th))
+
+
+def lru_rate(params) -> float:
+    """Exact growth rate of ‖∂h_T/∂h_{T−k}‖₂ per step of an LRU (bare or in its block): ln max_j |λ_j|.
+
+    The k-step state Jacobian is diag(λ)^k (the real form of it in the carry's layout [Re x, Im x]), whose
+    spectral norm is max|λ|^k at every lag, input and batch, so the rate is exact, not mean-field:
+    −min_j exp(ν_j) < 0.
+
+    Example:
+        >>> round(lru_rate({"nu_log": np.log([0.1, 0.01]), "theta_log": np.zeros(2)}), 6)
+        -0.01
+    """
+    lam = lru_eigenvalues(params)
+    return float(-np.exp(np.asarray(params["nu_log"], np.float64)).min()) if lam.size else float("nan")
+
+
+def lru_spectrum(params) -> np.ndarray:
+    """Exact Lyapunov spectrum of an LRU's real state (2N): every ln|λ_j| twice, largest first."""
+    r = -np.exp(np.asarray(params["nu_log"], np.float64))
+    lru_eigenvalues(params)  # checks
+    return np.sort(np.repeat(r, 2))[::-1]
+
+
+def lru_init_rate(n_modes: int, r_min: float = 0.0, r_max: float = 1.0) -> float:
+    """Expected `lru_rate` at initialization, E[ln max_j |λ_j|], over the ring init of ``n_modes`` modes.
+
+    |λ_j|² = r_min² + (r_max² − r_min²) u_j with u_j ~ U(0, 1) independent, so max|λ|² is that map of the
+    largest of N uniforms (density N u^{N−1}) and
+    E[ln max|λ|] = ½ ∫₀¹ N u^{N−1} ln(r_min² + (r_max² − r_min²) u) du. For r_min = 0 this is
+    ln r_max − 1/(2N) exactly (−ln u_max is exponential with rate N); otherwise it is computed by
+    Gauss–Legendre quadrature in s = u^N (the integrand is smooth in s).
+
+    Example:
+        >>> round(lru_init_rate(32), 6)
+        -0.015625
+    """
+    if isinstance(n_modes, bool) or not isinstance(n_modes, int | np.integer) or n_modes < 1:
+        raise ValueError(f"n_modes must be a positive int, got {n_modes!r}")
+    lo = _check_number("r_min", r_min, nonneg=True)
+    hi = _check_number("r_max", r_max, positive=True)
+    if not lo < hi <= 1.0:
+        raise ValueError(f"the ring needs 0 <= r_min < r_max <= 1, got r_min={lo}, r_max={hi}")
+    if lo == 0.0:
+        return math.log(hi) - 0.5 / n_modes
+    x, w = np.polynomial.legendre.leggauss(200)
+    s_ = 0.5 * (x + 1.0)  # s = u^N ~ U(0, 1): u = s^(1/N)
+    u = s_ ** (1.0 / n_modes)
+    return float(0.5 * np.sum(0.5 * w * np.log(lo**2 + (hi**2 - lo**2) * u)))
+
+
+def relu_rate_bound(W_hh) -> float:
+    """Upper bound ln‖W_hh‖₂ on the growth rate (every lag) of a ReLU RNN's ‖∂h_T/∂h_t‖₂.
+
+    The step Jacobian of h_t = ReLU(W_hh h_{t−1} + W_xh x_t + b) is diag(1[a_t > 0]) W_hh, whose norm is at
+    most ‖W_hh‖₂. At the IRNN's initialization (W_hh = I) the bound is 0 and the k-step Jacobian is exactly
+    Π diag(1[a_s > 0]), a 0/1 diagonal: its spectral norm is 1 while some unit stays active over the whole
+    lag and 0 once none does (the rate at init is 0 or −∞, never an exponential decay in between).
+    """
+    W = np.asarray(W_hh, np.float64)
+    if W.ndim != 2 or W.shape[0] != W.shape[1] or not np.all(np.isfinite(W)):
+        raise ValueError(f"W_hh must be a finite square matrix, got shape {W.shape}")
+    return float(np.log(np.linalg.norm(W, 2)))
+
+
+def input_variance_share(gamma_x: float, gamma_h: float = 1.0) -> float:
+    """The input path's share γ_x²/(γ_h² + γ_x²) of the state's per-feature variance in `bn_notanh` /
+    `ln_notanh` (h_t = γ_h N(W_hh h_{t−1}) + γ_x BN(W_xh x_t): two independent unit-variance terms)."""
+    gx = _check_number("gamma_x", gamma_x, nonneg=True)
+    gh = _check_number("gamma_h", gamma_h, positive=True)
+    return gx**2 / (gh**2 + gx**2)
+
+
+def critical_input_gamma(name: str, *, batch_size=None, hidden_size=None, gamma_h: float = 1.0) -> float:
+    """The input-path γ_x that makes the mean-field rate of `bn_notanh` / `ln_notanh` zero (train mode).
+
+    From docs/theory.md §3.5 and §4.1: χ = γ_h²/(γ_h² + γ_x²)·(n−2)/(n−3) with n = B (bn_notanh, BN's
+    statistics over the batch) or n = d (ln_notanh, LN's over the features); χ = 1 at
+
+        γ_x = γ_h / sqrt(n − 3).
+
+    Dropout on h leaves χ unchanged to leading order (§3.6), so the same γ_x holds with the preset's p = 0.2.
+    At that γ_x the input carries the share 1/(n − 2) of the state's variance (`input_variance_share`).
+
+    Args:
+        name: "bn_notanh" or "ln_notanh".
+        batch_size: B (bn_notanh), an int >= 4.
+        hidden_size: d (ln_notanh), an int >= 4.
+        gamma_h: γ of the recurrent path's normalization (> 0).
+
+    Returns:
+        γ_x > 0.
+
+    Raises:
+        ValueError: another name, a missing size, or n ≤ 3 (E[1/σ²] is infinite for n ≤ 3: no γ_x balances
+            an infinite expansion factor).
+
+    Example:
+        >>> round(critical_input_gamma("bn_notanh", batch_size=8), 6)
+        0.447214
+    """
+    sizes = {"bn_notanh": ("batch_size", batch_size), "ln_notanh": ("hidden_size", hidden_size)}
+    if name not in sizes:
+        raise ValueError(
+            f"no critical input γ for {name!r}: defined for 'bn_notanh' (batch_size) and 'ln_notanh' "
+            "(hidden_size), the normalized recurrences without tanh"
+        )
+    gh = _check_number("gamma_h", gamma_h, positive=True)
+    what, n = sizes[name]
+    if n is None:
+        raise ValueError(f"critical_input_gamma({name!r}) needs {what}")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise ValueError(f"{what} must be an int, got {n!r}")
+    if n <= 3:
+        raise ValueError(
+            f"{what} = {n} <= 3: the mean-field expansion (n−2)/(n−3) of the normalization is infinite or "
+            "negative there, so no input γ_x makes the rate zero"
+        )
+    return gh / math.sqrt(n - 3)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradflow.cells import GradflowCell, init_cell
+from gradflow.cells import GradflowCell, feature_size, init_cell, readout_features, with_sequence_stats
 from gradflow.tasks import Task
 
 __all__ = [
@@ -208,7 +208,7 @@ def init_params(cell: GradflowCell, task: Task, key: jax.Array) -> tuple[dict, d
     _check_cell_task(cell, task)
     kc, kr = jax.random.split(key)
     variables = init_cell(cell, kc)
-    d = cell.hidden_size
+    d = feature_size(cell)  # hidden_size, or the LRU block's output width
     W = jax.random.normal(kr, (task.output_size, d), cell.dtype) / math.sqrt(d)
     params = {
         "cell": variables["params"],
@@ -261,11 +261,14 @@ def forward(
         raise ValueError(f"perturb must have shape (T, B, d) = {(T, B, d)}, got {perturb.shape}")
     rngs = {"dropout": key} if key is not None else {}
     has_bn = bool(batch_stats)
+    seq = _sequence_stats(cell, params, xs, train)
 
     def body(state, inp):
         carry, bs = state
         x, eps = inp
         variables = _cell_variables(params["cell"], bs)
+        if seq is not None:
+            variables = {**variables, "sequence_stats": seq}
         if train and has_bn:
             (new_carry, _), upd = cell.apply(
                 variables, carry, x, train=True, mutable=["batch_stats"], rngs=rngs
@@ -278,8 +281,29 @@ def forward(
 
     (_, new_bs), hs = jax.lax.scan(body, (cell.initialize_carry(B), batch_stats), (xs, perturb))
     W, b = params["readout"]["W"], params["readout"]["b"]
-    h_out = hs[-1] if readout == "last" else hs
+    h_out = _readout_input(cell, params, batch_stats, seq, hs, xs, readout, train)
     return h_out @ W.T + b, hs, new_bs
+
+
+def _sequence_stats(cell, params, xs, train):
+    """BN_x's statistics over the whole sequence (``input_stats="sequence"``, train mode), else None."""
+    if not (train and cell.spec.input_stats == "sequence"):
+        return None
+    return with_sequence_stats(cell, {"params": params["cell"]}, xs)["sequence_stats"]
+
+
+def _readout_input(cell, params, batch_stats, seq, hs, xs, readout, train):
+    """What the readout reads: h_T or every h_t; for the LRU block its output o_t (from h_t and u_t)."""
+    last = readout == "last"
+    if not cell.spec.lru_block:
+        return hs[-1] if last else hs
+    fv = _cell_variables(params["cell"], batch_stats)
+    fv = fv if seq is None else {**fv, "sequence_stats": seq}
+    T = hs.shape[0]
+    out = readout_features(
+        cell, fv, hs[-1:] if last else hs, xs[-1:] if last else xs, t0=T - 1 if last else 0, train=train
+    )
+    return out[0] if last else out
 
 
 def _loss_fn(cell, task, params, perturb, batch_stats, xs, ys, key, train):

@@ -49,7 +49,7 @@ def reference_step(name, P, S, h, c, x, row):
         return None if S is None else (S[mod]["mean"][row], S[mod]["var"][row])
 
     g = lambda mod: P[mod]["scale"]
-    hW, xW = h @ P["W_hh"].T, x @ P["W_xh"].T
+    hW, xW = (h @ P["W_hh"].T, x @ P["W_xh"].T) if "W_hh" in P else (None, None)
     if name == "tanh":
         return np.tanh(hW + xW + P["b"]), None
     if name == "linear":
@@ -73,6 +73,10 @@ def reference_step(name, P, S, h, c, x, row):
     if name == "ln_lstm":
         a = ln(hW, g("ln_h"), None) + ln(xW, g("ln_x"), None) + P["b"]
         return lstm_tail(a, c, d, lambda z: ln(z, g("ln_c"), P["ln_c"]["bias"]))
+    if name == "irnn":
+        return np.maximum(hW + xW + P["b"], 0.0), None
+    if name in ("lru", "lru_block"):
+        return lru_reference_step(P, h, x)[0], None
     if name == "gru":
         ax, ah = xW + P["b"], hW
         r = sig(ax[:, :d] + ah[:, :d])
@@ -80,6 +84,31 @@ def reference_step(name, P, S, h, c, x, row):
         n = np.tanh(ax[:, 2 * d :] + r * ah[:, 2 * d :])
         return (1 - z) * n + z * h, None
     raise AssertionError(name)
+
+
+def gelu_tanh(y):
+    return 0.5 * y * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (y + 0.044715 * y**3)))
+
+
+def lru_reference_step(P, h, u):
+    """The LRU (and its block, when P has W_enc; LN normalization) in complex NumPy arithmetic.
+
+    Returns (new real state [Re x, Im x], output y (bare) or o (block)).
+    """
+    N = h.shape[1] // 2
+    lam = np.exp(-np.exp(P["nu_log"]) + 1j * np.exp(P["theta_log"]))
+    x = h[:, :N] + 1j * h[:, N:]
+    e = None
+    if "W_enc" in P:
+        e = u @ P["W_enc"].T + P["b_enc"]
+        u = ln(e, P["ln_x"]["scale"], P["ln_x"]["bias"])
+    Bc = (P["B_re"] + 1j * P["B_im"]) * np.exp(P["gamma_log"])[:, None]
+    x = lam * x + u @ Bc.T
+    y = (x @ (P["C_re"] + 1j * P["C_im"]).T).real + P["D"] * u
+    if e is not None:
+        g = gelu_tanh(y)
+        y = e + (g @ P["W_1"].T + P["b_1"]) * sig(g @ P["W_2"].T + P["b_2"])
+    return np.concatenate([x.real, x.imag], axis=1), y
 
 
 # ---------------------------------------------------------------- helpers
@@ -113,6 +142,8 @@ def to_np(tree):
 
 def run_and_compare(name, B, dtype, atol, T=3, d=5, n_in=3):
     options = {"dropout": 0.0} if PRESETS_WITH_DROPOUT.get(name) else {}
+    if gradflow.PRESETS[name].family == "lru":
+        d = d + d % 2  # an even number of reals: N complex modes
     cell = gradflow.make_cell(name, d, n_in, dtype=dtype, t_max=4, **options)
     variables = random_variables(cell, seed=gradflow.CELLS.index(name) * 10 + B, dtype=dtype)
     P = to_np(variables["params"])
@@ -145,7 +176,7 @@ PRESETS_WITH_DROPOUT = {n: gradflow.PRESETS[n].dropout > 0 for n in gradflow.CEL
 def test_cells_tuple():
     assert gradflow.CELLS == (
         "tanh", "linear", "bn_notanh", "bn_input_tanh", "bn_tanh", "ln_notanh", "ln_tanh",
-        "lstm", "bn_lstm", "ln_lstm", "gru",
+        "lstm", "bn_lstm", "ln_lstm", "gru", "irnn", "lru", "lru_block",
     )  # fmt: skip
 
 
@@ -404,6 +435,8 @@ def test_describe_renders_each_preset():
         "ln_notanh": "h_t = D(LN_h(W_hh h_{t-1}) + BN_x(W_xh x_t))",
         "ln_tanh": "h_t = tanh(LN(W_hh h_{t-1} + W_xh x_t) + b)",
         "bn_lstm": "(f̃, ĩ, õ, g̃) = BN_h(W_hh h_{t-1}) + BN_x(W_xh x_t) + b",
+        "irnn": "h_t = relu(W_hh h_{t-1} + W_xh x_t + b)",
+        "lru": "x_t = λ ⊙ x_{t-1} + γ ⊙ (B u_t),  y_t = Re(C x_t) + D ⊙ u_t",
     }
     for name in gradflow.CELLS:
         text = gradflow.describe(name)

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(VPY) -m pytest tests
+	$(VPY) -m pytest --doctest-modules gradflow tests
 
 figures: setup
 	$(VPY) -m analyses $(FIGARGS)

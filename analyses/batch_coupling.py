@@ -20,14 +20,13 @@ Example::
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "batch_coupling"
 CONFIG = {
@@ -46,19 +45,14 @@ QUICK = {"presets": ["bn_notanh"], "batch_sizes": [4, 8], "hidden": 6, "T": 20, 
 FULL = {"batch_sizes": [4, 8, 16, 32, 64], "hidden": 64, "T": 300}
 
 
-@functools.lru_cache(maxsize=64)
-def _compare_fn(cell):
-    @jax.jit
-    def f(v_true, v_frozen, carry0, xs):
-        true_step = gradflow.as_step(cell, v_true, train=True)
-        frozen_step = gradflow.as_step(cell, v_frozen, train=False)
-        r = gradflow.frozen_statistics_comparison(true_step, frozen_step, carry0, xs)
-        s_true = gradflow.unroll(true_step, carry0, xs)["h"]
-        s_frozen = gradflow.unroll(frozen_step, carry0, xs)["h"]
-        dev = jax.numpy.max(jax.numpy.abs(s_true - s_frozen))
-        return r, dev
-
-    return f
+def _compare(cell, v_true, v_frozen, carry0, xs):
+    """The frozen-statistics comparison and the largest state deviation (compiled via gradflow.measure)."""
+    true_step = gradflow.as_step(cell, v_true, train=True)
+    frozen_step = gradflow.as_step(cell, v_frozen, train=False)
+    r = gradflow.frozen_statistics_comparison(true_step, frozen_step, carry0, xs)
+    s_true = gradflow.unroll(true_step, carry0, xs)["h"]
+    s_frozen = gradflow.unroll(frozen_step, carry0, xs)["h"]
+    return r, jax.numpy.max(jax.numpy.abs(s_true - s_frozen))
 
 
 def run(config: dict, progress=None) -> dict:
@@ -87,8 +81,8 @@ def run(config: dict, progress=None) -> dict:
                                                        dtype=c["dtype"])
                     # momentum 0: each statistics row becomes exactly the batch moments of its step.
                     stacked = jax.tree.map(lambda a: a[None], c0)
-                    v_frozen = common.collect_batch_stats(cell, v, stacked, xs[None])
-                    r, d = _compare_fn(cell)(v, v_frozen, c0, xs)
+                    v_frozen = measure.collect_batch_stats(cell, v, stacked, xs[None])
+                    r, d = measure.compiled(_compare, cell)(v, v_frozen, c0, xs)
                     rev = lambda a: np.asarray(a, np.float64)[::-1].copy()  # engine order t -> ascending lag
                     gm = lambda a: np.exp(np.mean(np.log(np.asarray(a, np.float64)), axis=1))[::-1].copy()
                     return {"ratio": rev(r.true.ratio), "diag_total": rev(r.true.diagonal_total),

@@ -24,6 +24,7 @@ import numpy as np
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "bn_modes"
 CONFIG = {
@@ -71,11 +72,11 @@ def run(config: dict, progress=None) -> dict:
             xss = c["input_scale"] * jax.random.normal(ks, (N, Ts, B, c["input_size"]), xs.dtype)
             h0s = jax.random.normal(kh, (N, B, d), xs.dtype)
             c0s = {"h": h0s, "t": jnp.zeros((N, B), jnp.int32)}
-            v_eval = common.collect_batch_stats(cell, v, c0s, xss)
+            v_eval = measure.collect_batch_stats(cell, v, c0s, xss)
             say(progress, f"running averages from {N} sequences of length {Ts} (batch {B})")
             ck = tuple(c["checkpoints"])
-            tr = common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=ck)
-            ev = common.forward_lognorms(cell, v_eval, c0, xs, key, train=False, checkpoints=ck)
+            tr = measure.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=ck)
+            ev = measure.forward_lognorms(cell, v_eval, c0, xs, key, train=False, checkpoints=ck)
             vnp = jax.tree.map(np.asarray, v_eval)
             rho, nrm = [], []
             for t in range(Ts):

@@ -23,6 +23,7 @@ import numpy as np
 
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "decay"
 CONFIG = {
@@ -78,7 +79,7 @@ def run(config: dict, progress=None) -> dict:
                     cell, v, c0, xs, key = common.setup(
                         preset, c["hidden"], c["input_size"], c["batch"], c["T"], seed, c["input_scale"],
                         burn_in=c["burn_in"], train=c["train"], gain=float(g), dtype=c["dtype"])
-                    r = common.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=lags)
+                    r = measure.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=lags)
                     out["spec"][j, k] = r["spectral"]
                     out["fro"][j, k] = r["frobenius"]
                     out["n"] = r["sv"].shape[1]

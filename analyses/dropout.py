@@ -23,6 +23,7 @@ import numpy as np
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "dropout"
 CONFIG = {
@@ -79,7 +80,7 @@ def run(config: dict, progress=None) -> dict:
                     cell, v, c0, xs, key = common.setup(
                         c["preset"], c["hidden"], c["input_size"], c["batch"], c["T"], seed, c["input_scale"],
                         burn_in=c["burn_in"], **opts)
-                    r = common.lag_singular_values(cell, v, c0, xs, key, train=True,
+                    r = measure.lag_singular_values(cell, v, c0, xs, key, train=True,
                                                     lags=tuple(sorted(set(lags) | set(c["sv_lags"]))))
                     idx = [list(r["sv_lags"]).index(x) for x in lags]
                     sp.append(r["spectral"][idx])
@@ -88,7 +89,7 @@ def run(config: dict, progress=None) -> dict:
                 cell, v, c0, xs, key = common.setup(c["preset"], c["hidden"], c["input_size"], c["batch"],
                                                      c["T_lyap"], c["seeds"][0], c["input_scale"],
                                                      burn_in=c["burn_in"], **opts)
-                ly = common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"])
+                ly = measure.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"])
                 return {"spec": np.stack(sp), "sv": sv, "lyap": ly["exponents"][0],
                         "lyap_se": ly["stderr"][0]}
 

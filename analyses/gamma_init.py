@@ -21,8 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +28,7 @@ import numpy as np
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "gamma_init"
 CONFIG = {
@@ -51,27 +50,21 @@ FULL = {"hidden": 128, "batch": 64}
 THEORY = ("bn_tanh", "bn_notanh")
 
 
-@functools.lru_cache(maxsize=64)
-def _grad_fn(cell):
-    @jax.jit
-    def f(variables, carry0, xs, R, y):
-        step = gradflow.as_step(cell, variables, train=True)
+def _grad_norms(cell, variables, carry0, xs, R, y):
+    """‖∂loss/∂h_t‖ for every t of a squared-error loss on R h_T (compiled via gradflow.measure)."""
+    step = gradflow.as_step(cell, variables, train=True)
 
-        def loss(eps):
-            def body(c, inp):
-                x, e = inp
-                c = step(c, x)
-                c = {**c, "h": c["h"] + e}
-                return c, None
+    def loss(eps):
+        def body(c, inp):
+            x, e = inp
+            c = step(c, x)
+            return {**c, "h": c["h"] + e}, None
 
-            cT, _ = jax.lax.scan(body, carry0, (xs, eps))
-            return jnp.mean(jnp.sum(jnp.square(cT["h"] @ R.T - y), axis=-1))
+        cT, _ = jax.lax.scan(body, carry0, (xs, eps))
+        return jnp.mean(jnp.sum(jnp.square(cT["h"] @ R.T - y), axis=-1))
 
-        eps = jnp.zeros(xs.shape[:2] + carry0["h"].shape[1:], xs.dtype)
-        g = jax.grad(loss)(eps)
-        return jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 2)))
-
-    return f
+    g = jax.grad(loss)(jnp.zeros(xs.shape[:2] + carry0["h"].shape[1:], xs.dtype))
+    return jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 2)))
 
 
 def run(config: dict, progress=None) -> dict:
@@ -103,7 +96,8 @@ def run(config: dict, progress=None) -> dict:
                         R = jax.random.normal(kr, (c["outputs"], c["hidden"]), xs.dtype)
                         R = R / np.sqrt(c["hidden"])
                         y = jax.random.normal(ky, (c["batch"], c["outputs"]), xs.dtype)
-                        rows.append(np.asarray(_grad_fn(cell)(v, c0, xs, R, y), np.float64))
+                        g = measure.compiled(_grad_norms, cell)(v, c0, xs, R, y)
+                        rows.append(np.asarray(g, np.float64))
                     return {"g": np.stack(rows)}
 
                 gn[a, i] = memo(progress, f"{p}_in{n_in}", one)["g"]

@@ -2,7 +2,7 @@
 
 For each preset (at its default gain, 1) one driven sequence of length max(lengths) is run in train mode from
 a typical state (after a burn-in); ∂h_T/∂h_0 for every prefix length T is the forward product of the step
-Jacobians, renormalized in log space so it stays finite in float32 for any T (``common.forward_lognorms``).
+Jacobians, renormalized in log space so it stays finite in float32 for any T (``measure.forward_lognorms``).
 The per-step rate is (1/T) ln‖∂h_T/∂h_0‖₂ (natural log per step); as T grows it tends to the largest Lyapunov
 exponent. The phase diagram repeats this over a grid of recurrent gains for ``tanh``, ``bn_notanh`` and
 ``ln_notanh``, vectorized over the gains with ``gradflow.sweep.run_sweep`` (one compiled ``vmap`` per preset).
@@ -25,6 +25,7 @@ import gradflow
 import gradflow.sweep
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "lengths"
 CONFIG = {
@@ -53,7 +54,7 @@ def _measure(c: dict, preset: str, gain: float) -> dict:
     cell, v, c0, xs, key = common.setup(preset, c["hidden"], c["input_size"], c["batch"], T, c["seed"],
                                          c["input_scale"], burn_in=c["burn_in"], train=c["train"],
                                          gain=float(gain), dtype=c["dtype"])
-    return common.forward_lognorms(cell, v, c0, xs, key, train=c["train"], checkpoints=tuple(c["lengths"]))
+    return measure.forward_lognorms(cell, v, c0, xs, key, train=c["train"], checkpoints=tuple(c["lengths"]))
 
 
 def _phase_row(c: dict, preset: str, progress=None) -> np.ndarray:
@@ -69,7 +70,7 @@ def _phase_row(c: dict, preset: str, progress=None) -> np.ndarray:
         def f(traced):
             vg = common.with_gain(cell, v, traced["gain"])
             c0b = common.burn_carry(cell, c["train"], vg, c0, xb, key) if c["burn_in"] > 0 else c0
-            log_fro, _, Q = common.forward_core(cell, c["train"], ck, vg, c0b, xs, key)
+            log_fro, _, Q = measure.forward_core(cell, c["train"], ck, vg, c0b, xs, key)
             top = jnp.linalg.svd(Q, compute_uv=False)[:, 0]
             return {"log_spec": jnp.log(jnp.maximum(top, jnp.finfo(top.dtype).tiny)) + log_fro[idx]}
 

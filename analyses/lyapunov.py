@@ -25,6 +25,7 @@ import numpy as np
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "lyapunov"
 CONFIG = {
@@ -77,89 +78,93 @@ def run(config: dict, progress=None) -> dict:
         ``curve_preset`` (C,), ``curve_gain`` (C,), ``curve_rate`` (C,); and configuration scalars.
     """
     c = config
-    f64 = c["dtype"] == "float64"
-    spectra, ses, ns, states = [], [], [], []
-    with jax.enable_x64(f64):
-        for p in c["spectra_presets"]:
-            def spec_one(p=p):
-                cell, v, c0, xs, key = common.setup(
-                    p, c["spectra_hidden"], c["input_size"], c["spectra_batch"], c["spectra_T"], c["seed"],
-                    c["input_scale"], burn_in=c["burn_in"], dtype=c["dtype"])
-                n = sum(int(np.prod(a.shape)) for k_, a in c0.items() if k_ != "t")
-                # Dropout zeroes a fraction p of the units each step: those directions have exponent -inf,
-                # so only the top (1 - p - margin)·n exponents are finite and computed.
-                k = n if cell.spec.dropout == 0 else int((1.0 - cell.spec.dropout - c["dropout_margin"]) * n)
-                out = common.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
-                                       segments=c["segments"])
-                return {**out, "n": n}
-
-            r = memo(progress, f"spectrum_{p}", spec_one)
-            spectra.append(r["exponents"])
-            ses.append(r["stderr"])
-            ns.append(len(r["exponents"]))
-            states.append(int(r["n"]))
-            say(progress, f"spectrum {p}: n = {ns[-1]}, λ1 = {r['exponents'][0]:+.4f} ± {r['stderr'][0]:.4f}")
-        n_max = max(ns)
-        pad = lambda a: np.concatenate([a, np.full(n_max - len(a), a[-1])])
+    with jax.enable_x64(c["dtype"] == "float64"):
+        out = _spectra(c, progress)
         rows = {"p": [], "g": [], "e": [], "se": [], "th": [], "has": []}
         curves = {"p": [], "g": [], "r": []}
         for p in c["top_presets"]:
-            gmax = c["max_gain"].get(p, np.inf)
-            gains = [g for g in c["gains"] if g <= gmax]
-
-            def sweep(p=p, gains=gains):
-                e, se, sx, ex = [], [], [], []
-                for g in gains:
-                    cell, v, c0, xs, key = common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"],
-                                                         c["seed"], c["input_scale"], burn_in=c["burn_in"],
-                                                         gain=float(g), dtype=c["dtype"])
-                    r = common.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"],
-                                         segments=c["segments"])
-                    e.append(r["exponents"][0])
-                    se.append(r["stderr"][0])
-                    sx.append(_sigma_x2(v, cell.gates, c["input_scale"]))
-                    ex.append(float(gradflow.theory.linear_lyapunov_spectrum(np.asarray(v["params"]["W_hh"]))[0])
-                              if p == "linear" else 0.0)
-                return {"e": np.array(e), "se": np.array(se), "sx": np.array(sx), "exact": np.array(ex)}
-
-            r = memo(progress, f"top_{p}", sweep)
-            spec = gradflow.PRESETS[p]
-            for j, g in enumerate(gains):
-                has = p in THEORY
-                if p == "linear":  # exact, no mean field: ln ρ(W_hh) of the measured cell's matrix
-                    th = float(r["exact"][j])
-                elif has:
-                    th = gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"],
-                                                      gain=g, sigma_x2=float(r["sx"][j]),
-                                                      dropout=spec.dropout)
-                else:
-                    th = 0.0
-                rows["p"].append(p)
-                rows["g"].append(g)
-                rows["e"].append(float(r["e"][j]))
-                rows["se"].append(float(r["se"][j]))
-                rows["th"].append(float(th))
-                rows["has"].append(int(has))
-            if p in THEORY:
-                sx = float(np.mean(r["sx"]))
-                for g in np.geomspace(min(gains), max(gains), c["theory_points"]):
-                    curves["p"].append(p)
-                    curves["g"].append(float(g))
-                    curves["r"].append(gradflow.theory.predict_rate(
-                        p, hidden_size=c["hidden"], batch_size=c["batch"], gain=float(g), sigma_x2=sx,
-                        dropout=spec.dropout))
-            pairs = zip(gains, r["e"], strict=True)
-            say(progress, f"top exponent {p}: " + ", ".join(f"g={g:g}: {e:+.3f}" for g, e in pairs))
-    return {"spectra_presets": list(c["spectra_presets"]), "spectra": np.stack([pad(a) for a in spectra]),
-            "spectra_se": np.stack([pad(a) for a in ses]), "spectra_n": np.asarray(ns),
-            "spectra_state": np.asarray(states),
-            "top_preset": rows["p"], "top_gain": np.asarray(rows["g"]), "top_exp": np.asarray(rows["e"]),
-            "top_se": np.asarray(rows["se"]), "top_theory": np.asarray(rows["th"]),
+            _gain_sweep(c, p, rows, curves, progress)
+    return {**out, "top_preset": rows["p"], "top_gain": np.asarray(rows["g"]),
+            "top_exp": np.asarray(rows["e"]), "top_se": np.asarray(rows["se"]),
+            "top_theory": np.asarray(rows["th"]),
             "top_has_theory": np.asarray(rows["has"]), "curve_preset": curves["p"],
             "curve_gain": np.asarray(curves["g"]), "curve_rate": np.asarray(curves["r"]),
             "hidden": c["hidden"], "batch": c["batch"], "T": c["T"], "transient": c["transient"],
             "spectra_hidden": c["spectra_hidden"], "spectra_batch": c["spectra_batch"],
             "spectra_T": c["spectra_T"], "input_scale": c["input_scale"]}
+
+
+def _spectrum(c: dict, p: str) -> dict:
+    """The full (or, under dropout, the finite top) Lyapunov spectrum of preset ``p``."""
+    cell, v, c0, xs, key = common.setup(
+        p, c["spectra_hidden"], c["input_size"], c["spectra_batch"], c["spectra_T"], c["seed"],
+        c["input_scale"], burn_in=c["burn_in"], dtype=c["dtype"])
+    n = sum(int(np.prod(a.shape)) for k_, a in c0.items() if k_ != "t")
+    # Dropout zeroes a fraction p of the units each step: those directions have exponent -inf,
+    # so only the top (1 - p - margin)·n exponents are finite and computed.
+    k = n if cell.spec.dropout == 0 else int((1.0 - cell.spec.dropout - c["dropout_margin"]) * n)
+    out = measure.lyapunov(cell, v, c0, xs, key, k=k, transient=c["spectra_transient"],
+                           segments=c["segments"])
+    return {**out, "n": n}
+
+
+def _spectra(c: dict, progress) -> dict:
+    spectra, ses, ns, states = [], [], [], []
+    for p in c["spectra_presets"]:
+        r = memo(progress, f"spectrum_{p}", lambda p=p: _spectrum(c, p))
+        spectra.append(r["exponents"])
+        ses.append(r["stderr"])
+        ns.append(len(r["exponents"]))
+        states.append(int(r["n"]))
+        say(progress, f"spectrum {p}: n = {ns[-1]}, λ1 = {r['exponents'][0]:+.4f} ± {r['stderr'][0]:.4f}")
+    n_max = max(ns)
+    pad = lambda a: np.concatenate([a, np.full(n_max - len(a), a[-1])])
+    return {"spectra_presets": list(c["spectra_presets"]), "spectra": np.stack([pad(a) for a in spectra]),
+            "spectra_se": np.stack([pad(a) for a in ses]), "spectra_n": np.asarray(ns),
+            "spectra_state": np.asarray(states)}
+
+
+def _top_exponents(c: dict, p: str, gains: list) -> dict:
+    """λ₁ ± s.e. of preset ``p`` at each gain, the input-drive variance and (linear) the exact ln ρ(W_hh)."""
+    e, se, sx, ex = [], [], [], []
+    for g in gains:
+        cell, v, c0, xs, key = common.setup(p, c["hidden"], c["input_size"], c["batch"], c["T"], c["seed"],
+                                             c["input_scale"], burn_in=c["burn_in"], gain=float(g),
+                                             dtype=c["dtype"])
+        r = measure.lyapunov(cell, v, c0, xs, key, k=1, transient=c["transient"], segments=c["segments"])
+        e.append(r["exponents"][0])
+        se.append(r["stderr"][0])
+        sx.append(_sigma_x2(v, cell.gates, c["input_scale"]))
+        ex.append(float(gradflow.theory.linear_lyapunov_spectrum(np.asarray(v["params"]["W_hh"]))[0])
+                  if p == "linear" else 0.0)
+    return {"e": np.array(e), "se": np.array(se), "sx": np.array(sx), "exact": np.array(ex)}
+
+
+def _gain_sweep(c: dict, p: str, rows: dict, curves: dict, progress) -> None:
+    """Append preset ``p``'s rows (measured λ₁ and prediction per gain) and its theory curve."""
+    gains = [g for g in c["gains"] if g <= c["max_gain"].get(p, np.inf)]
+    r = memo(progress, f"top_{p}", lambda: _top_exponents(c, p, gains))
+    dropout = gradflow.PRESETS[p].dropout
+    for j, g in enumerate(gains):
+        if p == "linear":  # exact, no mean field: ln ρ(W_hh) of the measured cell's matrix
+            th = float(r["exact"][j])
+        elif p in THEORY:
+            th = gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"], gain=g,
+                                              sigma_x2=float(r["sx"][j]), dropout=dropout)
+        else:
+            th = 0.0
+        for k, val in (("p", p), ("g", g), ("e", float(r["e"][j])), ("se", float(r["se"][j])),
+                       ("th", float(th)), ("has", int(p in THEORY))):
+            rows[k].append(val)
+    if p in THEORY:
+        sx = float(np.mean(r["sx"]))
+        for g in np.geomspace(min(gains), max(gains), c["theory_points"]):
+            curves["p"].append(p)
+            curves["g"].append(float(g))
+            curves["r"].append(gradflow.theory.predict_rate(p, hidden_size=c["hidden"], batch_size=c["batch"],
+                                                            gain=float(g), sigma_x2=sx, dropout=dropout))
+    say(progress, f"top exponent {p}: " + ", ".join(f"g={g:g}: {e:+.3f}" for g, e in zip(gains, r["e"],
+                                                                                         strict=True)))
 
 
 def plot(data: dict) -> dict:

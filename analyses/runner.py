@@ -30,11 +30,14 @@ Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, `
   unfinished analysis, dropped when it finishes.
 
 Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow
-package, the shared helpers ``analyses/common.py`` and the analysis module's code without its ``plot`` /
-``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers recomputes
-them; a change to a figure's looks or to the text only redraws). The plot key hashes the data key, the whole
-module source and ``analyses/style.py``. An analysis whose sidecar holds the current data key
-is not recomputed; it is redrawn from its saved data when the plot key differs or a figure file is missing.
+package, the shared helpers ``analyses/common.py``, the analysis module's code and that of every
+``analyses`` module it imports, transitively (``dropout`` imports ``decay.select_lags``), each without its
+``plot`` / ``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers
+recomputes them; a change to a figure's looks or to the text only redraws). The plot key hashes the data
+key, the whole module source and ``analyses/style.py``. An analysis whose sidecar holds the current data key
+is not recomputed if its files read back in full (a truncated or corrupt data file, sidecar or saved part is
+named in a warning and recomputed); it is redrawn from its saved data when the plot key differs or a figure
+file is missing.
 ``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
 written last, so a run killed at any point leaves only complete results, and the next run resumes after the
 last finished analysis (and, inside an analysis, after the last finished ``memo`` part).
@@ -51,7 +54,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -60,14 +63,17 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from gradflow.checks import atomic_write_bytes, atomic_write_json, json_default
 
 #: Every analysis, in the order the runner runs them (``findings`` last: it reads the others' data).
 ANALYSES: tuple[str, ...] = (
@@ -78,6 +84,7 @@ ANALYSES: tuple[str, ...] = (
     "bn_modes",
     "batch_coupling",
     "gamma_init",
+    "cooijmans_fig1a",
     "dropout",
     "theory",
     "training",
@@ -131,8 +138,9 @@ class Progress:
                 out = load_data(path)
                 self.memo_hits += 1
                 return out
-            except (OSError, ValueError, KeyError):
-                pass
+            except ValueError as e:  # truncated or corrupt (load_data names the file)
+                print(f"  [{self.name}] warning: saved part unreadable, recomputing it: {e}",
+                      file=self.stream or sys.stderr, flush=True)
         out = fn()
         self.memo_misses += 1
         save_data(path, out)
@@ -159,39 +167,6 @@ def say(progress: Any, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- storage
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n"
-    _atomic_write_bytes(path, text.encode())
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON-serializable: {type(x).__name__}")
 
 
 def _kind(key: str, value: Any) -> str:
@@ -239,8 +214,8 @@ def save_data(stem: Path | str, data: dict, meta: dict | None = None) -> None:
         arrays[k] = arr
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
-    _atomic_write_json(stem.with_suffix(".json"), {**(meta or {}), "kinds": kinds})
+    atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+    atomic_write_json(stem.with_suffix(".json"), {**(meta or {}), "kinds": kinds})
 
 
 def load_data(stem: Path | str) -> dict:
@@ -251,21 +226,54 @@ def load_data(stem: Path | str) -> dict:
 
     Returns:
         dict: arrays as numpy arrays, scalars as Python numbers, strings as str, lists as lists.
+
+    Raises:
+        ValueError: a file is missing, truncated or corrupt, or the two do not match; the message names it.
     """
     stem = Path(stem)
-    side = json.loads(stem.with_suffix(".json").read_text())
-    kinds = side["kinds"]
+    side_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
+    try:
+        kinds = json.loads(side_path.read_text())["kinds"]
+        if not isinstance(kinds, dict):
+            raise TypeError(f"'kinds' is a {type(kinds).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"unreadable sidecar {side_path} ({type(e).__name__}: {e})") from e
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in kinds}  # read every entry in full: a truncated file fails here
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"unreadable data file {npz_path} ({type(e).__name__}: {e})") from e
     out = {}
-    with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
-        for k, kind in kinds.items():
-            a = z[k]
-            if kind in ("int", "float", "bool", "str"):
-                out[k] = a.item()
-            elif kind == "list":
-                out[k] = a.tolist()
-            else:
-                out[k] = a
+    for k, kind in kinds.items():
+        a = arrays[k]
+        if kind in ("int", "float", "bool", "str"):
+            out[k] = a.item()
+        elif kind == "list":
+            out[k] = a.tolist()
+        else:
+            out[k] = a
     return out
+
+
+def cached_result(stem: Path, dkey: str, warn: Callable[[str], None]) -> tuple[dict | None, dict | None]:
+    """``(sidecar, data)`` of a saved result whose sidecar holds the data key ``dkey``, read back in full.
+
+    ``data`` is None when there is no such result: no sidecar, another key, or a file that does not read back
+    (truncated, corrupt, missing ``.npz``); the last two cases are reported through ``warn``, naming the file.
+    """
+    side_path = stem.with_suffix(".json")
+    side = read_sidecar(stem)
+    if not isinstance(side, dict):
+        if side_path.exists():
+            warn(f"warning: unreadable sidecar {side_path}; recomputing")
+        return None, None
+    if side.get("data_key") != dkey:
+        return side, None
+    try:
+        return side, load_data(stem)
+    except ValueError as e:
+        warn(f"warning: {e}; recomputing")
+        return side, None
 
 
 def read_sidecar(stem: Path | str) -> dict | None:
@@ -334,9 +342,10 @@ def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,
         "gradflow": code_hash if code_hash is not None else gradflow_code_hash(),
         "source": _sha(_source_without_plot(_module_source(module)) or module.NAME),
         "helpers": _helpers_hash(),
+        "imports": imports_hash(module),
         "deps": dep_keys or {},
     }
-    return _sha(json.dumps(payload, sort_keys=True, default=_json_default))[:20]
+    return _sha(json.dumps(payload, sort_keys=True, default=json_default))[:20]
 
 
 def _helpers_hash() -> str:
@@ -344,6 +353,48 @@ def _helpers_hash() -> str:
     from analyses import common
 
     return _sha(_source_without_plot(_module_source(common)))
+
+
+#: Project modules an analysis imports that do not enter its data key: the runner (storage and progress; a
+#: stored result that does not read back is detected when loaded) and the plot style (in the plot key).
+_NOT_IN_DATA_KEY = ("analyses.runner", "analyses.style")
+
+
+def _direct_analyses_imports(source: str) -> set[str]:
+    """``analyses.*`` module names imported anywhere in ``source`` (also inside functions)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)) if source else ():
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("analyses."))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "analyses":
+                names.update(f"analyses.{a.name}" for a in node.names)
+            elif node.module.startswith("analyses."):
+                names.add(node.module)
+    return names
+
+
+def imported_analyses(module: ModuleType) -> dict[str, ModuleType]:
+    """The ``analyses.*`` modules ``module`` imports, transitively (runner and style left out), by name."""
+    found: dict[str, ModuleType] = {}
+    todo = [module]
+    while todo:
+        for name in sorted(_direct_analyses_imports(_module_source(todo.pop()))):
+            if name in found or name in _NOT_IN_DATA_KEY or name == module.__name__:
+                continue
+            try:
+                found[name] = importlib.import_module(name)
+            except ModuleNotFoundError:  # ``from analyses import f`` of a name that is not a module
+                continue
+            todo.append(found[name])
+    return found
+
+
+def imports_hash(module: ModuleType) -> dict[str, str]:
+    """Name -> hash of the non-plot source of every analyses module ``module`` imports (transitively), so
+    that editing a helper another analysis imports (``decay.select_lags`` in dropout) recomputes it."""
+    return {name: _sha(_source_without_plot(_module_source(m)))[:20]
+            for name, m in sorted(imported_analyses(module).items())}
 
 
 def plot_key(module: ModuleType, dkey: str) -> str:
@@ -434,23 +485,10 @@ def run_all(
     Raises:
         ValueError: an unknown analysis name or mode.
     """
-    import matplotlib
-
-    if os.environ.get("MPLBACKEND") is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     stream = stream or sys.stderr
-    if modules is None:
-        modules = {}
-        for n in ANALYSES:
-            m = load_module(n)
-            if m is None:
-                print(f"(analyses.{n} is not present; skipped)", file=stream, flush=True)
-            else:
-                modules[n] = m
+    modules = _registered_modules(stream) if modules is None else modules
     requested = list(modules) if not names else list(names)
     unknown = [n for n in requested if n not in modules]
     if unknown:
@@ -460,74 +498,114 @@ def run_all(
         _module_source(modules[n])
     _helpers_hash()
     out = Path(out) if out is not None else output_dir(mode)
-    data_dir = out / "data"
     partial_root = (FIGURES / ".cache" / "partial" / mode if out == output_dir(mode)
                     else out / ".cache" / "partial")
-    code = gradflow_code_hash()
-    keys: dict[str, str] = {}
-    status: dict[str, str] = {}
+    forced = set(requested) if force else set()
+    ctx = _RunContext(mode, out, partial_root, forced, quiet, stream, gradflow_code_hash())
     t_all = time.perf_counter()
-    for i, name in enumerate(order, 1):
-        mod = modules[name]
-        cfg = resolve_config(mod, mode)
-        deps = tuple(getattr(mod, "DEPENDS", ()))
-        dkey = data_key(mod, cfg, {d: keys[d] for d in deps if d in keys}, code)
-        pkey = plot_key(mod, dkey)
-        keys[name] = dkey
-        stem = data_dir / name
-        side = read_sidecar(stem)
-        t0 = time.perf_counter()
-        tag = f"[{i}/{len(order)}] {name}"
-        cached = (side is not None and side.get("data_key") == dkey and stem.with_suffix(".npz").exists()
-                  and not (force and name in requested))
-        if cached and side.get("plot_key") == pkey and all(
-                (out / f"{s}.png").exists() for s in side.get("figures", [])):
-            status[name] = "cached"
-            print(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)", file=stream, flush=True)
-            continue
-        if cached:
-            data = load_data(stem)
-            status[name] = "redrawn"
-            print(f"{tag}: data cached, redrawing figures", file=stream, flush=True)
-            elapsed = side.get("elapsed_s", 0.0)
-        else:
-            print(f"{tag}: computing ...", file=stream, flush=True)
-            pdir = partial_root / name / dkey
-            prog = Progress(name, quiet=quiet, partial_dir=pdir, stream=stream)
-            if deps:
-                inputs = {d: load_data(data_dir / d) for d in deps if d in keys}
-                data = mod.run(cfg, prog, inputs=inputs)
-            else:
-                data = mod.run(cfg, prog)
-            elapsed = time.perf_counter() - t0
-            status[name] = "computed"
-        figs = mod.plot(data)
-        if not isinstance(figs, dict):
-            raise ValueError(f"{name}.plot must return a dict of stem -> Figure, got {type(figs).__name__}")
-        for s, fig in figs.items():
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=DPI)
-            plt.close(fig)
-            _atomic_write_bytes(out / f"{s}.png", buf.getvalue())
-        extra = getattr(mod, "write_extra", None)
-        if extra is not None:  # e.g. findings writes Markdown / JSON beside the figures
-            for fname, text in extra(data).items():
-                _atomic_write_bytes(out / fname, text.encode())
-        meta = {"name": name, "mode": mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
-                "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2),
-                "figures": sorted(figs), "depends": list(deps)}
-        if status[name] == "computed":
-            save_data(stem, data, meta)
-            shutil.rmtree(partial_root / name, ignore_errors=True)
-        else:
-            _atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
-        print(f"{tag}: {status[name]} in {time.perf_counter() - t0:.1f}s -> "
-              f"{', '.join(sorted(figs)) or '(no figures)'}", file=stream, flush=True)
+    status = {name: _run_one(ctx, f"[{i}/{len(order)}] {name}", name, modules[name])
+              for i, name in enumerate(order, 1)}
     if "findings" in order and out.resolve() == FIGURES.resolve() and README.exists():
         if update_readme(README, out):
             print(f"README.md: findings block rewritten from {out / 'findings.md'}", file=stream, flush=True)
     print(f"done in {time.perf_counter() - t_all:.1f}s ({mode} mode, {out})", file=stream, flush=True)
     return status
+
+
+def _registered_modules(stream) -> dict[str, ModuleType]:
+    modules = {}
+    for n in ANALYSES:
+        m = load_module(n)
+        if m is None:
+            print(f"(analyses.{n} is not present; skipped)", file=stream, flush=True)
+        else:
+            modules[n] = m
+    return modules
+
+
+@dataclasses.dataclass
+class _RunContext:
+    """What every analysis of one :func:`run_all` shares; ``keys`` collects the data keys as they are made."""
+
+    mode: str
+    out: Path
+    partial_root: Path
+    forced: set
+    quiet: bool
+    stream: Any
+    code: str
+    keys: dict = dataclasses.field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+
+def _run_one(ctx: _RunContext, tag: str, name: str, mod: ModuleType) -> str:
+    """Compute, redraw or reuse one analysis; returns "computed", "redrawn" or "cached"."""
+    t0 = time.perf_counter()
+    cfg = resolve_config(mod, ctx.mode)
+    deps = tuple(getattr(mod, "DEPENDS", ()))
+    dkey = data_key(mod, cfg, {d: ctx.keys[d] for d in deps if d in ctx.keys}, ctx.code)
+    pkey = plot_key(mod, dkey)
+    ctx.keys[name] = dkey
+    stem = ctx.out / "data" / name
+    side, data = (None, None) if name in ctx.forced else cached_result(
+        stem, dkey, lambda m: ctx.say(f"{tag}: {m}"))
+    if data is not None and side.get("plot_key") == pkey and all(
+            (ctx.out / f"{s}.png").exists() for s in side.get("figures", [])):
+        ctx.say(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)")
+        return "cached"
+    status = "redrawn" if data is not None else "computed"
+    if data is not None:
+        ctx.say(f"{tag}: data cached, redrawing figures")
+        elapsed = side.get("elapsed_s", 0.0)
+    else:
+        ctx.say(f"{tag}: computing ...")
+        data = _compute(ctx, name, mod, cfg, deps, dkey)
+        elapsed = time.perf_counter() - t0
+    figs = _write_outputs(ctx.out, name, mod, data)
+    meta = {"name": name, "mode": ctx.mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
+            "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2), "figures": sorted(figs),
+            "depends": list(deps)}
+    if status == "computed":
+        save_data(stem, data, meta)
+        shutil.rmtree(ctx.partial_root / name, ignore_errors=True)
+    else:
+        atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
+    made = ", ".join(sorted(figs)) or "(no figures)"
+    ctx.say(f"{tag}: {status} in {time.perf_counter() - t0:.1f}s -> {made}")
+    return status
+
+
+def _compute(ctx: _RunContext, name: str, mod: ModuleType, cfg: dict, deps: tuple, dkey: str) -> dict:
+    prog = Progress(name, quiet=ctx.quiet, partial_dir=ctx.partial_root / name / dkey, stream=ctx.stream)
+    if deps:
+        inputs = {d: load_data(ctx.out / "data" / d) for d in deps if d in ctx.keys}
+        return mod.run(cfg, prog, inputs=inputs)
+    return mod.run(cfg, prog)
+
+
+def _write_outputs(out: Path, name: str, mod: ModuleType, data: dict) -> dict:
+    """The analysis' figures (PNG) and extra files (findings' Markdown / JSON), written atomically."""
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = mod.plot(data)
+    if not isinstance(figs, dict):
+        raise ValueError(f"{name}.plot must return a dict of stem -> Figure, got {type(figs).__name__}")
+    for s, fig in figs.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+        plt.close(fig)
+        atomic_write_bytes(out / f"{s}.png", buf.getvalue())
+    extra = getattr(mod, "write_extra", None)
+    if extra is not None:
+        for fname, text in extra(data).items():
+            atomic_write_bytes(out / fname, text.encode())
+    return figs
 
 
 # ----------------------------------------------------------------------------------------------- README
@@ -585,7 +663,7 @@ def update_readme(readme: Path | str = README, out: Path | str = FIGURES) -> boo
     new = text[: i + len(BEGIN)] + "\n" + block + "\n" + text[j:]
     if new == text:
         return False
-    _atomic_write_bytes(readme, new.encode())
+    atomic_write_bytes(readme, new.encode())
     return True
 
 

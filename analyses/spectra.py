@@ -19,6 +19,7 @@ import numpy as np
 
 from analyses import common, style
 from analyses.runner import memo, say
+from gradflow import measure
 
 NAME = "spectra"
 CONFIG = {
@@ -66,7 +67,7 @@ def run(config: dict, progress=None) -> dict:
                 cell, v, c0, xs, key = common.setup(
                     p, c["hidden"], c["input_size"], c["batch"], T, c["seed"], c["input_scale"],
                     burn_in=c["burn_in"], train=c["train"], gain=float(c["gain"]), dtype=c["dtype"])
-                r = common.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=all_lags)
+                r = measure.lag_singular_values(cell, v, c0, xs, key, train=c["train"], lags=all_lags)
                 return {"sv": r["sv"]}
 
             sv = memo(progress, p, one)["sv"]

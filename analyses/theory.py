@@ -35,6 +35,7 @@ import numpy as np
 import gradflow
 from analyses import style
 from analyses.runner import memo, say
+from gradflow import measure
 
 th = gradflow.theory
 
@@ -76,7 +77,7 @@ def _sweep(c: dict, name: str, knob: str, values, curves: list[tuple[str, dict, 
         configs = [{**extra, **dict.fromkeys((knob, *tie), float(v)), "seed": int(s)}
                    for v in values for s in c["seeds"]]
         with jax.enable_x64(True):
-            out = th.theory_vs_measurement(name, configs, hidden_size=c["hidden"], batch_size=B,
+            out = measure.theory_vs_measurement(name, configs, hidden_size=c["hidden"], batch_size=B,
                                            input_size=c["input_size"], steps=c["steps"],
                                            key=jax.random.PRNGKey(7))
         pred[i] = out["predicted"].reshape(V, S)
@@ -106,7 +107,7 @@ def _feedforward(c: dict) -> dict:
                         return phi(gradflow.batch_norm(h @ W.T, jnp.ones(d, jnp.float64), eps=1e-12))
 
                     h0 = jax.random.normal(jax.random.fold_in(k, L + 1), (B, d), jnp.float64)
-                    meas[a, b, s], se[a, b, s] = th.measure_top_exponent(
+                    meas[a, b, s], se[a, b, s] = measure.top_exponent(
                         layer, h0, jnp.arange(L), jax.random.fold_in(k, L + 2), burn=c["ff_burn"])
                     pred[a, b, s] = th.bn_feedforward_rate(int(B), act)
     return {"x": np.asarray(B_, float), "predicted": pred, "measured": meas, "stderr": se,

@@ -94,7 +94,7 @@ def _one_run(c: dict, preset: str, task_name: str, length, progress) -> dict:
     # eval mode with BN statistics re-estimated for the final parameters (stale running averages aside)
     loss_recal, acc_recal, has_recal = 0.0, 0.0, 0  # (no BN statistics to recalibrate)
     if cell.spec.has_bn and not r.diverged:
-        xs_e, ys_e = task.eval_set(train._eval_key(cfg), cfg.eval_size)
+        xs_e, ys_e = task.eval_set(train.eval_key(cfg), cfg.eval_size)
         bs_recal = train.recalibrate_bn(r, c["recal_batches"])
         loss_recal, acc_recal = train.evaluate(cell, task, r.params, bs_recal, xs_e, ys_e)
         has_recal = 1
@@ -170,11 +170,40 @@ def run(config: dict, progress=None) -> dict:
         ``table_md`` the solved table in Markdown; ``total_elapsed`` (s).
     """
     c = config
+    rows, meta = _train_all(c, progress)
+    final_loss = np.array([float(r["final_loss"]) for r in rows])
+    baseline = np.array([float(r["baseline"]) for r in rows])
+    data = {
+        "run_preset": meta["preset"], "run_task": meta["task"], "run_label": meta["label"],
+        "run_length": np.asarray(meta["length"]),
+        "seq_len": np.array([int(r["seq_len"]) for r in rows]),
+        "baseline": baseline, "final_loss": final_loss,
+        "final_acc": np.array([float(r["final_acc"]) for r in rows]),
+        "loss_ratio": final_loss / baseline,
+        "solved": _solved(meta, final_loss),
+        "diverged": np.array([int(r["diverged"]) for r in rows]),
+        "steps_done": np.array([int(r["steps_done"]) for r in rows]),
+        "elapsed": np.array([float(r["elapsed"]) for r in rows]),
+        "presets": list(c["presets"]),
+        "labels": [_label(t, n) for t, n in c["runs"]],
+        "steps": int(c["steps"]), "hidden": int(c["hidden"]), "batch": int(c["batch"]),
+        "learning_rate": float(c["learning_rate"]), "seed": int(c["seed"]),
+        **_ragged_columns(c, rows), **_flow_ratios(rows),
+    }
+    data["loss_ratio_recal"] = data["final_loss_recal"] / baseline
+    data["loss_ratio_recal_valid"] = data["final_loss_recal_valid"]
+    data["table_md"] = table_markdown(_nan_view(data))
+    data["total_elapsed"] = float(np.sum(data["elapsed"]))
+    say(progress, "\n" + data["table_md"])
+    return data
+
+
+def _train_all(c: dict, progress) -> tuple[list[dict], dict]:
+    """Every (task, length) × preset run (each resumable), with the long-format labels."""
     rows = []
     meta = {"preset": [], "task": [], "label": [], "length": []}
     for task_name, length in c["runs"]:
         for preset in c["presets"]:
-            label = f"{preset}_{task_name}_{length}"
             tag = f"{preset} on {_label(task_name, length)}"
             say(progress, f"training {tag}")
 
@@ -182,7 +211,7 @@ def run(config: dict, progress=None) -> dict:
                 prog = (lambda m: progress(f"  {tag}: {m}")) if progress is not None else None
                 return _one_run(c, preset, task_name, length, prog)
 
-            r = memo(progress, label, part)
+            r = memo(progress, f"{preset}_{task_name}_{length}", part)
             ratio = r["final_loss"] / r["baseline"]
             say(progress, f"{tag}: eval loss {r['final_loss']:.4g} ({100 * ratio:.2f}% of baseline), "
                           f"acc {r['final_acc']:.3f}, {r['message']}, {r['elapsed']:.1f}s")
@@ -191,34 +220,25 @@ def run(config: dict, progress=None) -> dict:
             meta["task"].append(task_name)
             meta["label"].append(_label(task_name, length))
             meta["length"].append(-1 if length is None else int(length))
-    S = c["steps"]
-    E = max(len(r["eval_step"]) for r in rows)
-    F = max(len(r["flow_step"]) for r in rows)
-    Tm = max(int(r["seq_len"]) for r in rows)
-    G = max(len(r["gap_len"]) for r in rows)
-    k = c["lyapunov_k"]
-    final_loss = np.array([float(r["final_loss"]) for r in rows])
-    baseline = np.array([float(r["baseline"]) for r in rows])
+    return rows, meta
+
+
+def _solved(meta: dict, final_loss) -> np.ndarray:
+    """1 solved, 0 not, -1 no criterion (datasets), by the task's own ``solved``."""
     solved = []
     for name, length, loss in zip(meta["task"], meta["length"], final_loss, strict=True):
         t = tasks.make_task(name, None if length < 0 else length) if name in ("adding", "copy") else None
         solved.append(-1 if t is None else int(bool(t.solved(loss))))
-    data = {
-        "run_preset": meta["preset"], "run_task": meta["task"], "run_label": meta["label"],
-        "run_length": np.asarray(meta["length"]),
-        "seq_len": np.array([int(r["seq_len"]) for r in rows]),
-        "baseline": baseline, "final_loss": final_loss,
-        "final_acc": np.array([float(r["final_acc"]) for r in rows]),
-        "loss_ratio": final_loss / baseline,
-        "solved": np.asarray(solved),
-        "diverged": np.array([int(r["diverged"]) for r in rows]),
-        "steps_done": np.array([int(r["steps_done"]) for r in rows]),
-        "elapsed": np.array([float(r["elapsed"]) for r in rows]),
-        "presets": list(c["presets"]),
-        "labels": [_label(t, n) for t, n in c["runs"]],
-        "steps": int(S), "hidden": int(c["hidden"]), "batch": int(c["batch"]),
-        "learning_rate": float(c["learning_rate"]), "seed": int(c["seed"]),
-    }
+    return np.asarray(solved)
+
+
+def _ragged_columns(c: dict, rows: list[dict]) -> dict:
+    """The ragged or optional per-run arrays zero-padded, each with its ``<key>_valid`` mask."""
+    S, k = c["steps"], c["lyapunov_k"]
+    E = max(len(r["eval_step"]) for r in rows)
+    F = max(len(r["flow_step"]) for r in rows)
+    Tm = max(int(r["seq_len"]) for r in rows)
+    G = max(len(r["gap_len"]) for r in rows)
     ragged = {
         "train_loss": ([r["train_loss"] for r in rows], (S,)),
         "grad_norm": ([r["grad_norm"] for r in rows], (S,)),
@@ -235,16 +255,19 @@ def run(config: dict, progress=None) -> dict:
         "final_loss_recal": ([[r["final_loss_recal"]] if int(r["has_recal"]) else [] for r in rows], ()),
         "final_acc_recal": ([[r["final_acc_recal"]] if int(r["has_recal"]) else [] for r in rows], ()),
     }
+    out = {}
     for key, (values, shape) in ragged.items():
         if shape == ():  # a scalar per run, or none
             a, v = _pad(values, (1,))
             a, v = a[:, 0], v[:, 0]
         else:
             a, v = _pad(values, shape)
-        data[key], data[key + "_valid"] = a, v
-    data["loss_ratio_recal"] = data["final_loss_recal"] / baseline
-    data["loss_ratio_recal_valid"] = data["final_loss_recal_valid"]
-    # gradient-flow summary: log10 ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ at the first and the last recording
+        out[key], out[key + "_valid"] = a, v
+    return out
+
+
+def _flow_ratios(rows: list[dict]) -> dict:
+    """Gradient-flow summary: log10 ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ at the first and the last recording."""
     first, last = np.zeros(len(rows)), np.zeros(len(rows))
     has_flow = np.zeros(len(rows), bool)
     for i, r in enumerate(rows):
@@ -252,12 +275,8 @@ def run(config: dict, progress=None) -> dict:
         if len(g) and np.all(g[[0, -1]][:, [0, -1]] > 0):
             ratio = np.log10(g[:, 0] / g[:, -1])
             first[i], last[i], has_flow[i] = ratio[0], ratio[-1], True
-    data["flow_ratio_init"], data["flow_ratio_final"] = first, last
-    data["flow_ratio_init_valid"] = data["flow_ratio_final_valid"] = has_flow
-    data["table_md"] = table_markdown(_nan_view(data))
-    data["total_elapsed"] = float(np.sum(data["elapsed"]))
-    say(progress, "\n" + data["table_md"])
-    return data
+    return {"flow_ratio_init": first, "flow_ratio_final": last, "flow_ratio_init_valid": has_flow,
+            "flow_ratio_final_valid": has_flow}
 
 
 def _pct(ratio: float) -> str:

@@ -25,6 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gradflow  # noqa: E402
+from gradflow import cache  # noqa: E402
 from gradflow.streaming import streaming_log_norms  # noqa: E402
 from gradflow.sweep import Grid, run_sweep  # noqa: E402
 
@@ -68,14 +69,8 @@ def python_loop(fn, grid):
     return {k: np.stack([np.asarray(x) for x in v]) for k, v in out.items()}
 
 
-_LOOP_CACHE: dict = {}
-
-
 def _loop_fn(fn, scfg):
-    key = (fn, tuple(sorted(scfg.items())))
-    if key not in _LOOP_CACHE:
-        _LOOP_CACHE[key] = jax.jit(fn(scfg))
-    return _LOOP_CACHE[key]
+    return cache.cached(("bench_sweep_loop", fn, tuple(sorted(scfg.items()))), lambda: jax.jit(fn(scfg)))
 
 
 def _best(fun, repeats):

@@ -1,6 +1,7 @@
 """Regenerate the prediction-vs-measurement table of docs/theory.md §7 (recurrent cells at initialization).
 
-Each row is `gradflow.theory.theory_vs_measurement` on the real cell in train mode, float64, 16 input features
+Each row is `gradflow.measure.theory_vs_measurement` on the real cell in train mode, float64, 16 input
+features
 (x ~ N(0, x_scale²)), `steps` steps with a third discarded, several W draws (config key ``seed``) per row, at
 each hidden size d. It prints Markdown: predicted / measured mean ± seed s.d. / diff = measured − predicted
 (for ``ln_notanh`` also measured − (predicted + ln ρ(W_hh)/g), the tied-weight correction of §6.1).
@@ -22,7 +23,7 @@ import time
 
 import jax
 
-from gradflow import theory as th
+from gradflow import measure
 
 # (cell, batch size, configuration): the rows of docs/theory.md §7
 ROWS = [
@@ -53,7 +54,7 @@ ROWS = [
 def measure_row(name, batch_size, cfg, d, draws, steps, input_size=16, key=5):
     """(predicted, measured mean, measured seed s.d., mean tied correction) over `draws` W draws."""
     with jax.enable_x64(True):
-        out = th.theory_vs_measurement(
+        out = measure.theory_vs_measurement(
             name,
             [{**cfg, "seed": s} for s in range(draws)],
             hidden_size=d,

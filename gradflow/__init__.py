@@ -22,7 +22,15 @@ from gradflow.batch import (  # noqa: E402,F401
 from gradflow.estimators import HutchinsonResult, PowerResult, hutchinson_frobenius, top_singular_value  # noqa: E402,F401
 from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
 from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F401
-from gradflow.spectra import GrowthRate, SpectrumResult, growth_rate, spectra, spectrum_of  # noqa: E402,F401
+from gradflow.spectra import (  # noqa: E402,F401
+    GrowthRate,
+    SpectrumResult,
+    condition_number,
+    effective_rank,
+    growth_rate,
+    spectra,
+    spectrum_of,
+)
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
 
 # --- gradient flossing (gradflow.floss) ---
@@ -31,8 +39,8 @@ from gradflow.floss import floss, floss_schedule, flossing_exponents, flossing_l
 
 # isort: split
 
-# --- theory (gradflow.theory is imported as a module: gradflow.theory.<name>) ---
-from gradflow import theory  # noqa: E402,F401
+# --- theory and measurements (modules: gradflow.theory.<name>, gradflow.measure.<name>) ---
+from gradflow import measure, theory, unit_bn  # noqa: E402,F401
 
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 # isort: split
@@ -41,3 +49,22 @@ from gradflow import tasks, train  # noqa: E402,F401
 # --- sweeps (gradflow.sweep) ---
 # isort: split
 from gradflow.sweep import Grid, load_table, pivot, run_sweep, to_dataframe  # noqa: E402,F401
+
+__all__ = [
+    # cells, steps
+    "CELLS", "PRESETS", "CellSpec", "describe", "init_cell", "make_cell", "batch_norm", "layer_norm",
+    "as_step", "check_finite", "unroll", "unroll_cell",
+    # engine
+    "jacobians", "jacobian_norms", "step_jacobians", "JacobianResult",
+    "streaming_log_norms", "StreamingResult",
+    "spectra", "spectrum_of", "growth_rate", "effective_rank", "condition_number",
+    "SpectrumResult", "GrowthRate",
+    "lyapunov_spectrum", "LyapunovResult",
+    "top_singular_value", "hutchinson_frobenius", "PowerResult", "HutchinsonResult",
+    "batch_blocks", "batch_block_norms", "frozen_statistics_comparison",
+    "BatchBlockNorms", "FrozenComparison",
+    # sweeps
+    "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
+    # modules
+    "theory", "measure", "unit_bn", "tasks", "train",
+]

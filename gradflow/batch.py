@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.jacobians import _raise_if_nonfinite, jacobians, step_vjp_rows
+from gradflow.checks import raise_if_nonfinite as _raise_if_nonfinite
+from gradflow.jacobians import jacobians, step_vjp_rows
 from gradflow.statemap import StateMap, validate_inputs
 from gradflow.streaming import forward_states
 

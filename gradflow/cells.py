@@ -38,15 +38,15 @@ BN_c / LN_c always has its own β.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gradflow import cache
+from gradflow.checks import is_int, is_real, positive_int
 from gradflow.norm import BatchNorm, LayerNorm, batch_moments
 
 __all__ = [
@@ -72,8 +72,23 @@ NORMS = (None, "bn", "ln")
 ACTIVATIONS = {"tanh": jnp.tanh, "identity": lambda a: a, "relu": jax.nn.relu}
 RECURRENT_INITS = ("gaussian", "orthogonal", "identity")
 DROPOUT_MODES = ("step", "sequence")
+#: Largest hidden dropout rate. The mask keeps a unit when a float32 uniform (a grid of spacing 2**-23) falls
+#: below 1 - p, so the realized keep probability is 1 - p rounded up to that grid and the mean of the rescaled
+#: mask D(1) is 1 only to within 2**-23 / (1 - p) (its expectation is 2**-23 / 1e-7 = 1.19 at p = 1 - 1e-7).
+#: With 1 - p >= 2**-10 that error stays below 2**-13 (1.2e-4) per step.
+DROPOUT_MAX = 1.0 - 2.0**-10
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lru": 1}
 INPUT_STATS = ("step", "sequence")
+
+
+def _dropout_problem(p: Any) -> str | None:
+    """Why ``p`` is not a usable hidden dropout rate, or None."""
+    if not (is_real(p) and 0.0 <= p < 1.0):
+        return "must be a rate in [0, 1)"
+    if p > DROPOUT_MAX:
+        return (f"must be <= 1 - 2**-10 = {DROPOUT_MAX}: the Bernoulli mask compares uniforms on a grid of "
+                "2**-23 with 1 - p, so its mean is 1 only to within 2**-23/(1 - p)")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,25 +178,26 @@ class CellSpec:
             bad("activation", f"the {self.family} nonlinearities are fixed; activation must stay 'tanh'")
         if not isinstance(self.bias, bool):
             bad("bias", "must be a bool")
-        if not (isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0):
-            bad("dropout", "must be a rate in [0, 1)")
+        why = _dropout_problem(self.dropout)
+        if why:
+            bad("dropout", why)
         if self.dropout_mode not in DROPOUT_MODES:
             bad("dropout_mode", f"must be one of {DROPOUT_MODES}")
         if self.recurrent_init not in RECURRENT_INITS:
             bad("recurrent_init", f"must be one of {RECURRENT_INITS}")
         for f in ("gain", "bn_gamma_init", "ln_gamma_init", "bn_momentum", "forget_bias"):
             v = getattr(self, f)
-            if not isinstance(v, int | float) or not math.isfinite(v):
+            if not is_real(v) or not math.isfinite(v):
                 bad(f, "must be a finite number")
         if not 0.0 <= self.bn_momentum < 1.0:
             bad("bn_momentum", "must lie in [0, 1)")
         for f in ("bn_eps", "ln_eps"):
             v = getattr(self, f)
-            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            if not is_real(v) or not math.isfinite(v) or v <= 0:
                 bad(f, "must be a finite number > 0")
         if not isinstance(self.per_step_stats, bool):
             bad("per_step_stats", "must be a bool")
-        if not isinstance(self.t_max, int | np.integer) or isinstance(self.t_max, bool) or self.t_max < 1:
+        if not is_int(self.t_max) or self.t_max < 1:
             bad("t_max", "must be a positive int")
         if self.dtype not in ("float32", "float64"):
             bad("dtype", "must be 'float32' or 'float64'")
@@ -731,8 +747,7 @@ _CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell, "lru": LRUCell}
 
 
 def _check_positive_int(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    positive_int(name, v)
 
 
 def _preset(name: str) -> CellSpec:
@@ -797,10 +812,11 @@ def init_cell(cell: GradflowCell, key: jax.Array, batch_size: int = 1) -> dict:
     _check_positive_int("batch_size", batch_size)
     cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)
     # the variables do not depend on the batch size: one compiled init per cell configuration
-    return _jitted_init(type(cell), cell.spec, cell.hidden_size, cell.input_size)(key)
+    key_ = ("init_cell", type(cell), cell.spec, cell.hidden_size, cell.input_size)
+    init = cache.cached(key_, lambda: _jitted_init(type(cell), cell.spec, cell.hidden_size, cell.input_size))
+    return init(key)
 
 
-@functools.lru_cache(maxsize=256)
 def _jitted_init(cls, spec, hidden_size, input_size):
     """One compiled init per cell configuration (eager init compiles every initializer op separately)."""
     cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)

@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gradflow.checks import is_int, positive_int, raise_if_nonfinite
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["PowerResult", "HutchinsonResult", "top_singular_value", "hutchinson_frobenius"]
@@ -60,9 +60,21 @@ class HutchinsonResult(NamedTuple):
 
 
 def _check_lag(lag, T):
-    if isinstance(lag, bool) or not isinstance(lag, (int, np.integer)) or not 1 <= lag <= T:
+    if not is_int(lag) or not 1 <= lag <= T:
         raise ValueError(f"lag must be an int with 1 <= lag <= T = {T}, got {lag!r}")
     return int(lag)
+
+
+def _finite_flags_scan(step, carry0, xs) -> jax.Array:
+    """(T,) bool: every floating leaf of h_t finite, t = 1..T (one forward pass, states not kept)."""
+
+    def body(h, x):
+        h = step(h, x)
+        leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(h)
+                  if jnp.issubdtype(v.dtype, jnp.inexact)]
+        return h, jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+    return jax.lax.scan(body, carry0, xs)[1]
 
 
 def _segment(step, smap, carry0, xs, lag):
@@ -97,7 +109,7 @@ def _power_jit(step, mask, lag, iters, carry0, xs, v0):
     sigma = jnp.linalg.norm(u)
     w = vjp(u)[0]
     residual = jnp.linalg.norm(w - sigma**2 * v) / jnp.maximum(sigma**2, tiny)
-    return sigma, v, residual
+    return sigma, v, residual, _finite_flags_scan(step, carry0, xs)
 
 
 def top_singular_value(step, carry0, xs, lag, *, wrt=None, iters=100, key=None) -> PowerResult:
@@ -113,15 +125,16 @@ def top_singular_value(step, carry0, xs, lag, *, wrt=None, iters=100, key=None) 
         PowerResult(sigma, vector (n,), residual).
 
     Raises:
-        ValueError: lag out of range, iters < 1, bad step/carry/xs.
+        ValueError: lag out of range, iters < 1, bad step/carry/xs, a non-finite state h_t (t <= T).
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
+    iters = positive_int("iters", iters)
     key = jax.random.PRNGKey(0) if key is None else key
     v0 = jax.random.normal(key, (smap.n,), smap.dtype)
-    return PowerResult(*_power_jit(step, smap.mask, lag, int(iters), carry0, xs, v0))
+    sigma, v, residual, flags = _power_jit(step, smap.mask, lag, iters, carry0, xs, v0)
+    raise_if_nonfinite(flags, "the singular value is undefined")
+    return PowerResult(sigma, v, residual)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "mask", "lag"))
@@ -134,7 +147,7 @@ def _hutch_jit(step, mask, lag, carry0, xs, Z):
     f2 = jnp.mean(q)
     se2 = jnp.std(q, ddof=1) / jnp.sqrt(k) if k > 1 else jnp.full((), jnp.nan, q.dtype)
     f = jnp.sqrt(f2)
-    return f, se2 / (2 * jnp.maximum(f, jnp.finfo(f.dtype).tiny))
+    return f, se2 / (2 * jnp.maximum(f, jnp.finfo(f.dtype).tiny)), _finite_flags_scan(step, carry0, xs)
 
 
 def hutchinson_frobenius(step, carry0, xs, lag, *, key, probes=32, wrt=None) -> HutchinsonResult:
@@ -151,12 +164,12 @@ def hutchinson_frobenius(step, carry0, xs, lag, *, key, probes=32, wrt=None) -> 
         is at most sqrt(2 / probes).
 
     Raises:
-        ValueError: lag out of range, probes < 1, bad step/carry/xs.
+        ValueError: lag out of range, probes < 1, bad step/carry/xs, a non-finite state h_t (t <= T).
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
-    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
-        raise ValueError(f"probes must be a positive int, got {probes!r}")
+    probes = positive_int("probes", probes)
     Z = jax.random.rademacher(key, (int(probes), smap.n), dtype=smap.dtype)
-    f, se = _hutch_jit(step, smap.mask, lag, carry0, xs, Z)
+    f, se, flags = _hutch_jit(step, smap.mask, lag, carry0, xs, Z)
+    raise_if_nonfinite(flags, "the Frobenius norm is undefined")
     return HutchinsonResult(f, se, int(probes))

@@ -20,9 +20,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradflow.statemap import StateMap, is_traced, validate_inputs
+from gradflow.checks import positive_int, raise_if_nonfinite
+from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory"]
 
@@ -66,17 +66,6 @@ def _finite_flags(smap: StateMap, states):
         if jnp.issubdtype(x.dtype, jnp.inexact)
     ]
     return functools.reduce(jnp.logical_and, flags)
-
-
-def _raise_if_nonfinite(flags) -> None:
-    if is_traced(flags):
-        return
-    flags = np.asarray(flags)
-    if not flags.all():
-        t = int(np.argmin(flags)) + 1
-        raise ValueError(
-            f"non-finite state: h_{t} (the state after {t} steps) has NaN or inf; the Jacobians are undefined"
-        )
 
 
 def power_norm(M, v, n_iter):
@@ -180,8 +169,9 @@ def jacobians(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20) -> 
     """
     _check_spectral(spectral)
     smap, T = validate_inputs(step, carry0, xs, wrt)
-    matrices, spec, fro, flags = _jacobians_jit(step, smap.mask, spectral, int(power_iters), carry0, xs)
-    _raise_if_nonfinite(flags)
+    iters = positive_int("power_iters", power_iters)
+    matrices, spec, fro, flags = _jacobians_jit(step, smap.mask, spectral, iters, carry0, xs)
+    raise_if_nonfinite(flags)
     return JacobianResult(matrices, spec, fro, T - jnp.arange(T))
 
 
@@ -271,8 +261,9 @@ def jacobian_norms(step, carry0, xs, *, wrt=None, spectral="svd", power_iters=20
     """
     _check_spectral(spectral)
     smap, T = validate_inputs(step, carry0, xs, wrt)
-    spec, fro, flags = _norms_jit(step, smap.mask, spectral, int(power_iters), carry0, xs)
-    _raise_if_nonfinite(flags)
+    iters = positive_int("power_iters", power_iters)
+    spec, fro, flags = _norms_jit(step, smap.mask, spectral, iters, carry0, xs)
+    raise_if_nonfinite(flags)
     return JacobianResult(None, spec, fro, T - jnp.arange(T))
 
 
@@ -289,7 +280,7 @@ def _step_jacobians_jit(step, mask, carry0, xs):
 
         return jax.jacfwd(f)(sel_map.flatten(h))
 
-    return jax.vmap(one)(prev, xs)
+    return jax.vmap(one)(prev, xs), _finite_flags(full, states)
 
 
 def step_jacobians(step, carry0, xs, *, wrt=None):
@@ -300,7 +291,12 @@ def step_jacobians(step, carry0, xs, *, wrt=None):
 
     Returns:
         (T, n, n) array, entry t-1 is J_t; ``matrices[t]`` of :func:`jacobians` = J_T ... J_{t+1}.
+
+    Raises:
+        ValueError: bad step/carry/xs, a non-finite state h_t (as :func:`jacobians`).
     """
     smap, _ = validate_inputs(step, carry0, xs, wrt)
-    return _step_jacobians_jit(step, smap.mask, carry0, xs)
+    matrices, flags = _step_jacobians_jit(step, smap.mask, carry0, xs)
+    raise_if_nonfinite(flags)
+    return matrices
 

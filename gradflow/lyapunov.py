@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.jacobians import _raise_if_nonfinite
+from gradflow.checks import raise_if_nonfinite as _raise_if_nonfinite
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "qr_log_diagonals"]

@@ -7,7 +7,6 @@ the whole batch at once.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gradflow import cache
 from gradflow.cells import GradflowCell, init_cell, with_sequence_stats
+from gradflow.checks import raise_if_nonfinite
+from gradflow.statemap import is_traced
 
 __all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
@@ -34,13 +36,16 @@ def check_finite(tree: Any, what: str = "variables") -> None:
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
             bad.append(jax.tree_util.keystr(path))
     if bad:
-        raise ValueError(f"non-finite values (NaN or inf) in {what} at {', '.join(bad)}")
+        where = f" at {', '.join(bad)}" if any(bad) else ""
+        raise ValueError(f"non-finite values (NaN or inf) in {what}{where}")
 
 
-@functools.lru_cache(maxsize=256)
 def _expected_shapes(cls, spec, hidden_size, input_size):
-    cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
-    return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
+    def build():
+        cell = cls(spec=spec, hidden_size=hidden_size, input_size=input_size)
+        return jax.eval_shape(lambda: init_cell(cell, jax.random.key(0)))
+
+    return cache.cached(("expected_shapes", cls, spec, hidden_size, input_size), build)
 
 
 def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:
@@ -68,6 +73,17 @@ def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:
                 )
 
 
+def check_floating(tree: Any, what: str = "variables") -> None:
+    """Raise ValueError naming every leaf of ``tree`` whose dtype is not floating (an integer ``W_hh`` is
+    silently truncated: ``jnp.array([[0.5]], int)`` is 0, and it has no gradient)."""
+    bad = [f"{jax.tree_util.keystr(p)} ({jnp.result_type(v)})"
+           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+           if not jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+    if bad:
+        raise ValueError(f"{what} must be floating-point arrays; not so at {', '.join(bad)} "
+                         "(e.g. write 0.5 or use .astype(jnp.float32))")
+
+
 def _check_step_inputs(carry: Any, x: jax.Array) -> None:
     shape = jnp.shape(x)
     if len(shape) != 2:
@@ -90,10 +106,10 @@ def as_step(cell: Any, variables: Any = None, train: bool = False, key: jax.Arra
     ``jax.jit`` work through it; pass ``variables=None`` to use the module's own state or an ``nnx.State``
     to override it).
 
-    Variables are checked once, eagerly: non-finite values, and (our cells) shapes against the cell, raise
-    ValueError. In train mode BN uses the batch's statistics (the step couples the batch) but running averages
-    are NOT updated: the step is pure. Dropout acts in train mode only and needs ``key`` (the same key for
-    every step: per-step masks fold in the step counter t).
+    Variables are checked once, eagerly: non-finite values, integer-typed parameters and (our cells) shapes
+    against the cell raise ValueError. In train mode BN uses the batch's statistics (the step couples the
+    batch) but running averages are NOT updated: the step is pure. Dropout acts in train mode only and
+    needs ``key`` (the same key for every step: per-step masks fold in the step counter t).
 
     Args:
         cell: our cell, a linen module or an nnx module.
@@ -112,53 +128,65 @@ def as_step(cell: Any, variables: Any = None, train: bool = False, key: jax.Arra
         (5, 3)
     """
     if isinstance(cell, GradflowCell):
-        _check_shapes_against(cell, variables)
-        check_finite(variables)
-        needs_key = train and cell.spec.dropout > 0
-        if needs_key and key is None:
-            raise ValueError(
-                f"cell has hidden dropout {cell.spec.dropout} and train=True: pass key=... (or dropout=0.0)"
-            )
-        rngs = {"dropout": key} if needs_key else {}
-
-        def step(carry, x):
-            new_carry, _ = cell.apply(variables, carry, x, train=train, rngs=rngs)
-            return new_carry
-
-        return step
-
+        return _gradflow_step(cell, variables, train, key)
     if isinstance(cell, nn.Module):
-        if variables is None:
-            raise ValueError("a linen cell needs its variables (e.g. cell.init(key, carry, x))")
-        check_finite(variables)
-        rngs = {"dropout": key} if key is not None else {}
-
-        def step(carry, x):
-            _check_step_inputs(carry, x)
-            new_carry, _ = cell.apply(variables, carry, x, rngs=rngs)
-            return new_carry
-
-        return step
-
+        return _linen_step(cell, variables, key)
     if isinstance(cell, nnx.Module):
-        graphdef, state = nnx.split(cell)
-        if variables is not None:
-            state = variables
-        check_finite(state, "the nnx module's state")
-
-        def step(carry, x):
-            _check_step_inputs(carry, x)
-            module = nnx.merge(graphdef, state)
-            if train:
-                module.train()
-            else:
-                module.eval()
-            new_carry, _ = module(carry, x)
-            return new_carry
-
-        return step
-
+        return _nnx_step(cell, variables, train)
     raise ValueError(f"as_step: unsupported cell type {type(cell).__name__} (a gradflow, linen or nnx cell)")
+
+
+def _gradflow_step(cell: GradflowCell, variables: Any, train: bool, key) -> Step:
+    _check_shapes_against(cell, variables)
+    check_floating(variables)
+    check_finite(variables)
+    needs_key = train and cell.spec.dropout > 0
+    if needs_key and key is None:
+        raise ValueError(
+            f"cell has hidden dropout {cell.spec.dropout} and train=True: pass key=... (or dropout=0.0)"
+        )
+    rngs = {"dropout": key} if needs_key else {}
+
+    def step(carry, x):
+        new_carry, _ = cell.apply(variables, carry, x, train=train, rngs=rngs)
+        return new_carry
+
+    return step
+
+
+def _linen_step(cell: nn.Module, variables: Any, key) -> Step:
+    if variables is None:
+        raise ValueError("a linen cell needs its variables (e.g. cell.init(key, carry, x))")
+    if isinstance(variables, dict) and "params" in variables:
+        check_floating(variables["params"], "variables['params']")
+    check_finite(variables)
+    rngs = {"dropout": key} if key is not None else {}
+
+    def step(carry, x):
+        _check_step_inputs(carry, x)
+        new_carry, _ = cell.apply(variables, carry, x, rngs=rngs)
+        return new_carry
+
+    return step
+
+
+def _nnx_step(cell: nnx.Module, variables: Any, train: bool) -> Step:
+    graphdef, state = nnx.split(cell)
+    if variables is not None:
+        state = variables
+    check_finite(state, "the nnx module's state")
+
+    def step(carry, x):
+        _check_step_inputs(carry, x)
+        module = nnx.merge(graphdef, state)
+        if train:
+            module.train()
+        else:
+            module.eval()
+        new_carry, _ = module(carry, x)
+        return new_carry
+
+    return step
 
 
 def unroll(step: Step, carry0: Any, xs: Any) -> Any:
@@ -250,6 +278,8 @@ def unroll_cell(
         raise ValueError(f"unroll_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     as_step(cell, variables, train=train, key=key)  # the same eager checks (shapes, finiteness, dropout key)
     _check_sequence(carry0, xs)
+    check_finite(carry0, "carry0")
+    check_finite(xs, "xs")
     rngs = {"dropout": key} if (train and cell.spec.dropout > 0) else {}
     params, stats = variables["params"], variables.get("batch_stats")
     update = train and stats is not None
@@ -269,7 +299,22 @@ def unroll_cell(
         return (new, stats), new
 
     (_, stats), states = jax.lax.scan(body, (carry0, stats), xs)
+    _raise_if_nonfinite_states(states, stats)
     out = {"params": params}
     if stats is not None:
         out["batch_stats"] = stats
     return states, out
+
+
+def _raise_if_nonfinite_states(states: Any, stats: Any) -> None:
+    """Raise naming the first non-finite state (or running statistic) after an eager unroll (a state that
+    overflowed float32 would otherwise spread NaN into every later state and into the BN averages)."""
+    if is_traced(states):
+        return
+    flags = np.ones(jax.tree_util.tree_leaves(states)[0].shape[0], bool)
+    for leaf in jax.tree_util.tree_leaves(states):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            flags &= np.asarray(jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1))
+    raise_if_nonfinite(flags, "unroll_cell cannot continue (input or parameters too large for the dtype?)")
+    if stats is not None:
+        check_finite(stats, "the updated BN running averages (a batch variance overflowed the dtype)")

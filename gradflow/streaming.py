@@ -24,7 +24,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow.jacobians import _raise_if_nonfinite, power_norm, step_vjp_rows
+from gradflow.checks import is_int, positive_int
+from gradflow.checks import raise_if_nonfinite as _raise_if_nonfinite
+from gradflow.jacobians import power_norm, step_vjp_rows
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
@@ -151,7 +153,7 @@ def streaming_log_norms(
     smap, T = validate_inputs(step, carry0, xs, wrt)
     P = None
     if probes is not None:
-        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        if not is_int(probes) or probes < 1:
             raise ValueError(f"probes must be a positive int or None, got {probes!r}")
         if key is None:
             raise ValueError("probes need an explicit PRNG key: pass key=jax.random.PRNGKey(...)")
@@ -159,6 +161,7 @@ def streaming_log_norms(
         spectral = None
     elif spectral == "auto":
         spectral = "svd" if smap.n <= 64 else "power"
-    log_f, log_s, flags = _stream_jit(step, smap.mask, spectral, int(power_iters), carry0, xs, P)
+    iters = positive_int("power_iters", power_iters)
+    log_f, log_s, flags = _stream_jit(step, smap.mask, spectral, iters, carry0, xs, P)
     _raise_if_nonfinite(flags)
     return StreamingResult(log_f, log_s, T - jnp.arange(T))

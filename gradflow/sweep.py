@@ -37,15 +37,14 @@ on one machine (CPU devices, gloo collectives), not yet across real hosts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import os
 import sys
-import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -53,6 +52,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from gradflow import cache
+from gradflow.checks import atomic_write_npz, is_int
 
 __all__ = ["Grid", "run_sweep", "load_table", "pivot", "to_dataframe", "grid_sharding"]
 
@@ -79,6 +81,44 @@ def _check_name(name: Any, kind: str) -> None:
         )
 
 
+def _static_axis(name: str, values) -> tuple:
+    """A checked static axis: a non-empty sequence of distinct JSON scalars."""
+    _check_name(name, "static")
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+        raise ValueError(f"static axis {name!r} must be a sequence of values, got {type(values).__name__}")
+    values = [_py(v) for v in values]
+    if not values:
+        raise ValueError(f"static axis {name!r} is empty")
+    for v in values:
+        if not _is_static_value(v):
+            raise ValueError(
+                f"static axis {name!r}: values must be str, int, float, bool or None, got {type(v).__name__}"
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"static axis {name!r} has a non-finite value {v!r}")
+    if len({json.dumps(v) for v in values}) != len(values):
+        raise ValueError(f"static axis {name!r} has repeated values {values!r}")
+    return tuple(values)
+
+
+def _traced_axis(name: str, values) -> np.ndarray:
+    """A checked traced axis: a non-empty 1-D array of distinct finite numbers (integers within int32)."""
+    _check_name(name, "traced")
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"traced axis {name!r} must be a non-empty 1-D sequence, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"traced axis {name!r} must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"traced axis {name!r} has non-finite values")
+    i32 = np.iinfo(np.int32)
+    if arr.dtype.kind in "iu" and (arr.min() < i32.min or arr.max() > i32.max):
+        raise ValueError(f"traced axis {name!r} has integers that do not fit in int32")
+    if len(np.unique(arr)) != arr.size:
+        raise ValueError(f"traced axis {name!r} has repeated values")
+    return arr
+
+
 class Grid:
     """A grid of configurations: the product of static axes times the product of traced axes.
 
@@ -100,51 +140,15 @@ class Grid:
     def __init__(
         self, static: Mapping[str, Sequence] | None = None, traced: Mapping[str, Sequence] | None = None
     ):
-        static = dict(static or {})
+        static = {name: _static_axis(name, values) for name, values in dict(static or {}).items()}
         traced = dict(traced or {})
         if not traced:
             raise ValueError("Grid needs at least one traced axis (a numeric axis to vmap over)")
-        for name, values in static.items():
-            _check_name(name, "static")
-            if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
-                raise ValueError(
-                    f"static axis {name!r} must be a sequence of values, got {type(values).__name__}"
-                )
-            values = [_py(v) for v in values]
-            if not values:
-                raise ValueError(f"static axis {name!r} is empty")
-            for v in values:
-                if not _is_static_value(v):
-                    raise ValueError(
-                        f"static axis {name!r}: values must be str, int, float, bool or None, "
-                        f"got {type(v).__name__}"
-                    )
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise ValueError(f"static axis {name!r} has a non-finite value {v!r}")
-            if len({json.dumps(v) for v in values}) != len(values):
-                raise ValueError(f"static axis {name!r} has repeated values {values!r}")
-            static[name] = tuple(values)
-        for name, values in traced.items():
-            _check_name(name, "traced")
+        for name in traced:
             if name in static:
                 raise ValueError(f"axis {name!r} is both static and traced")
-            arr = np.asarray(values)
-            if arr.ndim != 1 or arr.size == 0:
-                raise ValueError(
-                    f"traced axis {name!r} must be a non-empty 1-D sequence, got shape {arr.shape}"
-                )
-            if arr.dtype.kind not in "biuf":
-                raise ValueError(f"traced axis {name!r} must hold numbers, got dtype {arr.dtype}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise ValueError(f"traced axis {name!r} has non-finite values")
-            i32 = np.iinfo(np.int32)
-            if arr.dtype.kind in "iu" and (arr.min() < i32.min or arr.max() > i32.max):
-                raise ValueError(f"traced axis {name!r} has integers that do not fit in int32")
-            if len(np.unique(arr)) != arr.size:
-                raise ValueError(f"traced axis {name!r} has repeated values")
-            traced[name] = arr
         self.static: dict[str, tuple] = static
-        self.traced: dict[str, np.ndarray] = traced
+        self.traced: dict[str, np.ndarray] = {name: _traced_axis(name, v) for name, v in traced.items()}
 
     @property
     def n_static(self) -> int:
@@ -217,25 +221,7 @@ def _write_chunk(
     arrays = {"_meta": np.array(json.dumps(meta))}
     arrays.update({f"cfg:{k}": np.asarray(v) for k, v in cols.items()})
     arrays.update({f"out:{k}": np.asarray(v) for k, v in out.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=store)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, _chunk_path(store, key))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dfd = os.open(store, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_npz(_chunk_path(store, key), arrays)
 
 
 def _read_chunk(path: str) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -303,10 +289,6 @@ def _check_results(shapes: Any, n: int) -> list[str]:
     return list(shapes)
 
 
-_COMPILED: OrderedDict = OrderedDict()  # (fn, static config, width, devices, dtypes, x64) -> jitted vmapped f
-_COMPILED_MAX = 16
-
-
 def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sharding: NamedSharding):
     """``jit(vmap(fn(scfg)))`` with its results checked; reused across calls with the same ``fn`` object."""
     try:
@@ -321,9 +303,12 @@ def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sh
         hash(ckey)
     except TypeError:
         ckey = None
-    if ckey is not None and ckey in _COMPILED:
-        _COMPILED.move_to_end(ckey)
-        return _COMPILED[ckey]
+    if ckey is None:
+        return _build_sweep_fn(fn, scfg, cols, width, sharding)
+    return cache.cached(("sweep", *ckey), lambda: _build_sweep_fn(fn, scfg, cols, width, sharding))
+
+
+def _build_sweep_fn(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sharding: NamedSharding):
     f = fn(dict(scfg))
     if not callable(f):
         raise ValueError(f"fn({scfg}) must return a callable, got {type(f).__name__}")
@@ -332,12 +317,7 @@ def _compiled_for(fn, scfg: dict, cols: Mapping[str, np.ndarray], width: int, sh
     clash = set(result_names) & (set(cols) | set(scfg))
     if clash:
         raise ValueError(f"result names {sorted(clash)} clash with axis names")
-    compiled = jax.jit(jax.vmap(f), out_shardings=sharding)
-    if ckey is not None:
-        _COMPILED[ckey] = compiled
-        while len(_COMPILED) > _COMPILED_MAX:
-            _COMPILED.popitem(last=False)
-    return compiled
+    return jax.jit(jax.vmap(f), out_shardings=sharding)
 
 
 def run_sweep(
@@ -382,114 +362,131 @@ def run_sweep(
         >>> table["y"].tolist()
         [1.0, 11.0, 2.0, 12.0, 1.0, 11.0, 4.0, 14.0]
     """
+    _check_sweep_args(fn, grid, chunk, tag, progress)
+    run = _plan(grid, store, int(chunk), tag, progress, grid_sharding(devices))
+    for g, scfg in enumerate(run.statics):
+        items = [i for i, p in enumerate(run.plan) if p[0] == g]
+        for i in items:
+            if run.done[i]:
+                start = time.perf_counter()
+                if run.writer:
+                    run.results[i] = _read_chunk(_chunk_path(run.store, run.plan[i][3]))[2]
+                _report_chunk(run, i, False, time.perf_counter() - start)
+        todo = [i for i in items if not run.done[i]]
+        if todo:
+            compiled = _compiled_for(fn, scfg, run.cols, run.n_dev * run.chunk, run.sharding)
+            for first in range(0, len(todo), run.n_dev):
+                _compute_step(run, compiled, scfg, todo[first:first + run.n_dev])
+    return _table(grid, run) if run.writer else None
+
+
+def _check_sweep_args(fn, grid, chunk, tag, progress) -> None:
     if not isinstance(grid, Grid):
         raise ValueError(f"grid must be a gradflow.sweep.Grid, got {type(grid).__name__}")
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {type(fn).__name__}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+    if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if not isinstance(tag, str):
         raise ValueError(f"tag must be a str, got {type(tag).__name__}")
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ValueError(f"progress must be None, a bool or a callable, got {type(progress).__name__}")
-    sharding = grid_sharding(devices)
-    n_dev = sharding.mesh.devices.size
+
+
+@dataclasses.dataclass
+class _Run:
+    """One run_sweep call: its plan (static group, first row, end row, chunk key) and what is done."""
+
+    statics: list
+    cols: dict
+    m: int
+    chunk: int
+    plan: list
+    done: list
+    results: list
+    store: str | None
+    tag: str
+    progress: Any
+    sharding: NamedSharding
+    writer: bool
+
+    @property
+    def n_dev(self) -> int:
+        return self.sharding.mesh.devices.size
+
+
+def _plan(grid: Grid, store, chunk: int, tag: str, progress, sharding: NamedSharding) -> _Run:
     writer = jax.process_index() == 0
     if store is not None:
         store = os.fspath(store)
         if writer:
             os.makedirs(store, exist_ok=True)
-
     cols = grid.traced_columns()
-    names = list(cols)
     m = grid.n_traced
     chunk = int(min(chunk, m))
     statics = grid.static_configs()
     bounds = [(s, min(s + chunk, m)) for s in range(0, m, chunk)]
-    plan = [
-        (g, s, e, _chunk_key(tag, scfg, {k: v[s:e] for k, v in cols.items()}))
-        for g, scfg in enumerate(statics)
-        for s, e in bounds
-    ]
+    plan = [(g, s, e, _chunk_key(tag, scfg, {k: v[s:e] for k, v in cols.items()}))
+            for g, scfg in enumerate(statics) for s, e in bounds]
     done = _done_mask(store, [p[3] for p in plan])
-    results: list[dict[str, np.ndarray] | None] = [None] * len(plan)
+    return _Run(statics, cols, m, chunk, plan, done, [None] * len(plan), store, tag, progress, sharding,
+                writer)
 
-    def report(i: int, computed: bool, seconds: float) -> None:
-        g, s, e, key = plan[i]
-        info = {
-            "index": i,
-            "total": len(plan),
-            "computed": computed,
-            "static": dict(statics[g]),
-            "rows": (g * m + s, g * m + e),
-            "key": key,
-            "seconds": seconds,
-            "n_devices": n_dev,
-        }
-        _report(progress, info)
 
-    for g, scfg in enumerate(statics):
-        items = [i for i, p in enumerate(plan) if p[0] == g]
-        for i in items:
-            if done[i]:
-                start = time.perf_counter()
-                if writer:
-                    results[i] = _read_chunk(_chunk_path(store, plan[i][3]))[2]
-                report(i, False, time.perf_counter() - start)
-        todo = [i for i in items if not done[i]]
-        if not todo:
-            continue
-        compiled = _compiled_for(fn, scfg, cols, n_dev * chunk, sharding)
-        for first in range(0, len(todo), n_dev):
-            start = time.perf_counter()
-            step = todo[first : first + n_dev]
-            slots = step + [step[-1]] * (n_dev - len(step))  # idle devices repeat the last chunk
-            host = {}
-            for k, v in cols.items():
-                parts = []
-                for i in slots:
-                    s, e = plan[i][1:3]
-                    parts += [v[s:e], np.repeat(v[e - 1 : e], chunk - (e - s))]  # pad a short last chunk
-                host[k] = np.concatenate(parts)
-            args = {
-                k: jax.make_array_from_callback((n_dev * chunk,), sharding, lambda idx, a=a: a[idx])
-                for k, a in host.items()
-            }
-            out = {k: _gather(v) for k, v in compiled(args).items()}
-            seconds = (time.perf_counter() - start) / len(step)
-            for j, i in enumerate(step):
-                s, e, key = plan[i][1:]
-                res = {k: v[j * chunk : j * chunk + e - s] for k, v in out.items()}
-                if writer:
-                    if store is not None:
-                        meta = {
-                            "format": _FORMAT,
-                            "tag": tag,
-                            "static": scfg,
-                            "static_names": list(scfg),
-                            "traced_names": names,
-                            "result_names": list(res),
-                            "rows": [s, e],
-                        }
-                        _write_chunk(store, key, meta, {k: v[s:e] for k, v in cols.items()}, res)
-                    results[i] = res
-                report(i, True, seconds)
-    if not writer:
-        return None
+def _report_chunk(run: _Run, i: int, computed: bool, seconds: float) -> None:
+    g, s, e, key = run.plan[i]
+    _report(run.progress, {"index": i, "total": len(run.plan), "computed": computed,
+                           "static": dict(run.statics[g]), "rows": (g * run.m + s, g * run.m + e), "key": key,
+                           "seconds": seconds, "n_devices": run.n_dev})
 
+
+def _device_args(run: _Run, slots: list[int]) -> dict:
+    """The traced columns of the chunks in ``slots``, one chunk per device, padded to ``chunk`` rows."""
+    host = {}
+    for k, v in run.cols.items():
+        parts = []
+        for i in slots:
+            s, e = run.plan[i][1:3]
+            parts += [v[s:e], np.repeat(v[e - 1:e], run.chunk - (e - s))]  # pad a short last chunk
+        host[k] = np.concatenate(parts)
+    width = run.n_dev * run.chunk
+    return {k: jax.make_array_from_callback((width,), run.sharding, lambda idx, a=a: a[idx])
+            for k, a in host.items()}
+
+
+def _compute_step(run: _Run, compiled, scfg: dict, step: list[int]) -> None:
+    """Evaluate up to n_dev chunks at once (idle devices repeat the last one), store and report them."""
+    start = time.perf_counter()
+    out = {k: _gather(v) for k, v in compiled(_device_args(run, step + [step[-1]] * (run.n_dev - len(step))))
+           .items()}
+    seconds = (time.perf_counter() - start) / len(step)
+    for j, i in enumerate(step):
+        s, e, key = run.plan[i][1:]
+        res = {k: v[j * run.chunk:j * run.chunk + e - s] for k, v in out.items()}
+        if run.writer:
+            if run.store is not None:
+                meta = {"format": _FORMAT, "tag": run.tag, "static": scfg, "static_names": list(scfg),
+                        "traced_names": list(run.cols), "result_names": list(res), "rows": [s, e]}
+                _write_chunk(run.store, key, meta, {k: v[s:e] for k, v in run.cols.items()}, res)
+            run.results[i] = res
+        _report_chunk(run, i, True, seconds)
+
+
+def _table(grid: Grid, run: _Run) -> dict[str, np.ndarray]:
+    """The tidy table: static columns, traced columns, results, in grid order."""
     table: dict[str, np.ndarray] = {}
     for name in grid.static:
-        table[name] = np.repeat(np.array([scfg[name] for scfg in statics]), m)
-    for name in names:
-        table[name] = np.tile(cols[name], len(statics))
-    result_names = list(results[0])
-    for r in results:
+        table[name] = np.repeat(np.array([scfg[name] for scfg in run.statics]), run.m)
+    for name in run.cols:
+        table[name] = np.tile(run.cols[name], len(run.statics))
+    result_names = list(run.results[0])
+    for r in run.results:
         if list(r) != result_names:
             raise ValueError(
                 f"stored chunks have different results {list(r)} vs {result_names} (use another tag)"
             )
     for name in result_names:
-        table[name] = _concat([r[name] for r in results])
+        table[name] = _concat([r[name] for r in run.results])
     return table
 
 
@@ -511,6 +508,12 @@ def _sort_key(v: Any) -> tuple:
     return (0, v)
 
 
+def _check_one_tag(store: str, tags: set, tag: str | None) -> None:
+    if tag is None and len(tags) > 1:
+        raise ValueError(f"store {store!r} holds chunks of several tags {sorted(tags)}; pass tag= to "
+                         "load one (their rows would otherwise be merged as one sweep)")
+
+
 def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np.ndarray]:
     """Load every stored row of a sweep into one tidy table (dict of NumPy columns, a row per configuration).
 
@@ -520,10 +523,15 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
 
     Args:
         store: the folder given to ``run_sweep``.
-        tag: only chunks written with this tag (default: all; all chunks must then share axes and results).
+        tag: only chunks written with this tag; required when the store holds chunks of several tags (their
+            rows would otherwise be merged as one sweep).
 
     Returns:
         ``{column: (N, ...) array}`` like ``run_sweep``'s table.
+
+    Raises:
+        ValueError: not a folder, no completed chunks (with ``tag``), several tags and no ``tag``, chunks of
+            one tag with different axes/results, an unreadable chunk file (named).
 
     Example:
         >>> import tempfile
@@ -538,8 +546,9 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
     files = sorted(f for f in os.listdir(store) if f.startswith(_PREFIX) and f.endswith(_SUFFIX))
     rows: dict[tuple, tuple[dict, dict]] = {}
     layout = None
-    for fname in files:
-        meta, cols, out = _read_chunk(os.path.join(store, fname))
+    chunks = [_read_chunk(os.path.join(store, fname)) for fname in files]
+    _check_one_tag(store, {meta["tag"] for meta, _, _ in chunks}, tag)
+    for meta, cols, out in chunks:
         if tag is not None and meta["tag"] != tag:
             continue
         this = (tuple(meta["static_names"]), tuple(meta["traced_names"]), tuple(meta["result_names"]))

@@ -38,6 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import cache
+from gradflow.checks import int_at_least, is_int
+from gradflow.checks import seed as check_seed
+
 __all__ = [
     "TASKS",
     "Task",
@@ -101,7 +105,7 @@ class Task:
             ``(xs, ys)``: ``xs`` (T, B, input_size) float32; ``ys`` (B,) float32 for adding, (B,) int32 class
             labels for the classification datasets, (T, B) int32 labels for copy.
         """
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return _jitted(self._sampler)(key, int(batch_size))
 
@@ -184,23 +188,13 @@ def _accuracy(outputs, ys, kind, readout):
     return jnp.mean(pred == ys)
 
 
-_JIT_CACHE: dict = {}
-
-
 def _jitted(sampler):
     """One compiled sampler per task (eager sampling would dispatch and compile op by op)."""
-    f = _JIT_CACHE.get(sampler)
-    if f is None:
-        if len(_JIT_CACHE) > 256:
-            _JIT_CACHE.clear()
-        f = _JIT_CACHE[sampler] = jax.jit(sampler, static_argnums=1)
-    return f
+    return cache.cached(("sampler", sampler), lambda: jax.jit(sampler, static_argnums=1))
 
 
 def _check_length(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return int_at_least(name, value, minimum)
 
 
 def adding(seq_len: int) -> Task:
@@ -266,8 +260,16 @@ def copy_memory(delay: int) -> Task:
                 baseline=COPY_RECALL * math.log(8) / L, solve_fraction=0.1, length=T, _sampler=sampler)
 
 
+def _check_split(name: str, n_train: int, n_test: int) -> None:
+    """Refuse an empty training or test split (sampling or evaluating it would fail or mean nothing)."""
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"{name}: the split leaves {n_train} training and {n_test} test examples; both must "
+                         "be at least 1 (change test_fraction / num_samples)")
+
+
 def _dataset_task(name, x_train, y_train, x_test, y_test) -> Task:
     """A classification task reading one value per step from fixed (N, T) arrays."""
+    _check_split(name, len(y_train), len(y_test))
     x_train = np.asarray(x_train, np.float32)
     x_test = np.asarray(x_test, np.float32)
     y_train = np.asarray(y_train, np.int32)
@@ -316,6 +318,7 @@ def digits(permuted: bool = False, *, seed: int = 0, test_fraction: float = 0.2)
                          "(or pip install 'gradflow[tasks]')") from err
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    seed = check_seed("seed", seed)
     data = load_digits()
     x = np.asarray(data.data, np.float64)
     y = np.asarray(data.target, np.int64)
@@ -323,6 +326,7 @@ def digits(permuted: bool = False, *, seed: int = 0, test_fraction: float = 0.2)
     order = rng.permutation(len(y))
     n_test = int(round(test_fraction * len(y)))
     test, train = order[:n_test], order[n_test:]
+    _check_split("digits", len(train), len(test))
     if permuted:
         x = x[:, rng.permutation(x.shape[1])]
     x_train, x_test = _standardize(x[train], x[test])
@@ -352,6 +356,7 @@ def mnist1d(*, seed: int = 42, num_samples: int = 5000) -> Task:
         raise ValueError("the mnist1d task needs the mnist1d package: pip install mnist1d "
                          "(or pip install 'gradflow[tasks]')") from err
     _check_length("mnist1d num_samples", num_samples, 10)
+    check_seed("seed", seed)
     args = get_dataset_args()
     args.seed = int(seed)
     args.num_samples = int(num_samples)

@@ -17,17 +17,18 @@ Rate conventions (natural log, per step):
   logs of the moduli of its eigenvalues.
 
 Batch-coupled Jacobians (BN in train mode) are over the whole batch state (n = B·d), as in the engine.
+The measurements these predictions are held against (an engine-independent jvp tangent,
+``theory_vs_measurement``) live in ``gradflow.measure``; this module holds formulas only.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from gradflow.checks import is_int
 
 __all__ = [
     "gauss_expectation",
@@ -50,8 +51,6 @@ __all__ = [
     "bn_feedforward_rate",
     "predict_rate",
     "tied_weight_correction",
-    "measure_top_exponent",
-    "theory_vs_measurement",
     "ACTIVATIONS",
     "lru_eigenvalues",
     "lru_rate",
@@ -98,7 +97,7 @@ def _check_rate_p(p) -> float:
 
 
 def _gh_nodes(n_points: int) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(n_points, int) or n_points < 2:
+    if not is_int(n_points) or n_points < 2:
         raise ValueError(f"n_points must be an int >= 2, got {n_points!r}")
     z, w = np.polynomial.hermite_e.hermegauss(n_points)
     return z, w / np.sqrt(2.0 * np.pi)
@@ -131,7 +130,7 @@ def _sphere_nodes(n: int | None, n_points: int = _SPHERE_POINTS) -> tuple[np.nda
     `normalized_coordinate_expectation`); n = None gives the Gaussian (n → ∞) limit."""
     if n is None or n > _SPHERE_GAUSSIAN_ABOVE:
         return _gh_nodes(_GH_POINTS)
-    if not isinstance(n, int | np.integer) or n < 3:
+    if not is_int(n) or n < 3:
         raise ValueError(f"normalized size n must be an int >= 3 (or None for n → ∞), got {n!r}")
     # Y = sqrt(n-1) sin θ, density of θ ∝ cos^{n-3} θ on (-π/2, π/2): smooth, so Gauss–Legendre
     # converges fast.
@@ -418,7 +417,7 @@ def bn_train_chi(
         1.2
     """
     B = batch_size
-    if not isinstance(B, int | np.integer) or B < 4:
+    if not is_int(B) or B < 4:
         raise ValueError(f"batch_size must be an int >= 4 (E[1/σ²] is infinite for B <= 3), got {B!r}")
     gh = _check_number("gamma_h", gamma_h)
     gx = _check_number("gamma_x", gamma_x)
@@ -474,7 +473,7 @@ def ln_chi(
     (accepted to make that explicit). hidden_size None means d → ∞.
     """
     d = hidden_size
-    if d is not None and (not isinstance(d, int | np.integer) or d < 4):
+    if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
     gh = _check_number("gamma_h", gamma_h)
     gx = _check_number("gamma_x", gamma_x)
@@ -510,7 +509,7 @@ def ln_sum_chi(
     with g_eff = g/√(1−p) (`effective_gain`) and σ_x² the input-drive variance (`input_drive_variance`).
     """
     d = hidden_size
-    if d is not None and (not isinstance(d, int | np.integer) or d < 4):
+    if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
     g2 = effective_gain(gain, dropout) ** 2
     gm = _check_number("gamma", gamma)
@@ -593,7 +592,7 @@ def predict_rate(
 
 
 # ----------------------------------------------------------------------------------------------------
-# measurement side (an independent jvp-based top Lyapunov exponent) and paired numbers for figures
+# finite-size corrections (the measurements themselves are in gradflow.measure)
 
 
 def tied_weight_correction(W_hh, gain: float) -> float:
@@ -610,209 +609,6 @@ def tied_weight_correction(W_hh, gain: float) -> float:
     """
     g = _check_number("gain", gain, positive=True)
     return float(linear_lyapunov_spectrum(W_hh)[0] - math.log(g))
-
-
-def measure_top_exponent(step, carry0, xs, key, burn: int | None = None) -> tuple[float, float]:
-    """Top Lyapunov exponent of a step by propagating one tangent vector with `jax.jvp` (renormalized
-    each step).
-
-    An independent measurement, no engine code: the tangent covers every floating leaf of the carry
-    (the whole
-    batch state for batch-coupled steps); integer leaves pass through.
-
-    Args:
-        step: ``step(carry, x_t) -> carry``.
-        carry0: initial carry (leaves with a leading batch axis).
-        xs: (T, B, input_size) inputs.
-        key: PRNG key of the random initial tangent.
-        burn: steps discarded as transient (default T // 3).
-
-    Returns:
-        (mean log growth per step after the transient, its standard error from the per-step scatter).
-    """
-    T = int(jnp.shape(xs)[0])
-    burn = T // 3 if burn is None else int(burn)
-    if not 0 <= burn < T - 1:
-        raise ValueError(f"burn must be in [0, T-1) with T={T}, got {burn}")
-    leaves, treedef = jax.tree_util.tree_flatten(carry0)
-    is_f = [jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact) for v in leaves]
-    if not any(is_f):
-        raise ValueError("carry has no floating leaves to differentiate")
-
-    def split(c):
-        ls = jax.tree_util.tree_leaves(c)
-        return [v for v, f in zip(ls, is_f, strict=True) if f], [
-            v for v, f in zip(ls, is_f, strict=True) if not f
-        ]
-
-    def join(fl, ot):
-        fi, oi = iter(fl), iter(ot)
-        return jax.tree_util.tree_unflatten(treedef, [next(fi) if f else next(oi) for f in is_f])
-
-    fl0, ot0 = split(carry0)
-    keys = jax.random.split(key, len(fl0))
-    v0 = [jax.random.normal(k, jnp.shape(v), jnp.asarray(v).dtype) for k, v in zip(keys, fl0, strict=True)]
-    nrm = lambda vs: jnp.sqrt(sum(jnp.sum(v**2) for v in vs))
-    n0 = nrm(v0)
-    v0 = [v / n0 for v in v0]
-
-    @jax.jit
-    def run(fl0, ot0, v0, xs):
-        def body(c, x):
-            fl, ot, v = c
-            out = step(join(fl, ot), x)
-            f = lambda fl_: split(step(join(fl_, ot), x))[0]
-            fl2, v2 = jax.jvp(f, (fl,), (v,))
-            n = nrm(v2)
-            return (fl2, split(out)[1], [w / n for w in v2]), jnp.log(n)
-
-        return jax.lax.scan(body, (fl0, ot0, v0), xs)[1]
-
-    logs = np.asarray(run(fl0, ot0, v0, xs), dtype=np.float64)[burn:]
-    if not np.all(np.isfinite(logs)):
-        raise ValueError("non-finite tangent growth (state or tangent overflowed)")
-    return float(logs.mean()), float(logs.std() / math.sqrt(len(logs)))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _cell_tangent_logs(cell, variables, carry0, xs, v0, dkey):
-    """Per-step log growth of one tangent of carry["h"] through our rnn-family cell in train mode (the cell's
-    own ``apply``, batch statistics, dropout with ``dkey`` folded per step by the cell)."""
-    rngs = {"dropout": dkey} if cell.spec.dropout > 0 else {}
-
-    def step(c, x):
-        (new, _), _ = cell.apply(variables, c, x, train=True, mutable=["batch_stats"], rngs=rngs)
-        return new
-
-    def body(cv, x):
-        c, v = cv
-        f = lambda h: step({**c, "h": h}, x)["h"]
-        h2, v2 = jax.jvp(f, (c["h"],), (v,))
-        n = jnp.linalg.norm(v2)
-        return ({**c, "h": h2, "t": c["t"] + 1}, v2 / n), jnp.log(n)
-
-    return jax.lax.scan(body, (carry0, v0), xs)[1]
-
-
-_MEASURABLE = ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh")
-
-
-def theory_vs_measurement(
-    name: str,
-    configs,
-    *,
-    hidden_size: int = 256,
-    batch_size: int = 16,
-    input_size: int = 16,
-    steps: int = 600,
-    burn: int | None = None,
-    key=None,
-    dtype: str = "float64",
-) -> dict[str, np.ndarray]:
-    """Predicted vs measured top Lyapunov exponent of a preset at init, over a list of configurations.
-
-    Each configuration is a dict with any of: ``gain`` (g of a Gaussian W_hh, default 1), ``gamma``
-    (scale of the recurrent-path normalization), ``gamma_x`` (BN_x scale), ``has_input`` (default True:
-    x_t ~ N(0, 1) i.i.d.; False: x_t = 0), ``dropout`` (hidden dropout p, fresh mask per step), ``x_scale``
-    (std of x_t, default 1; the unnormalized input drive then has σ_x² ≈ x_scale², see
-    `input_drive_variance`), ``seed`` (default 0). The cell is built with `gradflow.make_cell`, the
-    normalization scales are overwritten after init, the cell runs in train mode (its own ``apply``, as
-    `gradflow.as_step` wraps it), and the measurement is the jvp top exponent of `measure_top_exponent`
-    (one tangent of carry["h"], renormalized each step).
-
-    Returns:
-        dict of (n_configs,) arrays: "predicted", "measured", "stderr", "tied_correction" (ln
-        ρ(W_hh)/g, relevant for ln_notanh and linear, see `tied_weight_correction`), "sigma_x2" (the
-        input-drive variance of the drawn W_xh, `input_drive_variance`; 0 without input), and each config
-        key used.
-
-    Example:
-        >>> out = theory_vs_measurement("bn_notanh", [{"gamma_x": 0.0}], hidden_size=32,
-        ...                             batch_size=8, steps=60, key=jax.random.PRNGKey(0))  # doctest: +SKIP
-    """
-    from gradflow import cells as _cells
-
-    if name not in _MEASURABLE:
-        raise ValueError(f"theory_vs_measurement supports {_MEASURABLE}, got {name!r}")
-    if key is None:
-        raise ValueError("key is required (explicit PRNG key)")
-    configs = list(configs)
-    allowed = {"gain", "gamma", "gamma_x", "has_input", "dropout", "seed", "x_scale"}
-    cols: dict[str, list] = {
-        k: [] for k in ("predicted", "measured", "stderr", "tied_correction", "sigma_x2", *sorted(allowed))
-    }
-    for i, cfg in enumerate(configs):
-        bad = set(cfg) - allowed
-        if bad:
-            raise ValueError(f"unknown configuration keys {sorted(bad)}; allowed {sorted(allowed)}")
-        g = float(cfg.get("gain", 1.0))
-        p = float(cfg.get("dropout", 0.0))
-        has_input = bool(cfg.get("has_input", True))
-        x_scale = _check_number("x_scale", cfg.get("x_scale", 1.0), nonneg=True)
-        seed = int(cfg.get("seed", 0))
-        # gain 1 in the spec and W_hh scaled by g afterwards (same law as the gaussian init with gain g): one
-        # compiled runner per (preset, sizes, dropout) serves every gain and γ
-        cell = _cells.make_cell(
-            name, hidden_size, input_size, gain=1.0, recurrent_init="gaussian", dropout=p, dtype=dtype
-        )
-        k_init, k_x, k_v, k_d = jax.random.split(jax.random.fold_in(key, 1000 * i + seed), 4)
-        variables = _cells.init_cell(cell, k_init, batch_size=batch_size)
-        params = jax.tree_util.tree_map(lambda a: a, variables["params"])
-        params["W_hh"] = params["W_hh"] * g
-        gh = cfg.get("gamma")
-        gx = cfg.get("gamma_x")
-        for sub in ("bn_h", "ln_h", "ln_sum"):
-            if sub in params and gh is not None:
-                params[sub]["scale"] = jnp.full_like(params[sub]["scale"], gh)
-        if "bn_x" in params and gx is not None:
-            params["bn_x"]["scale"] = jnp.full_like(params["bn_x"]["scale"], gx)
-        gh_used = float(next((params[s]["scale"][0] for s in ("bn_h", "ln_h", "ln_sum") if s in params), 1.0))
-        gx_used = float(params["bn_x"]["scale"][0]) if "bn_x" in params else 0.0
-        variables = {**variables, "params": params}
-        dt = jnp.float64 if dtype == "float64" else jnp.float32
-        xs = x_scale * jax.random.normal(k_x, (steps, batch_size, input_size), dt)
-        if not has_input:
-            xs = jnp.zeros_like(xs)
-        carry0 = cell.initialize_carry(batch_size)
-        carry0 = {**carry0, "h": jax.random.normal(k_v, carry0["h"].shape, dt)}
-        v0 = jax.random.normal(jax.random.fold_in(k_v, 1), carry0["h"].shape, dt)
-        logs = np.asarray(_cell_tangent_logs(cell, variables, carry0, xs, v0 / jnp.linalg.norm(v0), k_d))
-        b0 = steps // 3 if burn is None else int(burn)
-        if not 0 <= b0 < steps - 1:
-            raise ValueError(f"burn must be in [0, steps-1), got {b0}")
-        logs = logs[b0:]
-        if not np.all(np.isfinite(logs)):
-            raise ValueError(f"non-finite tangent growth for configuration {cfg}")
-        meas, se = float(logs.mean()), float(logs.std() / math.sqrt(len(logs)))
-        sx2 = input_drive_variance(params["W_xh"], x_scale**2) if has_input else 0.0
-        pred = predict_rate(
-            name,
-            hidden_size=hidden_size,
-            batch_size=batch_size,
-            gain=g,
-            gamma=gh_used,
-            gamma_x=gx_used,
-            sigma_x2=sx2,
-            has_input=has_input,
-            dropout=p,
-        )
-        corr = tied_weight_correction(np.asarray(params["W_hh"]), g) if g > 0 else 0.0
-        for k, v in (
-            ("predicted", pred),
-            ("measured", meas),
-            ("stderr", se),
-            ("tied_correction", corr),
-            ("sigma_x2", sx2),
-            ("gain", g),
-            ("gamma", gh_used),
-            ("gamma_x", gx_used),
-            ("has_input", has_input),
-            ("dropout", p),
-            ("x_scale", x_scale),
-            ("seed", seed),
-        ):
-            cols[k].append(v)
-    return {k: np.asarray(v) for k, v in cols.items()}
 
 
 # ----------------------------------------------------------------------------------------------------

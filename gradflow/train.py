@@ -38,8 +38,9 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,7 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradflow import cache, measure
 from gradflow.cells import GradflowCell, feature_size, init_cell, readout_features, with_sequence_stats
+from gradflow.checks import atomic_write_npz, nonneg_int, positive_float, positive_int
+from gradflow.checks import seed as check_seed
+from gradflow.lyapunov import LyapunovResult
 from gradflow.tasks import Task
 
 __all__ = [
@@ -94,34 +99,16 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
-        if (
-            isinstance(self.checkpoint_every, bool)
-            or not isinstance(self.checkpoint_every, int | np.integer)
-            or self.checkpoint_every < 0
-        ):
-            raise ValueError(
-                f"TrainConfig.checkpoint_every must be an int >= 0, got {self.checkpoint_every!r}"
-            )
-        if not (
-            isinstance(self.learning_rate, int | float)
-            and math.isfinite(self.learning_rate)
-            and self.learning_rate > 0
-        ):
-            raise ValueError(
-                f"TrainConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}"
-            )
-        if self.clip_norm is not None and not (
-            isinstance(self.clip_norm, int | float) and math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
-            raise ValueError(
-                f"TrainConfig.clip_norm must be None or a positive finite number, got {self.clip_norm!r}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
-            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+        # NumPy scalars are accepted and stored as Python numbers (the checkpoint identity is JSON)
+        checked = {name: positive_int(f"TrainConfig.{name}", getattr(self, name))
+                   for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every")}
+        checked["checkpoint_every"] = nonneg_int("TrainConfig.checkpoint_every", self.checkpoint_every)
+        checked["learning_rate"] = positive_float("TrainConfig.learning_rate", self.learning_rate)
+        if self.clip_norm is not None:
+            checked["clip_norm"] = positive_float("TrainConfig.clip_norm (or None)", self.clip_norm)
+        checked["seed"] = check_seed("TrainConfig.seed", self.seed)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclasses.dataclass
@@ -360,7 +347,8 @@ def _batch(task, batch_size, root, step):
     return xs, ys, kdrop
 
 
-def _eval_key(config: TrainConfig) -> jax.Array:
+def eval_key(config: TrainConfig) -> jax.Array:
+    """The PRNG key of the held-out evaluation set of a run (``task.eval_set(eval_key(config), size)``)."""
     return jax.random.fold_in(jax.random.key(config.seed), 2)
 
 
@@ -368,21 +356,9 @@ def _eval_key(config: TrainConfig) -> jax.Array:
 # seed, learning rate and clip norm of a (cell, task, batch size).
 _ADAM = optax.scale_by_adam()
 
-_COMPILED: dict = {}
-_COMPILED_MAX = 64
-
-
-def _cached(key, build):
-    """Reuse jitted functions across calls (the same cell, task object and batch size)."""
-    if key not in _COMPILED:
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = build()
-    return _COMPILED[key]
-
-
 def _make_train_step(cell, task, batch_size):
-    return _cached(("train", cell, task, batch_size), lambda: _build_train_step(cell, task, batch_size))
+    key = ("train", cell, task, batch_size)
+    return cache.cached(key, lambda: _build_train_step(cell, task, batch_size))
 
 
 def _build_train_step(cell, task, batch_size):
@@ -414,7 +390,7 @@ def _build_train_step(cell, task, batch_size):
 
 
 def _make_eval(cell, task):
-    return _cached(("eval", cell, task), lambda: _build_eval(cell, task))
+    return cache.cached(("eval", cell, task), lambda: _build_eval(cell, task))
 
 
 def _build_eval(cell, task):
@@ -479,17 +455,7 @@ def _save_checkpoint(path: str, state: dict, step: int, history: dict, identity:
         arrays[f"hist_{k}"] = np.asarray(v)
     arrays["step"] = np.asarray(step)
     arrays["identity"] = np.asarray(identity)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_npz(path, arrays)
 
 
 def load_checkpoint(path: str, template: dict) -> tuple[dict, int, dict, str]:
@@ -503,22 +469,59 @@ def load_checkpoint(path: str, template: dict) -> tuple[dict, int, dict, str]:
         ``(state, step, history, identity)``.
 
     Raises:
-        ValueError: the file does not match the template (other cell, task or optimizer).
+        ValueError: the file is unreadable (truncated, corrupt, not a checkpoint) or does not match the
+            template (other cell, task or optimizer); the message names the file.
     """
-    with np.load(path, allow_pickle=False) as z:
-        leaves_t, treedef = jax.tree_util.tree_flatten(template)
-        n = sum(1 for k in z.files if k.startswith("leaf_"))
-        if n != len(leaves_t):
-            raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_t)}")
-        leaves = []
-        for i, t in enumerate(leaves_t):
-            a = z[f"leaf_{i:05d}"]
-            if a.shape != np.shape(t):
-                raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(t)}")
-            leaves.append(jnp.asarray(a, dtype=jnp.asarray(t).dtype))
-        state = jax.tree_util.tree_unflatten(treedef, leaves)
-        history = {k[5:]: z[k] for k in z.files if k.startswith("hist_")}
-        return state, int(z["step"]), history, str(z["identity"])
+    z = _read_checkpoint_arrays(path)
+    leaves_t, treedef = jax.tree_util.tree_flatten(template)
+    n = sum(1 for k in z if k.startswith("leaf_"))
+    if n != len(leaves_t):
+        raise ValueError(f"checkpoint {path} holds {n} arrays, the model needs {len(leaves_t)}")
+    leaves = []
+    for i, t in enumerate(leaves_t):
+        a = z[f"leaf_{i:05d}"]
+        if a.shape != np.shape(t):
+            raise ValueError(f"checkpoint {path}: array {i} has shape {a.shape}, expected {np.shape(t)}")
+        leaves.append(jnp.asarray(a, dtype=jnp.asarray(t).dtype))
+    state = jax.tree_util.tree_unflatten(treedef, leaves)
+    history = {k[5:]: z[k] for k in z if k.startswith("hist_")}
+    return state, int(z["step"]), history, str(z["identity"])
+
+
+def _read_checkpoint_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of a checkpoint file, read in full; an unreadable file raises ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it may be truncated or "
+                         "corrupt: delete it to train from scratch") from e
+    missing = [k for k in ("step", "identity") if k not in arrays]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a gradflow checkpoint (no {', '.join(missing)})")
+    return arrays
+
+
+def _resumed_history(hist: dict, saved: dict, start: int, config: TrainConfig) -> None:
+    """Copy a checkpoint's history (``start`` steps done) into ``hist``, as an uninterrupted run has it.
+
+    Records are kept on the regular grid, plus this run's end-of-run extras (the evaluation at ``steps`` and
+    the gradient flow at ``steps - 1``) when the checkpoint is the finished run; a shorter run's extras are
+    dropped (an uninterrupted longer run would not have them).
+    """
+    S = config.steps
+    n = min(start, len(saved["loss"]))
+    for k in ("loss", "accuracy", "grad_norm"):
+        hist[k][:n] = saved[k][:n]
+    finished = start == S
+    keep = [i for i, st in enumerate(saved["eval_step"])
+            if st % config.eval_every == 0 or (finished and st == S)]
+    for k in ("eval_step", "eval_loss", "eval_accuracy"):
+        hist[k] = [saved[k][i] for i in keep]
+    keep = [i for i, st in enumerate(saved["flow_step"])
+            if st % config.record_every == 0 or (finished and st == S - 1)]
+    hist["flow_step"] = [saved["flow_step"][i] for i in keep]
+    hist["grad_flow"] = [saved["grad_flow"][i] for i in keep]
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -562,126 +565,115 @@ def train(
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     _check_cell_task(cell, task)
-    say = progress if progress is not None else (lambda _m: None)
+    run = _Run(cell, task, config, checkpoint, progress if progress is not None else (lambda _m: None))
+    diverged, message = run.loop()
+    return TrainResult(cell=cell, task=task, config=config, params=run.state["params"],
+                       batch_stats=run.state["batch_stats"], opt_state=run.state["opt_state"],
+                       initial=run.initial, history=run.snapshot(), steps_done=run.step, diverged=diverged,
+                       message=message, elapsed_s=time.perf_counter() - t0)
 
-    root = jax.random.key(config.seed)
-    params, batch_stats = init_params(cell, task, jax.random.fold_in(root, 1))
-    initial = {"params": params, "batch_stats": batch_stats}
-    train_step = _make_train_step(cell, task, config.batch_size)
-    state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
-    hyper = (
-        root,
-        jnp.float32(config.learning_rate),
-        jnp.float32(np.inf if config.clip_norm is None else config.clip_norm),
-    )
-    eval_fn = _make_eval(cell, task)
-    xs_eval, ys_eval = task.eval_set(_eval_key(config), config.eval_size)
 
-    S = config.steps
-    hist = {
-        "loss": np.full(S, np.nan),
-        "accuracy": np.full(S, np.nan),
-        "grad_norm": np.full(S, np.nan),
-        "eval_step": [],
-        "eval_loss": [],
-        "eval_accuracy": [],
-        "flow_step": [],
-        "grad_flow": [],
-    }
-    identity = _identity(cell, task, config)
-    start = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
-        state, start, saved, saved_id = load_checkpoint(os.fspath(checkpoint), state)
-        if saved_id != identity:
-            raise ValueError(
-                f"checkpoint {checkpoint} was written for another run "
-                f"(cell, task or configuration differ): {saved_id} != {identity}"
-            )
-        if start > S:
-            raise ValueError(f"checkpoint {checkpoint} is at step {start}, beyond steps={S}")
-        n = min(start, len(saved["loss"]))
-        for k in ("loss", "accuracy", "grad_norm"):
-            hist[k][:n] = saved[k][:n]
-        # keep the records on the regular grid: a shorter run's end-of-run extras would not be in an
-        # uninterrupted run
-        keep = [i for i, st in enumerate(saved["eval_step"]) if st % config.eval_every == 0]
-        for k in ("eval_step", "eval_loss", "eval_accuracy"):
-            hist[k] = [saved[k][i] for i in keep]
-        keep = [i for i, st in enumerate(saved["flow_step"]) if st % config.record_every == 0]
-        hist["flow_step"] = [saved["flow_step"][i] for i in keep]
-        hist["grad_flow"] = [saved["grad_flow"][i] for i in keep]
-        say(f"resumed from {checkpoint} at step {start}")
+class _Run:
+    """One call of :func:`train`: the state, the history, the checkpoint and the loop over steps."""
 
-    def record_eval(step):
-        loss, acc = eval_fn(state["params"], state["batch_stats"], xs_eval, ys_eval, None, False)
+    def __init__(self, cell, task: Task, config: TrainConfig, checkpoint, say: Callable[[str], None]):
+        self.cell, self.task, self.config, self.say = cell, task, config, say
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.root = jax.random.key(config.seed)
+        params, batch_stats = init_params(cell, task, jax.random.fold_in(self.root, 1))
+        self.initial = {"params": params, "batch_stats": batch_stats}
+        self.state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
+        self.train_step = _make_train_step(cell, task, config.batch_size)
+        self.eval_fn = _make_eval(cell, task)
+        self.eval_data = task.eval_set(eval_key(config), config.eval_size)
+        S = config.steps
+        self.hist = {"loss": np.full(S, np.nan), "accuracy": np.full(S, np.nan),
+                     "grad_norm": np.full(S, np.nan), "eval_step": [], "eval_loss": [], "eval_accuracy": [],
+                     "flow_step": [], "grad_flow": []}
+        self.hyper = (self.root, jnp.float32(config.learning_rate),
+                      jnp.float32(np.inf if config.clip_norm is None else config.clip_norm))
+        self.identity = _identity(cell, task, config)
+        self.step = self._resume()
+
+    def _resume(self) -> int:
+        """The step to start from: 0, or a matching checkpoint's step (its state and history restored)."""
+        if self.checkpoint is None or not os.path.exists(self.checkpoint):
+            return 0
+        self.state, start, saved, saved_id = load_checkpoint(self.checkpoint, self.state)
+        if saved_id != self.identity:
+            raise ValueError(f"checkpoint {self.checkpoint} was written for another run "
+                             f"(cell, task or configuration differ): {saved_id} != {self.identity}")
+        if start > self.config.steps:
+            raise ValueError(f"checkpoint {self.checkpoint} is at step {start}, "
+                             f"beyond steps={self.config.steps}")
+        _resumed_history(self.hist, saved, start, self.config)
+        self.say(f"resumed from {self.checkpoint} at step {start}")
+        return start
+
+    def record_eval(self, step: int) -> None:
+        xs, ys = self.eval_data
+        loss, acc = self.eval_fn(self.state["params"], self.state["batch_stats"], xs, ys, None, False)
+        hist = self.hist
         hist["eval_step"].append(step)
         hist["eval_loss"].append(float(loss))
         hist["eval_accuracy"].append(float(acc))
         train_loss = f"train loss {hist['loss'][step - 1]:.4g}, " if step > 0 else ""
-        say(
-            f"{task.name} T={task.seq_len} step {step}/{S}: {train_loss}eval loss "
-            f"{float(loss):.4g} (baseline {task.baseline:.4g}), eval acc {float(acc):.3f}"
-        )
+        self.say(f"{self.task.name} T={self.task.seq_len} step {step}/{self.config.steps}: {train_loss}"
+                 f"eval loss {float(loss):.4g} (baseline {self.task.baseline:.4g}), "
+                 f"eval acc {float(acc):.3f}")
 
-    def snapshot():
-        out = {
-            k: (np.asarray(v) if not isinstance(v, list) else np.asarray(v, dtype=float))
-            for k, v in hist.items()
-            if k != "grad_flow"
-        }
+    def snapshot(self) -> dict[str, np.ndarray]:
+        hist = self.hist
+        out = {k: (np.asarray(v) if not isinstance(v, list) else np.asarray(v, dtype=float))
+               for k, v in hist.items() if k != "grad_flow"}
         out["eval_step"] = np.asarray(hist["eval_step"], dtype=np.int64)
         out["flow_step"] = np.asarray(hist["flow_step"], dtype=np.int64)
-        out["grad_flow"] = np.stack(hist["grad_flow"]) if hist["grad_flow"] else np.zeros((0, task.seq_len))
+        out["grad_flow"] = (np.stack(hist["grad_flow"]) if hist["grad_flow"]
+                            else np.zeros((0, self.task.seq_len)))
         return out
 
-    def save(step):
-        if checkpoint is not None:
-            _save_checkpoint(os.fspath(checkpoint), state, step, snapshot(), identity)
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            _save_checkpoint(self.checkpoint, self.state, self.step, self.snapshot(), self.identity)
 
-    diverged, message = False, f"finished {S} steps"
-    if start == 0 and not hist["eval_step"]:
-        record_eval(0)
-    step = start
-    while step < S:
-        new_state, m = train_step(state, step, *hyper)
+    def advance(self) -> str | None:
+        """One Adam step with its records; a message instead when the loss or the gradient is not finite."""
+        config, hist, step = self.config, self.hist, self.step
+        new_state, m = self.train_step(self.state, step, *self.hyper)
         loss, gnorm = float(m["loss"]), float(m["grad_norm"])
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            diverged = True
-            message = (
-                f"diverged at step {step}: loss {loss}, gradient norm {gnorm} "
-                f"(kept the parameters of step {step})"
-            )
-            say(message)
-            break
-        state = new_state
-        hist["loss"][step] = loss
+            return (f"diverged at step {step}: loss {loss}, gradient norm {gnorm} "
+                    f"(kept the parameters of step {step})")
+        self.state = new_state
+        hist["loss"][step], hist["grad_norm"][step] = loss, gnorm
         hist["accuracy"][step] = float(m["accuracy"])
-        hist["grad_norm"][step] = gnorm
-        if step % config.record_every == 0 or step == S - 1:
+        if step % config.record_every == 0 or step == config.steps - 1:
             hist["flow_step"].append(step)
             hist["grad_flow"].append(np.asarray(m["grad_flow"], dtype=np.float64))
-        step += 1
-        if step % config.eval_every == 0 or step == S:
-            record_eval(step)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < S:
-            save(step)
-    if diverged and (not hist["eval_step"] or hist["eval_step"][-1] != step):
-        record_eval(step)
-    save(step)
-    return TrainResult(
-        cell=cell,
-        task=task,
-        config=config,
-        params=state["params"],
-        batch_stats=state["batch_stats"],
-        opt_state=state["opt_state"],
-        initial=initial,
-        history=snapshot(),
-        steps_done=step,
-        diverged=diverged,
-        message=message,
-        elapsed_s=time.perf_counter() - t0,
-    )
+        self.step = step + 1
+        return None
+
+    def loop(self) -> tuple[bool, str]:
+        """Train to ``config.steps`` (evaluating and checkpointing on schedule); (diverged, message)."""
+        config = self.config
+        if self.step == 0 and not self.hist["eval_step"]:
+            self.record_eval(0)
+        diverged, message = False, f"finished {config.steps} steps"
+        while self.step < config.steps:
+            problem = self.advance()
+            if problem is not None:
+                diverged, message = True, problem
+                self.say(message)
+                break
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                self.record_eval(self.step)
+            every = config.checkpoint_every
+            if every and self.step % every == 0 and self.step < config.steps:
+                self.save()
+        if not self.hist["eval_step"] or self.hist["eval_step"][-1] != self.step:  # diverged, or resumed
+            self.record_eval(self.step)
+        self.save()
+        return diverged, message
 
 
 # --------------------------------------------------------------------------------------------- recordings
@@ -713,7 +705,7 @@ def mode_gap(
     task = result.task
     base = task.length if task.length is not None else task.seq_len
     lengths = [base] if lengths is None else [int(n) for n in lengths]
-    key = jax.random.fold_in(_eval_key(result.config), 7) if key is None else key
+    key = jax.random.fold_in(eval_key(result.config), 7) if key is None else key
     rows = {k: [] for k in ("length", "train_loss", "eval_loss", "train_accuracy", "eval_accuracy")}
     for i, n in enumerate(lengths):
         t = task if n == base else task.with_length(n)
@@ -747,8 +739,8 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
     """
     if not result.batch_stats:
         return {}
-    if isinstance(batches, bool) or not isinstance(batches, int | np.integer) or batches < 1:
-        raise ValueError(f"batches must be a positive int, got {batches!r}")
+    positive_int("batches", batches)
+    check_seed("seed", seed)
     cell, task, B = result.cell, result.task, result.config.batch_size
 
     def build():
@@ -760,7 +752,7 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
 
         return update
 
-    update = _cached(("recal", cell, task, B), build)
+    update = cache.cached(("recal", cell, task, B), build)
     root = jax.random.fold_in(jax.random.key(seed), 3)
     bs = result.batch_stats
     for i in range(int(batches)):
@@ -810,25 +802,7 @@ def lyapunov(
         xs, _ = t.sample(key, 1)
     T = xs.shape[0]
     transient = T // 4 if transient is None else transient
-    f = _cached(
-        ("lyapunov", cell, int(k), int(transient)), lambda: _build_lyapunov(cell, int(k), int(transient))
-    )
-    exps, se = f(_cell_variables(variables["params"], variables.get("batch_stats", {})), xs)
-    if not (np.all(np.isfinite(np.asarray(exps))) and np.all(np.isfinite(np.asarray(se)))):
-        raise ValueError("non-finite Lyapunov exponents: the eval-mode states overflowed")
-    from gradflow.lyapunov import LyapunovResult
-
-    return LyapunovResult(exps, se, T - transient)
-
-
-def _build_lyapunov(cell, k, transient):
-    """Compiled once per (cell, k, transient): the variables are traced, so before/after share it."""
-    from gradflow import as_step, lyapunov_spectrum
-
-    @jax.jit
-    def f(variables, xs):
-        step = as_step(cell, variables, train=False)
-        r = lyapunov_spectrum(step, cell.initialize_carry(1), xs, k=k, transient=transient)
-        return r.exponents, r.stderr
-
-    return f
+    variables = _cell_variables(variables["params"], variables.get("batch_stats", {}))
+    r = measure.lyapunov(cell, variables, cell.initialize_carry(1), xs, train=False, k=int(k),
+                         transient=int(transient))
+    return LyapunovResult(r["exponents"], r["stderr"], T - transient)

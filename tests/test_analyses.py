@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from analyses import runner
+from gradflow import measure
 
 
 # ------------------------------------------------------------------------------------------ fake analyses
@@ -218,13 +219,13 @@ def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
             M = J[t] @ M
             ref_fro.append(np.log(np.linalg.norm(M)))
             ref_spec[t + 1] = np.log(np.linalg.norm(M, 2))
-        f = common.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=(3, 12))
+        f = measure.forward_lognorms(cell, v, c0, xs, key, train=True, checkpoints=(3, 12))
         np.testing.assert_allclose(f["log_fro"], ref_fro, rtol=0, atol=1e-9)
         np.testing.assert_allclose(f["log_spec"], [ref_spec[3], ref_spec[12]], rtol=0, atol=1e-9)
         hs = np.asarray(gradflow.unroll(step, c0, xs)["h"])
         np.testing.assert_allclose(f["log_state"], np.log(np.sqrt(np.mean(np.sum(hs**2, -1), -1))), atol=1e-9)
         # all lags at T = 12: ∂h_T/∂h_t = J_T ⋯ J_{t+1}
-        r = common.lag_singular_values(cell, v, c0, xs, key, train=True, lags=(1, 5, 12))
+        r = measure.lag_singular_values(cell, v, c0, xs, key, train=True, lags=(1, 5, 12))
         for k, lag in enumerate((1, 5, 12)):
             P = np.eye(J.shape[1])
             for t in range(12 - lag, 12):

@@ -1,9 +1,10 @@
 """Mean-field predictions (gradflow.theory) against closed forms, Monte Carlo and measured exponents.
 
 Measurements: the top Lyapunov exponent of our real cells (gradflow.make_cell + as_step, train mode, float64)
-from one jvp-propagated tangent over the whole carry (``theory.measure_top_exponent``), cross-checked against
-the engine's streaming log-Frobenius norms of ∂h_T/∂h_t (``gradflow.streaming_log_norms``). Tolerances are
-finite-size bounds at d = 256 measured in docs/theory.md §7 (the deviations shrink with d there).
+from one jvp-propagated tangent over the whole carry (``gradflow.measure.top_exponent``), cross-checked
+against the engine's streaming log-Frobenius norms of ∂h_T/∂h_t (``gradflow.streaming_log_norms``).
+Tolerances are finite-size bounds at d = 256 measured in docs/theory.md §7 (the deviations shrink with d
+there).
 """
 
 import jax
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import gradflow
+from gradflow import measure
 from gradflow import theory as th
 
 D = 256  # hidden size of the measured cells (finite-size deviations are tabulated for d = 64..1024)
@@ -170,7 +172,7 @@ def test_closed_forms_of_the_linear_predictions():
 
 def _tvm(name, configs, batch_size, hidden_size=D, steps=STEPS, input_size=16):
     with jax.enable_x64(True):
-        return th.theory_vs_measurement(
+        return measure.theory_vs_measurement(
             name,
             configs,
             hidden_size=hidden_size,
@@ -241,7 +243,7 @@ def test_bn_notanh_measurement_agrees_with_engine_lyapunov_and_streaming_norms()
         lags = np.asarray(r.lags)
         sel = (lags >= 60) & (lags <= T - 60)
         slope = np.polyfit(lags[sel], np.asarray(r.log_frobenius)[sel], 1)[0]
-        mine, se = th.measure_top_exponent(step, c0, xs, jax.random.PRNGKey(4), burn=60)
+        mine, se = measure.top_exponent(step, c0, xs, jax.random.PRNGKey(4), burn=60)
         lyap = gradflow.lyapunov_spectrum(step, c0, xs, k=1, transient=60, key=jax.random.PRNGKey(4))
     # the engine's Benettin/QR top exponent on the same trajectory: the same quantity as our jvp tangent
     assert float(lyap.exponents[0]) == pytest.approx(mine, abs=1e-3)
@@ -327,7 +329,7 @@ def test_deep_bn_feedforward_explodes_at_batch_set_rate(x64):
             return phi(gradflow.batch_norm(h @ W.T, jnp.ones(d), eps=1e-12))
 
         h0 = jax.random.normal(jax.random.fold_in(k, L + 1), (B, d))
-        return th.measure_top_exponent(layer, h0, jnp.arange(L), jax.random.fold_in(k, L + 2), burn=100)[0]
+        return measure.top_exponent(layer, h0, jnp.arange(L), jax.random.fold_in(k, L + 2), burn=100)[0]
 
     r6, r16, r8t = rate(6, "linear", 6), rate(16, "linear", 16), rate(8, "tanh", 8)
     # d = 128: measured − predicted in [−0.019, +0.001] in §7 (finite-size, shrinking with d); tol 0.025
@@ -350,11 +352,11 @@ def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match="eval mode is exact"):
         th.predict_rate("bn_notanh", hidden_size=8, batch_size=8, train=False)
     with pytest.raises(ValueError, match="unknown configuration keys"):
-        th.theory_vs_measurement("tanh", [{"gian": 1.0}], key=jax.random.PRNGKey(0))
+        measure.theory_vs_measurement("tanh", [{"gian": 1.0}], key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="key is required"):
-        th.theory_vs_measurement("tanh", [{}])
+        measure.theory_vs_measurement("tanh", [{}])
     with pytest.raises(ValueError, match="supports"):
-        th.theory_vs_measurement("lstm", [{}], key=jax.random.PRNGKey(0))
+        measure.theory_vs_measurement("lstm", [{}], key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="identity activation"):
         th.cell_eval_matrix("tanh", {})
     with pytest.raises(ValueError, match="shape"):

@@ -194,7 +194,7 @@ def test_training_updates_bn_statistics_and_mode_gap(small_run):
     assert np.all(np.isfinite(gap["train_loss"])) and np.all(np.isfinite(gap["eval_loss"]))
     assert not np.allclose(gap["train_loss"], gap["eval_loss"])  # batch vs running statistics
     # the eval-mode number is the one train() reports
-    xs, ys = SMALL_TASK.eval_set(train._eval_key(SMALL_CFG), SMALL_CFG.eval_size)
+    xs, ys = SMALL_TASK.eval_set(train.eval_key(SMALL_CFG), SMALL_CFG.eval_size)
     loss, _ = train.evaluate(SMALL_CELL, SMALL_TASK, r.params, r.batch_stats, xs, ys)
     assert loss == pytest.approx(r.final_eval[0], rel=1e-6)
 

@@ -1,0 +1,208 @@
+"""Shared argument checks and atomic file writes (used across gradflow and analyses).
+
+Every check raises a ``ValueError`` that names the argument and shows the offending value, and accepts the
+NumPy scalar types a caller naturally has in hand (``np.int64`` from an array, ``np.float32`` from a config);
+``bool`` is never an integer here. Each returns the value as a plain Python ``int`` / ``float``.
+
+Example:
+    >>> import numpy as np
+    >>> positive_int("probes", np.int64(4))
+    4
+    >>> positive_float("learning_rate", np.float32(0.5))
+    0.5
+    >>> seed("seed", -1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be an int with 0 <= seed < 2**32 ...got -1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradflow.statemap import is_traced
+
+__all__ = [
+    "is_int",
+    "is_real",
+    "positive_int",
+    "nonneg_int",
+    "int_at_least",
+    "positive_float",
+    "finite_float",
+    "seed",
+    "raise_if_nonfinite",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_npz",
+    "json_default",
+]
+
+SEED_LIMIT = 2**32
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and NumPy integers, False for bools (``True`` is not a count)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def is_real(value: Any) -> bool:
+    """True for Python and NumPy integers and floats, False for bools."""
+    real = isinstance(value, int | float | np.integer | np.floating)
+    return real and not isinstance(value, bool | np.bool_)
+
+
+def int_at_least(name: str, value: Any, minimum: int) -> int:
+    """``int(value)`` for an integer (Python or NumPy, not bool) ``>= minimum``; else ValueError."""
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``int(value)`` for an integer >= 1 (Python or NumPy, not bool); else ValueError naming ``name``.
+
+    >>> positive_int("chunk", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: chunk must be a positive int, got 0
+    """
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def nonneg_int(name: str, value: Any) -> int:
+    """``int(value)`` for an integer >= 0 (Python or NumPy, not bool); else ValueError naming ``name``."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def finite_float(name: str, value: Any) -> float:
+    """``float(value)`` for a finite real number (Python or NumPy int/float, not bool); else ValueError."""
+    if not is_real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def positive_float(name: str, value: Any) -> float:
+    """``float(value)`` for a finite number > 0 (Python or NumPy scalar, not bool); else ValueError.
+
+    >>> positive_float("clip_norm", -1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: clip_norm must be a finite number > 0, got -1.0
+    """
+    if not is_real(value) or not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def seed(name: str, value: Any) -> int:
+    """``int(value)`` for a PRNG seed, ``0 <= value < 2**32``; else ValueError naming ``name``.
+
+    ``jax.random.PRNGKey`` keeps 32 bits of a seed in its default mode, so ``2**32`` gives seed 0's key and -1
+    gives ``2**32 - 1``'s: two "different" runs would be the same run bit for bit.
+    """
+    if not is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an int with 0 <= {name} < 2**32 (a PRNG seed is 32 bits: larger or "
+                         f"negative values alias others), got {value!r}")
+    return int(value)
+
+
+def raise_if_nonfinite(flags, consequence: str = "the Jacobians are undefined") -> None:
+    """Raise if a (T,) bool array of per-state finiteness flags has a False (no-op under tracing).
+
+    Raises:
+        ValueError: naming the first non-finite state h_t (t = index + 1).
+    """
+    if is_traced(flags):
+        return
+    flags = np.asarray(flags)
+    if not flags.all():
+        t = int(np.argmin(flags)) + 1
+        raise ValueError(
+            f"non-finite state: h_{t} (the state after {t} steps) has NaN or inf; {consequence}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable where the platform allows it."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically: a hidden temporary file in the same folder, fsync, rename.
+
+    A reader sees either the old file or the complete new one, never a part; an interrupted write leaves at
+    most a hidden ``.<name>.*.tmp`` file (removed on any exception). The folder is created if missing and the
+    file gets the usual mode (0666 less the umask).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a" / "x.bin"
+    >>> atomic_write_bytes(p, b"abc"); p.read_bytes()
+    b'abc'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_default(x):
+    """``json.dumps(default=...)`` hook: NumPy scalars and arrays as Python values."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-serializable: {type(x).__name__}")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented, key-sorted JSON (NumPy scalars/arrays allowed)."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=json_default) + "\n")
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """:func:`atomic_write_bytes` of ``np.savez(**arrays)`` (uncompressed)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,32 @@
+"""The public façade: ``gradflow.__all__`` is what the README's table of public names lists."""
+
+import re
+from pathlib import Path
+
+import gradflow
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_public_names() -> set[str]:
+    text = README.read_text()
+    table = text[text.index("### Public names"):]
+    table = table[:table.index("\n\n", table.index("| --- |"))]
+    names = set()
+    for row in table.splitlines()[3:]:
+        first = row.split("|")[1]
+        names |= set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)", first))
+    return names
+
+
+def test_all_matches_readme_table():
+    listed = readme_public_names()
+    exported = set(gradflow.__all__)
+    assert listed - exported == set(), f"in the README table but not in __all__: {sorted(listed - exported)}"
+    assert exported - listed == set(), f"in __all__ but not in the README table: {sorted(exported - listed)}"
+
+
+def test_all_names_resolve_and_are_unique():
+    assert len(gradflow.__all__) == len(set(gradflow.__all__))
+    for name in gradflow.__all__:
+        assert getattr(gradflow, name) is not None, name

@@ -60,6 +60,7 @@ __all__ = [
     "spectra", "spectrum_of", "growth_rate", "effective_rank", "condition_number",
     "SpectrumResult", "GrowthRate",
     "lyapunov_spectrum", "LyapunovResult",
+    "floss", "flossing_loss", "flossing_exponents", "floss_schedule",
     "top_singular_value", "hutchinson_frobenius", "PowerResult", "HutchinsonResult",
     "batch_blocks", "batch_block_norms", "frozen_statistics_comparison",
     "BatchBlockNorms", "FrozenComparison",

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradflow.cache import compiled
 from gradflow.cells import GradflowCell
 from gradflow.statemap import StateMap, validate_inputs
 from gradflow.step import as_step, check_finite
@@ -146,23 +146,21 @@ def clip_to_adam_rms(grads, adam_state, sigmas: float = CLIP_SIGMAS):
     return jax.tree_util.tree_map(clip, grads, adam_state.nu)
 
 
-@functools.lru_cache(maxsize=32)
-def _update_fn(cell, train: bool, k: int, transient: int, has_key: bool, window: int | None):
-    def loss(params, variables, carry0, xs, key, qkey):
+def _update_core(cell, train, k, transient, has_key, window,
+                 params, opt_state, lr, variables, carry0, xs, key, qkey):
+    """One pre-flossing step (compiled once per static settings through ``gradflow.cache``)."""
+
+    def loss(params):
         v = {**variables, "params": params}
         step = as_step(cell, v, train=train, key=key if has_key else None)
         lam = flossing_exponents(step, carry0, xs, k=k, transient=transient, key=qkey, state_window=window)
         return jnp.sum(lam**2), lam
 
-    @jax.jit
-    def update(params, opt_state, lr, variables, carry0, xs, key, qkey):
-        (val, lam), g = jax.value_and_grad(loss, has_aux=True)(params, variables, carry0, xs, key, qkey)
-        g = clip_to_adam_rms(g, opt_state)
-        direction, opt_state = _ADAM.update(g, opt_state)
-        params = jax.tree_util.tree_map(lambda p, u: p - (lr * u).astype(p.dtype), params, direction)
-        return params, opt_state, val, lam
-
-    return update
+    (val, lam), g = jax.value_and_grad(loss, has_aux=True)(params)
+    g = clip_to_adam_rms(g, opt_state)
+    direction, opt_state = _ADAM.update(g, opt_state)
+    params = jax.tree_util.tree_map(lambda p, u: p - (lr * u).astype(p.dtype), params, direction)
+    return params, opt_state, val, lam
 
 
 def _check_window(state_window) -> int | None:
@@ -253,7 +251,8 @@ def floss(cell, variables, xs, *, k: int = 1, steps: int = 300, learning_rate=No
     flossing_exponents(step, carry0, xs[:1], k=k, key=k_q)  # checks k (shapes only, traced below)
     if isinstance(transient, bool) or not isinstance(transient, (int, np.integer)):
         raise ValueError(f"transient must be an int, got {transient!r}")
-    update = _update_fn(cell, bool(train), int(k), int(transient), has_key, _check_window(state_window))
+    window = _check_window(state_window)
+    update = compiled(_update_core, cell, bool(train), int(k), int(transient), has_key, window)
     params, opt_state = variables["params"], _ADAM.init(variables["params"])
     for i in range(int(steps)):
         rate = float(lr(i)) if callable(lr) else float(lr)

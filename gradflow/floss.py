@@ -79,9 +79,11 @@ def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=
             exact gradient grows like e^{λ₁·T}: in the chaotic regime it is astronomically large and points
             nowhere useful (≈1e9 for a tanh RNN at gain 3, d = 32, T = 100; Adam stalls). Holding every state
             fixed leaves out how the states' saturation responds to the parameters, which biases it (at gain 3
-            it overstated dλ₁/d(scale of W_hh) 2.5-fold) and pre-flossing then fails at gain 3. A window of
-            25 steps (the default) keeps the growth bounded (e^{25λ₁}) and brought gain 3 and gain 0.5 to the
-            edge for every seed tried (d = 32, B = 8, T = 200).
+            it overstated dλ₁/d(scale of W_hh) 2.5-fold) and pre-flossing then mostly fails at gain 3. A
+            window of 25 steps (the default) keeps the growth bounded (e^{25λ₁}). Measured with
+            :func:`floss`'s defaults and fresh inputs (tanh RNN, d = 32, B = 8, T = 200, 300 steps, seeds
+            0–4): gain 0.5 reached |λ₁| < 0.1 for 5 of 5 seeds (all but one < 0.04), gain 3 reached
+            |λ₁| < 0.05 for 3 of 5 (the others ended at +0.17, stuck, and −0.13, overshot).
 
     Returns:
         (k,) exponents in the column order of Q (asymptotically descending; not sorted, so that the

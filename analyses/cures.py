@@ -222,7 +222,8 @@ def plot(data: dict) -> dict:
     lo = max(float(np.nanmin(data["lam"])) - 0.05, -1.5)
     ax.set_xlim(lo, max(0.1, float(np.nanmax(data["lam"])) + 0.05))
     style.finish(ax, xlabel="ln per step", title=f"λ₁, rate and prediction (band: |·| ≤ {th:g})",
-                 legend="lower right")
+                 legend=False)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"What keeps the gradients alive at initialization: d = {data['hidden']}, "
                  f"batch {data['batch']}, train mode, inputs N(0, {data['input_scale']:g}²), "
                  f"{len(data['seeds'])} seeds", fontsize=9)

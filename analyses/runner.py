@@ -88,6 +88,7 @@ ANALYSES: tuple[str, ...] = (
     "dropout",
     "theory",
     "training",
+    "cures",
     "findings",
 )
 

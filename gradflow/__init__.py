@@ -35,6 +35,10 @@ from gradflow.spectra import (  # noqa: E402,F401
 from gradflow.streaming import StreamingResult, streaming_log_norms  # noqa: E402,F401
 from gradflow.summary import Summary, summary  # noqa: E402,F401
 
+# --- gradient flossing (gradflow.floss) ---
+# isort: split
+from gradflow.floss import floss, floss_schedule, flossing_exponents, flossing_loss  # noqa: E402,F401
+
 # isort: split
 
 # --- theory and measurements (modules: gradflow.theory.<name>, gradflow.measure.<name>) ---
@@ -59,6 +63,7 @@ __all__ = [
     "spectra", "spectrum_of", "growth_rate", "effective_rank", "condition_number",
     "SpectrumResult", "GrowthRate",
     "lyapunov_spectrum", "LyapunovResult",
+    "floss", "flossing_loss", "flossing_exponents", "floss_schedule",
     "top_singular_value", "hutchinson_frobenius", "PowerResult", "HutchinsonResult",
     "batch_blocks", "batch_block_norms", "frozen_statistics_comparison",
     "BatchBlockNorms", "FrozenComparison",

@@ -1,0 +1,68 @@
+"""The cures analysis: its numbers against independent references (the LRU's eigenvalues, the critical γ_x's
+closed form) and its table against the data."""
+
+import math
+
+import numpy as np
+import pytest
+
+from analyses import common, cures
+
+
+@pytest.fixture(scope="module")
+def small():
+    config = {**cures.CONFIG, **cures.QUICK, "baselines": [], "critical": ["ln_notanh", "bn_notanh"],
+              "floss_presets": []}
+    return config, cures.run(config)
+
+
+def test_lru_rate_is_log_of_largest_eigenvalue_modulus(small):
+    config, data = small
+    i = data["labels"].index("lru [0.9, 0.999]")
+    for k, seed in enumerate(data["seeds"]):
+        _, v, _, _, _ = common.setup("lru", config["hidden"], config["input_size"], config["batch"], 2,
+                                     int(seed), r_min=0.9, r_max=0.999, dtype=config["dtype"])
+        p = v["params"]
+        nu, theta = (np.asarray(p[k], np.float64) for k in ("nu_log", "theta_log"))
+        lam = np.exp(-np.exp(nu) + 1j * np.exp(theta))
+        ref = math.log(np.abs(lam).max())
+        assert 0.9 <= np.abs(lam).min() and np.abs(lam).max() <= 0.999  # the ring
+        # ‖diag(λ)^k‖₂ = max|λ|^k at every lag: the fitted slope is exact up to float32 rounding
+        assert data["rate"][i, k] == pytest.approx(ref, abs=2e-4)
+        assert data["prediction"][i, k] == pytest.approx(ref, abs=1e-6)
+        np.testing.assert_allclose(np.log(data["spectral"][i, k]), data["lags"] * ref, atol=2e-3)
+
+
+def test_critical_input_gamma_rows(small):
+    config, data = small
+    d, B = config["hidden"], config["batch"]
+    for name, n in (("ln_notanh", d), ("bn_notanh", B)):
+        i = data["labels"].index(f"{name} γx*")
+        assert data["gamma_x"][i] == pytest.approx(1.0 / math.sqrt(n - 3), rel=1e-12)
+        assert data["input_share"][i] == pytest.approx(1.0 / (n - 2), rel=1e-12)
+        assert np.all(np.abs(data["prediction"][i]) < 1e-9)  # the mean-field rate is 0 there
+        assert data["prediction_kind"][i] == "mean field"
+        assert np.all(data["floss_seconds"][i] == 0)
+
+
+def test_table_follows_the_data(small):
+    _, data = small
+    md = cures.write_extra(data)["cures.md"]
+    assert "### What keeps the gradients alive" in md
+    for i, label in enumerate(data["labels"]):
+        line = next(row for row in md.splitlines() if row.startswith(f"| {label} |"))
+        rate = float(data["rate"][i].mean())
+        assert f"{rate:+.3f}" in line
+        assert common.classify(rate, threshold=data["threshold"]) in line
+    alive = [lab for i, lab in enumerate(data["labels"]) if abs(data["rate"][i].mean()) <= data["threshold"]]
+    assert ("holds for: " + (", ".join(alive) if alive else "none")) in md
+
+
+def test_flossed_row_and_plot():
+    config = {**cures.CONFIG, **cures.QUICK, "baselines": [], "lru_rings": [], "critical": [],
+              "floss_presets": ["tanh"], "floss_steps": 2}
+    data = cures.run(config)
+    assert data["labels"] == ["tanh flossed"]
+    assert data["floss_seconds"][0, 0] > 0
+    assert np.isnan(data["prediction"][0, 0])
+    assert set(cures.plot(data)) == {"cures"}

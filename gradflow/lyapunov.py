@@ -24,6 +24,7 @@ import numpy as np
 
 from gradflow.jacobians import run_engine
 from gradflow.per_example import ExamplePlan
+from gradflow.progress import reporting, resolve, tick
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
@@ -49,11 +50,14 @@ class LyapunovResult(NamedTuple):
         return short_repr(self)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "k"))
-def _qr_jit(step, k, carry0, xs, Q0):
+@functools.partial(jax.jit, static_argnames=("step", "k", "every"))
+def _qr_jit(step, k, carry0, xs, Q0, every=0):
     full = StateMap.from_carry(carry0)
+    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
 
-    def body(carry, x):
+    def body(carry, inp):
+        x, t = inp
+        tick(t + 1, T, every)
         h, Qt = carry  # Qt = Q^T, (k, n): the tangent vectors as rows (a vmap over rows is 3x faster on CPU)
         v = full.flatten(h)
 
@@ -68,7 +72,7 @@ def _qr_jit(step, k, carry0, xs, Q0):
         finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
         return (h_new, Q.T), (jnp.log(d), finite)
 
-    _, (logs, flags) = jax.lax.scan(body, (carry0, Q0.T), xs)
+    _, (logs, flags) = jax.lax.scan(body, (carry0, Q0.T), (xs, jnp.arange(T)))
     return logs, flags  # flags last: run_engine checks them
 
 
@@ -80,7 +84,7 @@ def _check_k(k, n):
     return int(k)
 
 
-def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
+def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False, progress=None):
     """The per-step log|R_ii| of Benettin's QR iteration, (T, k), unsorted (column order of Q).
 
     Args:
@@ -88,6 +92,7 @@ def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
         k: number of directions (default n).
         key: PRNG key for the random orthonormal start (default ``jax.random.PRNGKey(0)``).
         per_example: run on each example alone (n the per-example state size): (B, T, k).
+        progress: see :func:`lyapunov_spectrum`.
 
     Returns:
         (T, k) array (B, T, k) with ``per_example``).
@@ -97,12 +102,16 @@ def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
     k = _check_k(k, n)
     key = jax.random.PRNGKey(0) if key is None else key
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))
-    (logs,) = run_engine(lambda c, x: _qr_jit(step, k, c, x, Q0), step, carry0, xs, per_example)
+    every = resolve(progress, T, long=T * k * n >= 10**8)
+    with reporting(progress, f"lyapunov_spectrum (k={k}, n={n})", every):
+        fn = lambda c, x: _qr_jit(step, k, c, x, Q0, every=every)  # noqa: E731
+        (logs,) = run_engine(fn, step, carry0, xs, per_example)
     return logs
 
 
 def lyapunov_spectrum(
-    step, carry0, xs, k=None, transient=0, *, segments=10, key=None, wrt=None, per_example=False
+    step, carry0, xs, k=None, transient=0, *, segments=10, key=None, wrt=None, per_example=False,
+    progress=None,
 ):
     """Top-k Lyapunov exponents of ``step`` along the trajectory driven by ``xs`` (Benettin / QR).
 
@@ -120,6 +129,8 @@ def lyapunov_spectrum(
             dynamics.
         per_example: run the step on each example alone (n the per-example state size; see
             :func:`gradflow.jacobians`): ``exponents`` and ``stderr`` are (B, k), each row that example's.
+        progress: None/"auto" (progress lines on stderr every ~10 % of the steps for long runs, T k n >=
+            10^8), True, False, or a callable receiving the lines (see :mod:`gradflow.progress`).
 
     Returns:
         LyapunovResult with ``exponents`` (k,) sorted descending, ``stderr`` (k,), ``n_steps``.
@@ -139,7 +150,8 @@ def lyapunov_spectrum(
     m = T - int(transient)
     if not 2 <= segments <= m:
         raise ValueError(f"segments must satisfy 2 <= segments <= T - transient = {m}, got {segments}")
-    logs = qr_log_diagonals(step, carry0, xs, k=k, key=key, per_example=per_example)[..., int(transient) :, :]
+    logs = qr_log_diagonals(step, carry0, xs, k=k, key=key, per_example=per_example, progress=progress)
+    logs = logs[..., int(transient) :, :]
     exps, se = exponent_statistics(logs, segments)
     return LyapunovResult(exps, se, m)
 

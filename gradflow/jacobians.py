@@ -27,6 +27,7 @@ import numpy as np
 
 from gradflow.checks import positive_int, raise_if_nonfinite
 from gradflow.per_example import ExamplePlan
+from gradflow.progress import tick
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, is_traced, validate_inputs
 
@@ -206,7 +207,7 @@ def forward_and_flags(step, carry0, xs):
     return prev, flags
 
 
-def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, final_aux=False):
+def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, final_aux=False, every=0):
     """The renormalized reverse pass: G_t = ∂h_T/∂h_t (selected rows) by one vjp per step, at unit norm.
 
     Args:
@@ -219,6 +220,7 @@ def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, fina
         groups: renormalize this many equal consecutive row blocks separately (see :func:`renormalize`);
             M's row block g is then the true one times exp(log_scale[t, g]).
         final_aux: also return the ``aux`` after the last step (t = 0), as a fourth value.
+        every: report progress every that many steps of the reverse pass (0: off; see gradflow.progress).
 
     Returns:
         (log_scale (T,) or (T, groups), outs stacked along t, finiteness flags (T,)).
@@ -230,15 +232,19 @@ def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, fina
     prev, flags = forward_and_flags(step, carry0, xs)
     G0 = jnp.eye(full.n, dtype=full.dtype)[idx] if rows is None else rows.astype(full.dtype)
 
+    T = prev_len = jax.tree_util.tree_leaves(xs)[0].shape[0]
+
     def body(carry, inp):
         G, s, c, aux = carry
-        h, x = inp
+        h, x, t = inp
+        tick(prev_len - t, T, every)
         G, s, c = renormalize(step_vjp_rows(step, full, h, x, G), s, c, groups)
         aux, out = reduce(G if whole else G[:, idx], aux)  # no gather when the whole state is selected
         return (G, s, c, aux), (s, out)
 
     zero = jnp.zeros(() if groups == 1 else (groups,), full.dtype)
-    last, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), (prev, xs), reverse=True)
+    inputs = (prev, xs, jnp.arange(T))
+    last, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), inputs, reverse=True)
     return (log_scale, outs, flags, last[3]) if final_aux else (log_scale, outs, flags)
 
 

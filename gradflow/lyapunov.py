@@ -24,6 +24,7 @@ import numpy as np
 
 from gradflow.jacobians import run_engine
 from gradflow.per_example import ExamplePlan
+from gradflow.progress import reporting, resolve, tick
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
@@ -49,11 +50,14 @@ class LyapunovResult(NamedTuple):
         return short_repr(self)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "k"))
-def _qr_jit(step, k, carry0, xs, Q0):
+@functools.partial(jax.jit, static_argnames=("step", "k", "every"))
+def _qr_jit(step, k, carry0, xs, Q0, every=0):
     full = StateMap.from_carry(carry0)
+    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
 
-    def body(carry, x):
+    def body(carry, inp):
+        x, t = inp
+        tick(t + 1, T, every)
         h, Qt = carry  # Qt = Q^T, (k, n): the tangent vectors as rows (a vmap over rows is 3x faster on CPU)
         v = full.flatten(h)
 
@@ -68,8 +72,63 @@ def _qr_jit(step, k, carry0, xs, Q0):
         finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
         return (h_new, Q.T), (jnp.log(d), finite)
 
-    _, (logs, flags) = jax.lax.scan(body, (carry0, Q0.T), xs)
+    _, (logs, flags) = jax.lax.scan(body, (carry0, Q0.T), (xs, jnp.arange(T)))
     return logs, flags  # flags last: run_engine checks them
+
+
+def _log_cond_max(dtype) -> float:
+    """Largest log condition number the accumulated product may reach between two QRs: rounding then
+    moves each log|R_ii| by about eps * cond per QR: <= 1e-4 in float32 (cond <= ~840), 2e-10 in float64
+    (cond <= 1e6)."""
+    return float(np.log(min(1e-4 / np.finfo(dtype).eps, 1e6)))
+
+
+@functools.partial(jax.jit, static_argnames=("step", "k", "every", "max_interval"))
+def _qr_adaptive_jit(step, k, carry0, xs, Q0, force, every=0, max_interval=16):
+    """Benettin with an adaptive orthonormalization interval: Z <- J Z every step (rescaled by a scalar),
+    a QR only when the product's conditioning (estimated from the spread of the last QR's log|R_ii| per
+    step) would exceed ``_log_cond_max``, when ``force[t]``, or after ``max_interval`` steps. The QR's
+    log|R_ii| (the sum over its interval) is reported at the step of the QR, zeros elsewhere."""
+    full = StateMap.from_carry(carry0)
+    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    log_cond = _log_cond_max(full.dtype)
+
+    def qr(Zt, log_s, since):
+        Q, R = jnp.linalg.qr(Zt.T)
+        d = jnp.log(jnp.abs(jnp.diagonal(R))) + log_s
+        spread = (jnp.max(d) - jnp.min(d)) / since  # growth of the log condition number per step
+        nxt = jnp.floor(0.5 * log_cond / jnp.maximum(spread, 1e-12))  # x2 margin: the spread fluctuates
+        nxt = jnp.clip(jnp.where(jnp.isfinite(nxt), nxt, 1), 1, max_interval).astype(jnp.int32)
+        return Q.T, d, nxt
+
+    def skip(Zt, log_s, since):
+        return Zt, jnp.zeros((k,), Zt.dtype), jnp.zeros((), jnp.int32)
+
+    def body(carry, inp):
+        h, Zt, log_s, since, interval = carry
+        x, t, f_t = inp
+        tick(t + 1, T, every)
+        v = full.flatten(h)
+
+        def f(u):
+            return full.flatten(step(full.unflatten(u, h), x))
+
+        Zt = jax.vmap(lambda q: jax.jvp(f, (v,), (q,))[1])(Zt)
+        amax = jnp.max(jnp.abs(Zt))  # a power-of-2 rescale (exact) keeps the columns representable
+        scale = jnp.exp2(jnp.round(jnp.log2(jnp.where(amax > 0, amax, 1.0))))
+        Zt, log_s, since = Zt / scale, log_s + jnp.log(scale), since + 1
+        do = (since >= interval) | f_t
+        Zt, d, nxt = jax.lax.cond(do, qr, skip, Zt, log_s, since)
+        h_new = step(h, x)
+        leaves = [a for a in jax.tree_util.tree_leaves(h_new) if jnp.issubdtype(a.dtype, jnp.inexact)]
+        finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
+        zero = jnp.zeros_like(log_s)
+        carry = (h_new, Zt, jnp.where(do, zero, log_s), jnp.where(do, 0, since), jnp.where(do, nxt, interval))
+        return carry, (d, do, finite)
+
+    init = (carry0, Q0.T, jnp.zeros((), Q0.dtype), jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32))
+    _, (logs, did, flags) = jax.lax.scan(body, init, (xs, jnp.arange(T), force))
+    return logs, did, flags
 
 
 def _check_k(k, n):
@@ -80,7 +139,9 @@ def _check_k(k, n):
     return int(k)
 
 
-def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
+def qr_log_diagonals(
+    step, carry0, xs, *, k=None, key=None, per_example=False, progress=None, interval=1, boundaries=()
+):
     """The per-step log|R_ii| of Benettin's QR iteration, (T, k), unsorted (column order of Q).
 
     Args:
@@ -88,6 +149,12 @@ def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
         k: number of directions (default n).
         key: PRNG key for the random orthonormal start (default ``jax.random.PRNGKey(0)``).
         per_example: run on each example alone (n the per-example state size): (B, T, k).
+        progress: see :func:`lyapunov_spectrum`.
+        interval: 1 (a QR every step: Benettin's per-step loop) or "auto" (an adaptive orthonormalization
+            interval, see :func:`lyapunov_spectrum`: the log|R_ii| of each QR, summed over its interval, sit
+            at the step of the QR and the other rows are 0, so sums over steps are unchanged).
+        boundaries: with "auto", steps (0-based) after which a QR is forced (segment ends; the last step
+            always is one).
 
     Returns:
         (T, k) array (B, T, k) with ``per_example``).
@@ -97,12 +164,23 @@ def qr_log_diagonals(step, carry0, xs, *, k=None, key=None, per_example=False):
     k = _check_k(k, n)
     key = jax.random.PRNGKey(0) if key is None else key
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))
-    (logs,) = run_engine(lambda c, x: _qr_jit(step, k, c, x, Q0), step, carry0, xs, per_example)
+    every = resolve(progress, T, long=T * k * n >= 10**8)
+    with reporting(progress, f"lyapunov_spectrum (k={k}, n={n})", every):
+        if interval == 1:
+            fn = lambda c, x: _qr_jit(step, k, c, x, Q0, every=every)  # noqa: E731
+        elif interval == "auto":
+            force = np.zeros(T, bool)
+            force[[int(b) for b in boundaries if 0 <= int(b) < T] + [T - 1]] = True
+            fn = lambda c, x: _qr_adaptive_jit(step, k, c, x, Q0, jnp.asarray(force), every=every)[::2]  # noqa
+        else:
+            raise ValueError(f"interval must be 1 or 'auto', got {interval!r}")
+        (logs,) = run_engine(fn, step, carry0, xs, per_example)
     return logs
 
 
 def lyapunov_spectrum(
-    step, carry0, xs, k=None, transient=0, *, segments=10, key=None, wrt=None, per_example=False
+    step, carry0, xs, k=None, transient=0, *, segments=10, key=None, wrt=None, per_example=False,
+    progress=None, interval="auto",
 ):
     """Top-k Lyapunov exponents of ``step`` along the trajectory driven by ``xs`` (Benettin / QR).
 
@@ -120,6 +198,13 @@ def lyapunov_spectrum(
             dynamics.
         per_example: run the step on each example alone (n the per-example state size; see
             :func:`gradflow.jacobians`): ``exponents`` and ``stderr`` are (B, k), each row that example's.
+        progress: None/"auto" (progress lines on stderr every ~10 % of the steps for long runs, T k n >=
+            10^8), True, False, or a callable receiving the lines (see :mod:`gradflow.progress`).
+        interval: "auto" (default): re-orthonormalize only as often as the conditioning of the accumulated
+            product allows: after each QR the next interval is log(cond_max) / (spread of that QR's log|R_ii|
+            per step), at most 16 steps, cond_max = 840 in float32 (1e6 in float64), so rounding moves no
+            exponent by more than ~1e-4 per QR (float64: 2e-10); per step where the spread demands it. A QR
+            is forced at the end of the transient and of every segment. 1: a QR every step (Benettin's loop).
 
     Returns:
         LyapunovResult with ``exponents`` (k,) sorted descending, ``stderr`` (k,), ``n_steps``.
@@ -139,7 +224,13 @@ def lyapunov_spectrum(
     m = T - int(transient)
     if not 2 <= segments <= m:
         raise ValueError(f"segments must satisfy 2 <= segments <= T - transient = {m}, got {segments}")
-    logs = qr_log_diagonals(step, carry0, xs, k=k, key=key, per_example=per_example)[..., int(transient) :, :]
+    L = m // segments
+    ends = [int(transient) - 1] + [int(transient) + L * i - 1 for i in range(1, segments + 1)]
+    logs = qr_log_diagonals(
+        step, carry0, xs, k=k, key=key, per_example=per_example, progress=progress, interval=interval,
+        boundaries=ends,
+    )
+    logs = logs[..., int(transient) :, :]
     exps, se = exponent_statistics(logs, segments)
     return LyapunovResult(exps, se, m)
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from gradflow.checks import is_int, positive_int
 from gradflow.jacobians import reverse_pass, run_engine, spectral_reducer
 from gradflow.per_example import ExamplePlan
+from gradflow.progress import reporting, resolve
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
@@ -69,8 +70,8 @@ def forward_states(step, carry0, xs):
     return prev, hT, flags
 
 
-@functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters"))
-def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes):
+@functools.partial(jax.jit, static_argnames=("step", "mask", "spectral", "power_iters", "every"))
+def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes, every=0):
     full = StateMap.from_carry(carry0)
     sel_map = full.with_mask(mask)
     dt = full.dtype
@@ -83,12 +84,15 @@ def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes):
         offset = -0.5 * jnp.log(jnp.asarray(probes.shape[0], dt))
     v0 = jnp.ones((n,), dt) / jnp.sqrt(jnp.asarray(n, dt))
     reduce = spectral_reducer(spectral, power_iters, n)
-    log_scale, (log_f, log_s), flags = reverse_pass(step, mask, carry0, xs, reduce, v0, rows=rows)
+    log_scale, (log_f, log_s), flags = reverse_pass(
+        step, mask, carry0, xs, reduce, v0, rows=rows, every=every
+    )
     return log_scale + log_f + offset, log_scale + log_s, flags
 
 
 def streaming_log_norms(
-    step, carry0, xs, *, wrt=None, probes=None, key=None, spectral="auto", power_iters=10, per_example=False
+    step, carry0, xs, *, wrt=None, probes=None, key=None, spectral="auto", power_iters=10, per_example=False,
+    progress=None,
 ) -> StreamingResult:
     """Natural-log Frobenius and spectral norms of ∂h_T/∂h_t for every t, stable for long sequences.
 
@@ -105,6 +109,8 @@ def streaming_log_norms(
         power_iters: power iterations per step for ``spectral="power"``.
         per_example: run the step on each example alone (see :func:`gradflow.jacobians`): results (B, T);
             the probes (k, m) are shared by the examples, m the per-example state size.
+        progress: None/"auto" (progress lines on stderr every ~10 % of the reverse pass when T >= 10^4),
+            True, False, or a callable receiving the lines (see :mod:`gradflow.progress`).
 
     Returns:
         StreamingResult with ``log_frobenius`` (T,), ``log_spectral`` (T,), ``lags`` (T,). An exactly zero
@@ -136,5 +142,7 @@ def streaming_log_norms(
     elif spectral == "auto":
         spectral = "svd" if n <= 64 else "power"
     fn = functools.partial(_stream_jit, step, smap.mask, spectral, positive_int("power_iters", power_iters))
-    log_f, log_s = run_engine(lambda c, x: fn(c, x, P), step, carry0, xs, per_example)
+    every = resolve(progress, T)
+    with reporting(progress, "streaming_log_norms (reverse pass)", every):
+        log_f, log_s = run_engine(lambda c, x: fn(c, x, P, every=every), step, carry0, xs, per_example)
     return StreamingResult(log_f, log_s, T - jnp.arange(T))

@@ -21,6 +21,7 @@ import numpy as np
 
 from gradflow.lyapunov import exponent_statistics, qr_log_diagonals
 from gradflow.per_example import ExamplePlan
+from gradflow.progress import reporting, resolve, say
 from gradflow.spectra import SpectrumResult, growth_rate, spectra
 from gradflow.statemap import validate_inputs
 from gradflow.streaming import streaming_log_norms
@@ -164,8 +165,9 @@ def _rate_part(log_f, lags, min_lag, segments):
     return float(rates[0]), se, "segments", slopes, intercept, (lo, hi)
 
 
-def _lyapunov_part(step, carry0, xs, k, transient, per_example, key, segments=10):
-    logs = np.asarray(qr_log_diagonals(step, carry0, xs, k=k, key=key, per_example=per_example))
+def _lyapunov_part(step, carry0, xs, k, transient, per_example, key, segments=10, progress=None):
+    logs = qr_log_diagonals(step, carry0, xs, k=k, key=key, per_example=per_example, progress=progress)
+    logs = np.asarray(logs)
     logs = logs[..., transient:, :]
     if logs.ndim == 3:  # per example: each example's columns in its own descending order, then averaged
         order = np.argsort(-logs.mean(axis=1), axis=-1)
@@ -200,6 +202,13 @@ def _prediction(preset, theory_options, hidden_size, batch_size):
         return None, f"no prediction for {preset!r}: {type(e).__name__}: {e}"
 
 
+def _quiet_spectra(step, carry0, xs, lags, wrt, per_example):
+    say("spectra")
+    with warnings.catch_warnings():  # plain singular values out of float32's range: the logs are kept
+        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)
+        return spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
+
+
 def _resolve_per_example(step, carry0, xs, per_example):
     """(per_example, B): auto (None) is per-example when the batch has B > 1 uncoupled examples."""
     if per_example is False:
@@ -223,7 +232,7 @@ def _hidden_size(carry0, m):
 
 def summary(
     step, carry0, xs, *, k=8, transient=None, min_lag=None, lags=None, per_example=None, segments=10,
-    threshold=THRESHOLD, preset=None, theory_options=None, key=None, wrt=None,
+    threshold=THRESHOLD, preset=None, theory_options=None, key=None, wrt=None, progress=None,
 ) -> Summary:
     """Growth rate, Lyapunov exponents, verdict, spectra and mean-field prediction of a recurrence at once.
 
@@ -241,6 +250,8 @@ def summary(
             and its keyword options (gain, gamma, ...; hidden_size and batch_size default to the carry's).
             Without them, or when the theory has no prediction, ``prediction`` is None.
         key: PRNG key for the Lyapunov start (default ``jax.random.PRNGKey(0)``).
+        progress: None/"auto" (a line per stage when T >= 2000, and the streaming/Lyapunov lines of long
+            runs), True, False, or a callable receiving the lines (see :mod:`gradflow.progress`).
 
     Returns:
         :class:`Summary` (short repr, ``.to_dict()``, ``.plot()``).
@@ -256,17 +267,22 @@ def summary(
     transient = T // 10 if transient is None else int(transient)
     min_lag = max(1, T // 10) if min_lag is None else int(min_lag)
     lags = sorted({1, max(1, T // 10), max(1, T // 2), T}) if lags is None else lags
-    st = streaming_log_norms(step, carry0, xs, wrt=wrt, spectral=None, per_example=per_example)
+    every = resolve(progress, T, long=T >= 2000)
+    inner = progress if progress is not None else "auto"
+    with reporting(progress, "summary", every):
+        say(f"T = {T}, {f'per example (B = {B})' if per_example else 'whole batch state'}: norms")
+        st = streaming_log_norms(step, carry0, xs, wrt=wrt, spectral=None, per_example=per_example,
+                                 progress=inner)
     log_f = np.atleast_2d(np.asarray(st.log_frobenius, np.float64))
     lag_arr = np.asarray(st.lags)
     rate, se, kind, units, intercept, window = _rate_part(log_f, lag_arr, min_lag, segments)
-    exps, exps_se, halves, converged = _lyapunov_part(
-        step, carry0, xs, min(int(k), smap.n // B if per_example else smap.n), transient, per_example, key,
-        segments,
-    )
-    with warnings.catch_warnings():  # plain singular values out of float32's range: the logs are kept
-        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)
-        sp = spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
+    with reporting(progress, "summary", every):
+        say(f"rate {rate:+.4f} ± {se:.4f}; Lyapunov exponents")
+        k = min(int(k), smap.n // B if per_example else smap.n)
+        exps, exps_se, halves, converged = _lyapunov_part(
+            step, carry0, xs, k, transient, per_example, key, segments, inner
+        )
+        sp = _quiet_spectra(step, carry0, xs, lags, wrt, per_example)
     batch = B if per_example else _batch_size(carry0)
     pred, note = _prediction(preset, theory_options, _hidden_size(carry0, m), batch)
     verdict = verdict_of(rate, threshold)

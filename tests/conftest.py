@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("GRADFLOW_PROGRESS", "0")  # no progress lines from long engine calls in tests
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -53,7 +53,7 @@ def test_sum_equals_mean_log_det_and_segments(x64):
     W, U = _rand(2, (d, d), 2.0 / np.sqrt(d)), _rand(3, (d, 1))
     step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
     h0, xs = _rand(4, (B, d), 0.5), _rand(5, (T, B, 1))
-    r = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5)
+    r = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5, interval=1)
     hs, jstep = [h0], jax.jit(step)
     for x in xs:
         hs.append(jstep(hs[-1], x))
@@ -67,6 +67,11 @@ def test_sum_equals_mean_log_det_and_segments(x64):
     order = np.argsort(-logs.mean(axis=0))
     np.testing.assert_allclose(r.stderr, (seg.std(axis=0, ddof=1) / np.sqrt(5))[order], rtol=1e-10)
     assert np.all(np.asarray(r.stderr) > 0)
+    # the adaptive interval (default): rounding of at most ~2e-10 per QR in float64
+    a = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5)
+    np.testing.assert_allclose(np.sum(a.exponents), np.mean(logdet), rtol=1e-9)
+    np.testing.assert_allclose(a.exponents, r.exponents, atol=1e-9)
+    np.testing.assert_allclose(a.stderr, r.stderr, atol=1e-9)
 
 
 def test_bad_inputs():
@@ -85,3 +90,44 @@ def test_bad_inputs():
         lyapunov_spectrum(lambda c, x: c, carry, xs, wrt={"h": True, "c": False})
     with pytest.raises(ValueError, match="T"):
         lyapunov_spectrum(step, h0, xs[:0])
+
+
+def _did(step, h0, xs, k):
+    from gradflow.lyapunov import _qr_adaptive_jit
+
+    n = h0.size
+    Q0 = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(0), (n, k)))[0]
+    force = jnp.zeros(xs.shape[0], bool).at[-1].set(True)
+    return np.asarray(_qr_adaptive_jit(step, k, h0, xs, Q0, force)[1])
+
+
+@pytest.mark.parametrize("gain", [1.2, 3.0])
+def test_adaptive_interval_float32_every_exponent_within_1e3_of_per_step(gain):
+    # gain 3: saturated tanh, exponents down to about -9 per step; float32 with a fixed interval corrupts
+    # the most negative ones, the adaptive interval orthonormalizes every step where the spread demands it
+    n, T = 24, 1500
+    W = _rand(10, (n, n), gain / np.sqrt(n))
+    step = lambda h, x: jnp.tanh(h @ W.T + x)
+    h0, xs = jnp.zeros((1, n)), _rand(11, (T, 1, n), 0.5)
+    per = lyapunov_spectrum(step, h0, xs, transient=100, interval=1)
+    ada = lyapunov_spectrum(step, h0, xs, transient=100)
+    assert np.max(np.abs(np.asarray(ada.exponents) - np.asarray(per.exponents))) <= 1e-3
+    assert float(per.exponents[-1]) < -1.0  # a wide spread: the test is not trivial
+    top = lyapunov_spectrum(step, h0, xs, k=4, transient=100)
+    np.testing.assert_allclose(top.exponents, per.exponents[:4], atol=1e-3)
+    did = _did(step, h0, xs, n)
+    spread = float(per.exponents[0] - per.exponents[-1])
+    if spread > np.log(840):  # the conditioning demands a QR every step
+        assert did.mean() == 1.0
+    assert _did(step, h0, xs, 4).mean() < 0.5  # the top 4 are close: far fewer QRs
+
+
+def test_adaptive_interval_skips_qrs_when_the_spread_is_small():
+    n, T = 8, 320
+    Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))
+    W = jnp.asarray(0.99 * Q, jnp.float32)
+    step, h0, xs = (lambda h, x: h @ W.T), jnp.ones((1, n)), jnp.zeros((T, 1, 1))
+    did = _did(step, h0, xs, n)
+    assert did.sum() <= T / 16 + 2  # the interval grows to its cap of 16 steps
+    r = lyapunov_spectrum(step, h0, xs)
+    np.testing.assert_allclose(r.exponents, np.log(0.99), atol=1e-5)

@@ -82,6 +82,7 @@ ANALYSES: tuple[str, ...] = (
     "dropout",
     "theory",
     "training",
+    "training_study",
     "findings",
 )
 

@@ -76,15 +76,18 @@ CONFIG = {
     "learning_rates": [0.001, 0.003, 0.01],
     # extra rates for cells that need them (the IRNN and the LRU at small rates)
     "extra_rates": {},
-    "seeds": [0, 1],
+    "seeds": [0, 1, 2],
     "hidden": 32,
     "batch": 64,
-    "steps": 300,
+    "steps": 400,
     "clip_norm": 1.0,
     "val_fraction": 0.2,
     "val_size": 512,
     "test_size": 512,
     "recal_batches": 20,
+    # vmap each (preset, task)'s learning rates × seeds through gradflow.sweep (accelerators; on a CPU running
+    # them in turn is faster: benchmarks/bench_train.py); variants with training options run in turn anyway
+    "vmap": False,
     # one JSON file per run (relative to the repository root; null: keep runs in memory only)
     "store": "figures/.cache/training_study",
 }
@@ -120,6 +123,11 @@ VANISHED = 1e-3
 
 CSV_COLUMNS = ("preset", "task", "seq_len", "learning_rate", "seed", "split", "metric", "baseline", "solved",
                "steps", "wall_s", "metric_name", "loss", "accuracy", "diverged", "steps_done", "init_rate")
+
+
+#: Per-run columns that can be missing (a diverged run's losses, an unmeasurable rate): saved as 0 with a
+#: boolean ``<key>_valid`` beside them, read back as NaN by :func:`records`.
+MASKED = ("val_loss", "val_acc", "test_loss", "test_acc", "init_rate")
 
 
 class Unavailable(Exception):
@@ -263,13 +271,54 @@ def one_run(c: dict, name: str, task: tasks.Task, lr: float, seed: int, cell, ex
         bs = train.recalibrate_bn(r, c["recal_batches"])
     out = {"steps_done": int(r.steps_done), "diverged": bool(r.diverged),
            "init_rate": init_rate(r.history["grad_flow"][0]) if len(r.history["grad_flow"]) else float("nan")}
-    sets = {"val": task.validation_set(jax.random.key(VAL_KEY), c["val_size"]),
-            "test": task.eval_set(jax.random.key(TEST_KEY), c["test_size"])}
-    for split, (xs, ys) in sets.items():
+    for split, (xs, ys) in eval_sets(c, task).items():
         loss, acc = train.evaluate(cell, task, r.params, bs, xs, ys)
         out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
     out["wall_s"] = r.elapsed_s
+    out["path"] = "sequential"
     return out
+
+
+def eval_sets(c: dict, task: tasks.Task) -> dict:
+    """The validation and test sets of a task (the same for every run)."""
+    return {"val": task.validation_set(jax.random.key(VAL_KEY), c["val_size"]),
+            "test": task.eval_set(jax.random.key(TEST_KEY), c["test_size"])}
+
+
+def run_group_vmapped(c: dict, store: RunStore, name: str, task_name: str, length, rates: list[float],
+                      progress=None) -> int:
+    """The missing runs of one (variant, task) as one vmapped sweep (``gradflow.sweep.run_sweep`` over
+    ``gradflow.trainsweep.train_fn``: the same steps as ``train.train``), stored like the sequential runs.
+
+    Returns:
+        the number of runs computed (0 when all were stored, or for variants with training options, which
+        ``train_fn`` does not have: those run in turn).
+    """
+    from gradflow import trainsweep
+    from gradflow.sweep import Grid, run_sweep
+
+    task = study_task(task_name, length, c["val_fraction"])
+    cell, extra = build(name, c, task)
+    seeds = [int(s) for s in c["seeds"]]
+    configs = {(lr, s): run_config(c, name, task_name, length, lr, s, cell, extra)
+               for lr in rates for s in seeds}
+    if extra or all(store.get(rc) is not None for rc in configs.values()):
+        return 0
+    f = trainsweep.train_fn(cell, task, steps=c["steps"], batch_size=c["batch"], clip_norm=c["clip_norm"],
+                            eval_sets=eval_sets(c, task),
+                            recal_batches=c["recal_batches"] if cell.spec.has_bn else 0)
+    t0 = time.perf_counter()
+    table = run_sweep(lambda _s: f, Grid(traced={"learning_rate": rates, "seed": seeds}), chunk=len(configs))
+    wall = (time.perf_counter() - t0) / len(configs)
+    for j in range(len(configs)):
+        key = (float(rates[j // len(seeds)]), seeds[j % len(seeds)])
+        rec = {"steps_done": int(table["steps_done"][j]), "diverged": bool(table["diverged"][j]),
+               "init_rate": init_rate(table["init_flow"][j]), "wall_s": wall, "path": "vmap",
+               **{k: float(table[k][j]) for k in ("val_loss", "val_acc", "test_loss", "test_acc")}}
+        store.put(configs[key], rec)
+    say(progress, f"{name} {label(task_name, length)}: {len(configs)} runs vmapped in "
+                  f"{wall * len(configs):.1f}s")
+    return len(configs)
 
 
 def metric_of(task_name: str) -> str:
@@ -280,14 +329,17 @@ def metric_of(task_name: str) -> str:
 # ----------------------------------------------------------------------------------------------- the study
 
 
+def rates_of(c: dict, name: str) -> list[float]:
+    """The learning rates of a preset: the common grid and its ``extra_rates``, ascending."""
+    return sorted({float(x) for x in [*c["learning_rates"], *c.get("extra_rates", {}).get(name, [])]})
+
+
 def plan(c: dict) -> list[tuple[str, str, object, float, int]]:
     """Every (preset, task, length, learning rate, seed) of the configuration, tasks outermost."""
     out = []
     for task_name, length in c["tasks"]:
         for name in c["presets"]:
-            extra = c.get("extra_rates", {}).get(name, [])
-            rates = sorted({float(x) for x in [*c["learning_rates"], *extra]})
-            out += [(name, task_name, length, lr, int(s)) for lr in rates for s in c["seeds"]]
+            out += [(name, task_name, length, lr, int(s)) for lr in rates_of(c, name) for s in c["seeds"]]
     return out
 
 
@@ -304,6 +356,13 @@ def run(config: dict, progress=None) -> dict:
     c = config
     store = RunStore(None if c["store"] is None else ROOT / c["store"])
     todo = plan(c)
+    if c.get("vmap"):
+        for task_name, length in c["tasks"]:
+            for name in c["presets"]:
+                try:
+                    run_group_vmapped(c, store, name, task_name, length, rates_of(c, name), progress)
+                except Unavailable:
+                    pass  # noted below
     rows, notes, skipped = [], [], set()
     t0, computed = time.perf_counter(), 0
     for i, (name, task_name, length, lr, seed) in enumerate(todo, 1):
@@ -352,7 +411,7 @@ def _columns(c: dict, rows: list[dict], notes: list[str]) -> dict:
         s = t.solved(r["test_loss"])
         solved.append(-1 if s is None else int(s))
     presets = [p for p in c["presets"] if any(r["preset"] == p for r in rows)]
-    return {
+    out = {
         "run_preset": [r["preset"] for r in rows], "run_task": [r["task"] for r in rows],
         "seq_len": col("seq_len", int), "length": col("length", int), "learning_rate": col("learning_rate"),
         "seed": col("seed", int), "baseline": col("baseline"), "val_loss": col("val_loss"),
@@ -364,6 +423,10 @@ def _columns(c: dict, rows: list[dict], notes: list[str]) -> dict:
         "seeds": [int(s) for s in c["seeds"]], "notes": "\n".join(notes),
         "total_wall_s": float(sum(r["wall_s"] for r in rows)),
     }
+    for k in MASKED:  # saved data hold finite numbers only: a missing value is 0 with ``<key>_valid`` False
+        ok = np.isfinite(out[k])
+        out[k], out[k + "_valid"] = np.where(ok, out[k], 0.0), ok
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -375,9 +438,9 @@ def records(data: dict) -> list[dict]:
     for i, p in enumerate(data["run_preset"]):
         t = data["run_task"][i]
         m = metric_of(t)
-        r = {k: data[k][i].item() for k in ("seq_len", "length", "learning_rate", "seed", "baseline",
-                                            "val_loss", "val_acc", "test_loss", "test_acc", "solved",
-                                            "diverged", "steps_done", "wall_s", "init_rate")}
+        r = {k: (data[k][i].item() if k not in MASKED or data[k + "_valid"][i] else math.nan)
+             for k in ("seq_len", "length", "learning_rate", "seed", "baseline", "val_loss", "val_acc",
+                       "test_loss", "test_acc", "solved", "diverged", "steps_done", "wall_s", "init_rate")}
         key = "loss" if m == "loss" else "acc"
         out.append({"preset": p, "task": t, "metric_name": m, **r,
                     "val_metric": r[f"val_{key}"], "test_metric": r[f"test_{key}"]})
@@ -484,17 +547,35 @@ def csv_text(data: dict) -> str:
 # ----------------------------------------------------------------------------------------------- findings
 
 
+#: How the rate at initialization and the outcome relate, per adding length (see :func:`rate_category`).
+CATEGORIES = {
+    "vanished-failed": "vanished at init and not learned, as the rate predicts",
+    "vanished-learned": "learned although the gradient had vanished at init (against the rate)",
+    "alive-learned": "alive at init and learned (consistent)",
+    "alive-failed": "alive at init but not learned here (the rate does not explain it)",
+}
+
+
+def reach(s: dict) -> float:
+    """e^{rate·(T−1)}: the fraction of ‖∂L/∂h_T‖ that reaches h_1 at the rate at initialization."""
+    return math.exp(max(min(s["init_rate"] * (int(s["length"]) - 1), 700.0), -700.0))
+
+
+def rate_category(s: dict) -> str | None:
+    """A key of :data:`CATEGORIES` for one adding summary (vanished: reach below :data:`VANISHED`; learned:
+    at least one seed solved at the chosen rate), None without a measured rate. A vanished gradient predicts
+    failure; an alive one is necessary, not sufficient, so it predicts nothing on its own."""
+    if not math.isfinite(s["init_rate"]) or s["solved"] is None:
+        return None
+    return f"{'vanished' if reach(s) < VANISHED else 'alive'}-{'learned' if s['solved'] else 'failed'}"
+
+
 def _verdict(s: dict) -> str:
-    """What the rate at init predicts for one adding length, and whether training agreed."""
-    T = int(s["length"])
-    if not math.isfinite(s["init_rate"]):
-        return f"T={T}: no rate at init measured"
-    reach = math.exp(max(min(s["init_rate"] * (T - 1), 700.0), -700.0))
-    vanishes = reach < VANISHED
-    learned = bool(s["solved"])
-    agree = "as predicted" if vanishes != learned else "against the prediction"
-    return (f"T={T}: {s['init_rate']:+.3f} ln/step, gradient from h_T reaching h_1 at {reach:.1g} "
-            f"({'vanished' if vanishes else 'alive'}); solved in {s['solved']}/{s['n']} seeds ({agree})")
+    cat = rate_category(s)
+    if cat is None:
+        return f"T={int(s['length'])}: no rate at init measured"
+    return (f"T={int(s['length'])}: {s['init_rate']:+.3f} ln/step, so h_1 receives {reach(s):.1g} of "
+            f"‖∂L/∂h_T‖; solved {s['solved']}/{s['n']} seeds: {CATEGORIES[cat]}")
 
 
 def preset_paragraph(preset: str, summ: list[dict]) -> str:
@@ -503,15 +584,20 @@ def preset_paragraph(preset: str, summ: list[dict]) -> str:
     adding = [s for s in mine if s["task"] == "adding"]
     parts = [f"**{preset}.**"]
     if adding:
-        parts.append("Adding problem, rate of ‖∂L/∂h_t‖ at initialization against the outcome at the "
-                     "validation-chosen rate: " + "; ".join(_verdict(s) for s in adding) + ".")
-        wrong = [s for s in adding if math.isfinite(s["init_rate"])
-                 and (math.exp(max(min(s["init_rate"] * (int(s["length"]) - 1), 700), -700)) < VANISHED)
-                 == bool(s["solved"])]
-        parts.append("The rate at initialization predicted every adding outcome." if not wrong else
-                     f"It did not predict {len(wrong)} of {len(adding)} adding outcomes: a gradient alive at "
-                     "initialization was not enough (or a vanished one did not stop learning) in this "
-                     "harness.")
+        parts.append("Adding problem, the rate of ‖∂L/∂h_t‖ at initialization (median over seeds) against "
+                     "the outcome at the validation-chosen learning rate: "
+                     + "; ".join(_verdict(s) for s in adding) + ".")
+        cats = [rate_category(s) for s in adding]
+        if "vanished-learned" in cats:
+            parts.append("So the rate at initialization did not predict what it learned.")
+        elif "alive-failed" in cats:
+            lead = ("Where the gradient had vanished it failed, as predicted; w" if "vanished-failed" in cats
+                    else "W")
+            parts.append(lead + "here it was alive and the cell still did not learn, the limit is elsewhere "
+                         "(steps, learning rate, the task itself), which the rate at initialization does not "
+                         "see.")
+        elif any(cats):
+            parts.append("So the rate at initialization predicted what it learned on every adding length.")
     other = [s for s in mine if s["task"] != "adding"]
     if other:
         parts.append("Other tasks (test, median [min, max] over seeds): "

@@ -28,6 +28,8 @@ def _data(rows: list[dict], presets: list[str]) -> dict:
         if "solved" not in r:
             r["solved"] = int(r["test_loss"] < 0.01 / 6) if r["task"] == "adding" else -1
     d = {k: np.asarray([r[k] for r in full]) for k in KEYS}
+    for k in ts.MASKED:
+        d[k + "_valid"] = np.isfinite(d[k])
     d.update({"run_preset": [r["preset"] for r in full], "run_task": [r["task"] for r in full],
               "presets": presets, "steps": 10, "hidden": 4, "batch": 8, "seeds": [0, 1, 2], "notes": "",
               "total_wall_s": float(len(full))})
@@ -55,7 +57,8 @@ def test_rate_chosen_on_validation_only():
 
 
 def test_diverged_runs_count_as_worst_in_the_choice():
-    runs = [{"metric_name": "loss", "learning_rate": 0.1, "val_metric": v} for v in (0.001, math.nan, math.inf)]
+    runs = [{"metric_name": "loss", "learning_rate": 0.1, "val_metric": v}
+            for v in (0.001, math.nan, math.inf)]
     runs += [{"metric_name": "loss", "learning_rate": 0.01, "val_metric": v} for v in (0.1, 0.1, 0.1)]
     assert ts.choose_rate(runs) == 0.01  # median of (0.001, inf, inf) is inf
 
@@ -181,3 +184,46 @@ def test_validation_split_keeps_the_test_split_and_is_never_sampled():
         tasks.with_validation(t, 1.5)
     a = tasks.adding(10)
     assert tasks.with_validation(a) is a
+
+
+def test_rate_category_from_the_reach_of_the_gradient():
+    s = {"init_rate": -0.25, "length": 50, "solved": 0, "n": 3}
+    assert ts.reach(s) == pytest.approx(math.exp(-0.25 * 49))
+    assert ts.rate_category(s) == "vanished-failed"
+    assert ts.rate_category({**s, "solved": 2}) == "vanished-learned"
+    assert ts.rate_category({**s, "init_rate": -0.1}) == "alive-failed"  # e^-4.9 = 0.0074 > 1e-3
+    assert ts.rate_category({**s, "init_rate": math.nan}) is None
+    rows = [{"preset": "tanh", "task": "adding", "learning_rate": 0.01, "seed": k, "val_loss": 0.1,
+             "test_loss": 0.2, "init_rate": -0.3} for k in range(3)]
+    text = ts.preset_paragraph("tanh", ts.summarize(_data(rows, ["tanh"])))
+    assert "vanished at init and not learned" in text and "predicted what it learned" in text
+
+
+def test_vmapped_path_stores_the_same_runs(tmp_path):
+    cfg = {**ts.CONFIG, **ts.QUICK, "presets": ["tanh"], "seeds": [0, 1], "steps": 5,
+           "store": str(tmp_path / "seq")}
+    seq = ts.run(cfg)
+    vm = ts.run({**cfg, "vmap": True, "store": str(tmp_path / "vm")})
+    np.testing.assert_allclose(vm["test_loss"], seq["test_loss"], rtol=1e-4)
+    np.testing.assert_allclose(vm["val_loss"], seq["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(vm["init_rate"], seq["init_rate"], rtol=1e-4)
+    cell = ts.build("tanh", cfg, ts.study_task("adding", 5, cfg["val_fraction"]))[0]
+    store = ts.RunStore(tmp_path / "vm")
+    paths = {store.get(ts.run_config(cfg, "tanh", "adding", 5, lr, s, cell, {}))["path"]
+             for lr in cfg["learning_rates"] for s in (0, 1)}
+    assert paths == {"vmap"}
+
+
+def test_missing_values_are_saved_finite_and_read_back_as_nan(monkeypatch):
+    def fake(c, name, task, lr, seed, cell, extra, progress=None):
+        bad = lr == 0.03 and seed == 1
+        return _fake_record(test_loss=math.inf if bad else 0.1, init_rate=math.nan if bad else -0.1,
+                            diverged=bad)
+
+    monkeypatch.setattr(ts, "one_run", fake)
+    data = ts.run({**ts.CONFIG, **ts.QUICK, "presets": ["tanh"]})
+    assert all(np.all(np.isfinite(data[k])) for k in ts.MASKED)
+    assert int(np.sum(~data["test_loss_valid"])) == 1 and int(np.sum(~data["init_rate_valid"])) == 1
+    bad = [r for r in ts.records(data) if r["diverged"]]
+    assert len(bad) == 1 and math.isnan(bad[0]["test_loss"]) and math.isnan(bad[0]["init_rate"])
+    assert "nan" in ts.csv_text(data).lower()

@@ -70,7 +70,7 @@ VAL_KEY = 10_001
 TEST_KEY = 10_002
 
 CONFIG = {
-    "presets": ["tanh", "bn_notanh", "ln_notanh", "lstm", "irnn"],
+    "presets": ["tanh", "bn_notanh", "ln_notanh", "lstm", "irnn", "irnn_small_in"],
     # (task, length) pairs; length is T for adding / copy and null for the datasets
     "tasks": [["adding", 50]],
     "learning_rates": [0.001, 0.003, 0.01],
@@ -88,6 +88,8 @@ CONFIG = {
     # vmap each (preset, task)'s learning rates × seeds through gradflow.sweep (accelerators; on a CPU running
     # them in turn is faster: benchmarks/bench_train.py); variants with training options run in turn anyway
     "vmap": False,
+    # "fused": each run one compiled call (gradflow.trainsweep.train_fn); "train": gradflow.train.train
+    "engine": "fused",
     # one JSON file per run (relative to the repository root; null: keep runs in memory only)
     "store": "figures/.cache/training_study",
 }
@@ -95,21 +97,32 @@ QUICK = {"presets": ["tanh", "irnn"], "tasks": [["adding", 5]], "learning_rates"
          "seeds": [0, 1], "hidden": 8, "batch": 16, "steps": 20, "val_size": 64, "test_size": 64,
          "recal_batches": 2, "store": None}
 FULL = {
-    "presets": ["tanh", "bn_notanh", "ln_notanh", "bn_tanh", "lstm", "gru", "irnn", "lru", "lru_ring",
-                "bn_notanh_crit", "ln_notanh_crit", "tanh_floss", "bn_notanh_floss"],
+    "presets": ["tanh", "bn_notanh", "ln_notanh", "bn_tanh", "lstm", "gru", "irnn", "irnn_small_in", "lru",
+                "lru_ring", "lru_block", "bn_notanh_crit", "ln_notanh_crit", "tanh_floss", "bn_notanh_floss"],
     "tasks": [["adding", 50], ["adding", 100], ["adding", 200], ["adding", 400], ["digits_permuted", None],
               ["mnist1d", None]],
     "learning_rates": [0.001, 0.003, 0.01],
-    "extra_rates": {"irnn": [0.0001, 0.0003], "lru": [0.0003], "lru_ring": [0.0003]},
+    # the IRNN diverges at 0.01 on long sequences and the LRU is trained at small rates in its paper
+    "extra_rates": {"irnn": [0.0003], "irnn_small_in": [0.0003], "lru": [0.0003], "lru_ring": [0.0003],
+                    "lru_block": [0.0003]},
     "seeds": [0, 1, 2],
     "hidden": 32,
     "steps": 1000,
+    # the positive control: the gate-free candidates on adding T = 200 with the budget they need (wider,
+    # 6× the steps; docs/positive_control.md)
+    "control": {"presets": ["irnn_small_in", "lru_block"], "tasks": [["adding", 200]],
+                "learning_rates": [0.001], "extra_rates": {}, "seeds": [0, 1, 2], "hidden": 64,
+                "steps": 6000},
 }
 
 #: Study variants that are not plain presets: the preset they start from, cell options, training options.
 #: ``"critical": True`` sets the input path's γ to ``theory.critical_input_gamma``.
 VARIANTS = {
     "irnn": {"base": "irnn", "fallback": {"activation": "relu", "recurrent_init": "identity"}},
+    # the IRNN with small input weights (W_xh × 0.01, std ≈ 0.007), as Le et al. 2015 initialize it: with
+    # W_hh = I the state integrates the inputs, and the default W_xh makes h_T (the first loss) grow with T
+    "irnn_small_in": {"base": "irnn", "fallback": {"activation": "relu", "recurrent_init": "identity"},
+                      "input_scale": 0.01},
     "lru_ring": {"base": "lru", "cell": {"r_min": 0.9, "r_max": 0.999}},
     "bn_notanh_crit": {"base": "bn_notanh", "critical": True},
     "ln_notanh_crit": {"base": "ln_notanh", "critical": True},
@@ -128,6 +141,10 @@ CSV_COLUMNS = ("preset", "task", "seq_len", "learning_rate", "seed", "split", "m
 #: Per-run columns that can be missing (a diverged run's losses, an unmeasurable rate): saved as 0 with a
 #: boolean ``<key>_valid`` beside them, read back as NaN by :func:`records`.
 MASKED = ("val_loss", "val_acc", "test_loss", "test_acc", "init_rate")
+
+
+#: The key, in a variant's extra options, of the input-weight factor at initialization (fused engine only).
+INPUT_SCALE = "input_scale"
 
 
 class Unavailable(Exception):
@@ -232,6 +249,8 @@ def build(name: str, c: dict, task: tasks.Task) -> tuple[gradflow.cells.Gradflow
     tfields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     if set(extra) - tfields:
         raise Unavailable(f"{name}: TrainConfig lacks {sorted(set(extra) - tfields)} (flossing, issue #10)")
+    if "input_scale" in v:  # an initialization only the fused engine (trainsweep.train_fn) offers
+        extra[INPUT_SCALE] = float(v["input_scale"])
     return gradflow.make_cell(base, c["hidden"], task.input_size, **opts), extra
 
 
@@ -261,7 +280,19 @@ def run_config(c: dict, name: str, task_name: str, length, lr: float, seed: int,
 
 def one_run(c: dict, name: str, task: tasks.Task, lr: float, seed: int, cell, extra: dict,
             progress=None) -> dict:
-    """Train once and evaluate on the validation and test sets (eval mode; BN statistics re-estimated)."""
+    """Train once and evaluate on the validation and test sets (eval mode; BN statistics re-estimated).
+
+    ``c["engine"]``: ``"fused"`` runs the whole training loop as one compiled call
+    (``gradflow.trainsweep.train_fn``, the same steps as ``train.train``; about twice as fast on a CPU:
+    ``benchmarks/bench_train.py``), ``"train"`` calls ``gradflow.train.train``. Variants with training options
+    (flossing) always go through ``train.train``.
+    """
+    scale = extra.get(INPUT_SCALE)
+    if (c.get("engine", "train") == "fused" and not extra) or (scale is not None and len(extra) == 1):
+        t0 = time.perf_counter()
+        f = fused_fn(c, cell, task, input_scale=scale)
+        r = f({"learning_rate": np.float32(lr), "seed": np.int32(seed)})
+        return record_of({k: np.asarray(v) for k, v in r.items()}, time.perf_counter() - t0, "fused")
     cfg = train.TrainConfig(steps=c["steps"], batch_size=c["batch"], learning_rate=float(lr),
                             clip_norm=c["clip_norm"], seed=int(seed), eval_every=c["steps"], eval_size=64,
                             record_every=c["steps"], **extra)
@@ -279,6 +310,31 @@ def one_run(c: dict, name: str, task: tasks.Task, lr: float, seed: int, cell, ex
     return out
 
 
+_FUSED: dict = {}
+
+
+def fused_fn(c: dict, cell, task: tasks.Task, vmapped: bool = False, input_scale: float | None = None):
+    """``trainsweep.train_fn`` for this study's sizes and evaluation sets, jitted (and vmapped), kept per
+    configuration so that every rate and seed of a (preset, task) reuses one compilation."""
+    from gradflow import trainsweep
+
+    key = (cell, task, c["steps"], c["batch"], c["clip_norm"], c["recal_batches"], c["val_size"],
+           c["test_size"], vmapped, input_scale)
+    if key not in _FUSED:
+        f = trainsweep.train_fn(cell, task, steps=c["steps"], batch_size=c["batch"], clip_norm=c["clip_norm"],
+                                eval_sets=eval_sets(c, task), input_scale=input_scale,
+                                recal_batches=c["recal_batches"] if cell.spec.has_bn else 0)
+        _FUSED[key] = f if vmapped else jax.jit(f)
+    return _FUSED[key]
+
+
+def record_of(r: dict, wall: float, path: str) -> dict:
+    """A stored record from one row of ``train_fn``'s results."""
+    return {"steps_done": int(r["steps_done"]), "diverged": bool(r["diverged"]),
+            "init_rate": init_rate(r["init_flow"]), "wall_s": float(wall), "path": path,
+            **{k: float(r[k]) for k in ("val_loss", "val_acc", "test_loss", "test_acc")}}
+
+
 def eval_sets(c: dict, task: tasks.Task) -> dict:
     """The validation and test sets of a task (the same for every run)."""
     return {"val": task.validation_set(jax.random.key(VAL_KEY), c["val_size"]),
@@ -294,7 +350,6 @@ def run_group_vmapped(c: dict, store: RunStore, name: str, task_name: str, lengt
         the number of runs computed (0 when all were stored, or for variants with training options, which
         ``train_fn`` does not have: those run in turn).
     """
-    from gradflow import trainsweep
     from gradflow.sweep import Grid, run_sweep
 
     task = study_task(task_name, length, c["val_fraction"])
@@ -302,20 +357,17 @@ def run_group_vmapped(c: dict, store: RunStore, name: str, task_name: str, lengt
     seeds = [int(s) for s in c["seeds"]]
     configs = {(lr, s): run_config(c, name, task_name, length, lr, s, cell, extra)
                for lr in rates for s in seeds}
-    if extra or all(store.get(rc) is not None for rc in configs.values()):
+    scale = extra.get(INPUT_SCALE)
+    if (extra and not (scale is not None and len(extra) == 1)) or all(
+            store.get(rc) is not None for rc in configs.values()):
         return 0
-    f = trainsweep.train_fn(cell, task, steps=c["steps"], batch_size=c["batch"], clip_norm=c["clip_norm"],
-                            eval_sets=eval_sets(c, task),
-                            recal_batches=c["recal_batches"] if cell.spec.has_bn else 0)
+    f = fused_fn(c, cell, task, vmapped=True, input_scale=scale)
     t0 = time.perf_counter()
     table = run_sweep(lambda _s: f, Grid(traced={"learning_rate": rates, "seed": seeds}), chunk=len(configs))
     wall = (time.perf_counter() - t0) / len(configs)
     for j in range(len(configs)):
         key = (float(rates[j // len(seeds)]), seeds[j % len(seeds)])
-        rec = {"steps_done": int(table["steps_done"][j]), "diverged": bool(table["diverged"][j]),
-               "init_rate": init_rate(table["init_flow"][j]), "wall_s": wall, "path": "vmap",
-               **{k: float(table[k][j]) for k in ("val_loss", "val_acc", "test_loss", "test_acc")}}
-        store.put(configs[key], rec)
+        store.put(configs[key], record_of({k: v[j] for k, v in table.items()}, wall, "vmap"))
     say(progress, f"{name} {label(task_name, length)}: {len(configs)} runs vmapped in "
                   f"{wall * len(configs):.1f}s")
     return len(configs)
@@ -334,12 +386,24 @@ def rates_of(c: dict, name: str) -> list[float]:
     return sorted({float(x) for x in [*c["learning_rates"], *c.get("extra_rates", {}).get(name, [])]})
 
 
-def plan(c: dict) -> list[tuple[str, str, object, float, int]]:
-    """Every (preset, task, length, learning rate, seed) of the configuration, tasks outermost."""
+def blocks(c: dict) -> list[tuple[dict, str]]:
+    """The study's blocks: ``(configuration, tag)``, the main grid (tag "") and, when configured, the
+    ``control`` block (its overrides merged on top; its presets tagged " (N steps)" in the tables)."""
+    out = [(c, "")]
+    if c.get("control"):
+        ctrl = {**c, **c["control"]}
+        out.append((ctrl, f" ({ctrl['steps']} steps)"))
+    return out
+
+
+def plan(c: dict) -> list[tuple[dict, str, str, str, object, float, int]]:
+    """Every (block configuration, tag, preset, task, length, rate, seed); blocks and tasks outermost."""
     out = []
-    for task_name, length in c["tasks"]:
-        for name in c["presets"]:
-            out += [(name, task_name, length, lr, int(s)) for lr in rates_of(c, name) for s in c["seeds"]]
+    for bc, tag in blocks(c):
+        for task_name, length in bc["tasks"]:
+            for name in bc["presets"]:
+                out += [(bc, tag, name, task_name, length, lr, int(s))
+                        for lr in rates_of(bc, name) for s in bc["seeds"]]
     return out
 
 
@@ -350,39 +414,41 @@ def run(config: dict, progress=None) -> dict:
         dict with per run (R,): ``run_preset``, ``run_task`` (lists of str), ``seq_len``, ``length`` (-1 for
         datasets), ``learning_rate``, ``seed``, ``baseline``, ``val_loss``, ``val_acc``, ``test_loss``,
         ``test_acc``, ``solved`` (1, 0, -1 no criterion; judged on the test loss), ``diverged``,
-        ``steps_done``, ``wall_s``, ``init_rate``; ``steps``, ``hidden``, ``batch``, ``seeds`` and
-        ``presets`` (those run); ``notes`` (why variants were skipped, one per line); ``total_wall_s``.
+        ``steps_done``, ``run_steps``, ``wall_s``, ``init_rate``; ``steps`` (of the main grid), ``hidden``,
+        ``batch``, ``seeds`` and ``presets`` (those run, control presets tagged); ``notes`` (why variants were
+        skipped, one per line); ``total_wall_s``.
     """
     c = config
     store = RunStore(None if c["store"] is None else ROOT / c["store"])
     todo = plan(c)
     if c.get("vmap"):
-        for task_name, length in c["tasks"]:
-            for name in c["presets"]:
-                try:
-                    run_group_vmapped(c, store, name, task_name, length, rates_of(c, name), progress)
-                except Unavailable:
-                    pass  # noted below
+        for bc, _tag in blocks(c):
+            for task_name, length in bc["tasks"]:
+                for name in bc["presets"]:
+                    try:
+                        run_group_vmapped(bc, store, name, task_name, length, rates_of(bc, name), progress)
+                    except Unavailable:
+                        pass  # noted below
     rows, notes, skipped = [], [], set()
     t0, computed = time.perf_counter(), 0
-    for i, (name, task_name, length, lr, seed) in enumerate(todo, 1):
+    for i, (bc, tag, name, task_name, length, lr, seed) in enumerate(todo, 1):
         if name in skipped:
             continue
-        task = study_task(task_name, length, c["val_fraction"])
+        task = study_task(task_name, length, bc["val_fraction"])
         try:
-            cell, extra = build(name, c, task)
+            cell, extra = build(name, bc, task)
         except Unavailable as e:
             skipped.add(name)
             notes.append(f"skipped {e}")
             say(progress, f"skipped {e}")
             continue
-        rc = run_config(c, name, task_name, length, lr, seed, cell, extra)
-        rec, new = store.get_or_run(rc, lambda cell=cell, extra=extra, task=task, lr=lr, seed=seed, name=name:
-                                    one_run(c, name, task, lr, seed, cell, extra))
+        rc = run_config(bc, name, task_name, length, lr, seed, cell, extra)
+        rec, new = store.get_or_run(rc, lambda bc=bc, cell=cell, extra=extra, task=task, lr=lr, seed=seed,
+                                    name=name: one_run(bc, name, task, lr, seed, cell, extra))
         computed += new
-        rows.append({"preset": name, "task": task_name, "length": -1 if length is None else int(length),
+        rows.append({"preset": name + tag, "task": task_name, "length": -1 if length is None else int(length),
                      "seq_len": task.seq_len, "learning_rate": lr, "seed": seed, "baseline": task.baseline,
-                     **rec})
+                     "steps": bc["steps"], **rec})
         say(progress, _progress_line(i, len(todo), rows[-1], new, computed, time.perf_counter() - t0))
     return _columns(c, rows, notes)
 
@@ -410,14 +476,15 @@ def _columns(c: dict, rows: list[dict], notes: list[str]) -> dict:
         t = study_task(r["task"], None if r["length"] < 0 else r["length"], c["val_fraction"])
         s = t.solved(r["test_loss"])
         solved.append(-1 if s is None else int(s))
-    presets = [p for p in c["presets"] if any(r["preset"] == p for r in rows)]
+    names = [p + tag for bc, tag in blocks(c) for p in bc["presets"]]
+    presets = [p for p in dict.fromkeys(names) if any(r["preset"] == p for r in rows)]
     out = {
         "run_preset": [r["preset"] for r in rows], "run_task": [r["task"] for r in rows],
         "seq_len": col("seq_len", int), "length": col("length", int), "learning_rate": col("learning_rate"),
         "seed": col("seed", int), "baseline": col("baseline"), "val_loss": col("val_loss"),
         "val_acc": col("val_acc"), "test_loss": col("test_loss"), "test_acc": col("test_acc"),
         "solved": np.asarray(solved, int), "diverged": col("diverged", int),
-        "steps_done": col("steps_done", int),
+        "steps_done": col("steps_done", int), "run_steps": col("steps", int),
         "wall_s": col("wall_s"), "init_rate": col("init_rate"), "presets": presets or ["(none)"],
         "steps": int(c["steps"]), "hidden": int(c["hidden"]), "batch": int(c["batch"]),
         "seeds": [int(s) for s in c["seeds"]], "notes": "\n".join(notes),
@@ -441,6 +508,7 @@ def records(data: dict) -> list[dict]:
         r = {k: (data[k][i].item() if k not in MASKED or data[k + "_valid"][i] else math.nan)
              for k in ("seq_len", "length", "learning_rate", "seed", "baseline", "val_loss", "val_acc",
                        "test_loss", "test_acc", "solved", "diverged", "steps_done", "wall_s", "init_rate")}
+        r["steps"] = int(data["run_steps"][i]) if "run_steps" in data else int(data["steps"])
         key = "loss" if m == "loss" else "acc"
         out.append({"preset": p, "task": t, "metric_name": m, **r,
                     "val_metric": r[f"val_{key}"], "test_metric": r[f"test_{key}"]})
@@ -538,10 +606,41 @@ def csv_text(data: dict) -> str:
             solved = ("" if r["solved"] < 0
                       else int(bool(tasks.make_task(r["task"], r["length"]).solved(loss))))
             w.writerow([r["preset"], r["task"], r["seq_len"], f"{r['learning_rate']:g}", r["seed"], split,
-                        f"{metric:.6g}", f"{r['baseline']:.6g}", solved, data["steps"], f"{r['wall_s']:.2f}",
+                        f"{metric:.6g}", f"{r['baseline']:.6g}", solved, r["steps"], f"{r['wall_s']:.2f}",
                         r["metric_name"], f"{loss:.6g}", f"{acc:.6g}", r["diverged"], r["steps_done"],
                         f"{r['init_rate']:.6g}"])
     return buf.getvalue()
+
+
+def data_from_csv(text: str) -> dict:
+    """The run columns back from :func:`csv_text`'s table (what :func:`table_markdown`, :func:`summarize` and
+    :func:`findings_markdown` read), so the README tables can be regenerated from the committed CSV alone."""
+    rows: dict[tuple, dict] = {}
+    for r in csv.DictReader(io.StringIO(text)):
+        key = (r["preset"], r["task"], int(r["seq_len"]), float(r["learning_rate"]), int(r["seed"]))
+        run = rows.setdefault(key, {"preset": r["preset"], "task": r["task"], "seq_len": int(r["seq_len"]),
+                                    "learning_rate": float(r["learning_rate"]), "seed": int(r["seed"]),
+                                    "baseline": float(r["baseline"]), "diverged": int(r["diverged"]),
+                                    "steps_done": int(r["steps_done"]), "wall_s": float(r["wall_s"]),
+                                    "init_rate": float(r["init_rate"]), "steps": int(r["steps"])})
+        run[f"{r['split']}_loss"], run[f"{r['split']}_acc"] = float(r["loss"]), float(r["accuracy"])
+        if r["split"] == "test":
+            run["solved"] = -1 if r["solved"] == "" else int(r["solved"])
+    runs = list(rows.values())
+    for run in runs:
+        run["length"] = run["seq_len"] if run["task"] == "adding" else (
+            run["seq_len"] - 2 * tasks.COPY_RECALL if run["task"] == "copy" else -1)
+    out = {k: np.asarray([r[k] for r in runs], float)
+           for k in (*MASKED, "learning_rate", "baseline", "wall_s")}
+    out.update({k: np.asarray([r[k] for r in runs], int)
+                for k in ("seq_len", "length", "seed", "solved", "diverged", "steps_done")})
+    out["run_steps"] = np.asarray([r["steps"] for r in runs], int)
+    for k in MASKED:
+        out[k + "_valid"] = np.isfinite(out[k])
+    out.update({"run_preset": [r["preset"] for r in runs], "run_task": [r["task"] for r in runs],
+                "presets": list(dict.fromkeys(r["preset"] for r in runs)), "notes": "",
+                "steps": runs[0]["steps"] if runs else 0})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- findings
@@ -672,7 +771,7 @@ def _plot_outcomes(data: dict):
     labels = list(dict.fromkeys(s["label"] for s in summ))
     presets = list(data["presets"])
     nr, nc = style.grid_shape(len(labels), 3)
-    fig, axes = style.figure(nr, nc, squeeze=False)
+    fig, axes = style.figure(nr, nc, squeeze=False, width=max(3.3 * nc, 6.5))
     for a, lab in enumerate(labels):
         ax = axes.flat[a]
         loss = False
@@ -693,7 +792,7 @@ def _plot_outcomes(data: dict):
             ax.axhline(0.01 if lab.startswith("adding") else 0.1, color="0.3", lw=0.8, ls="--")
         style.finish(ax, ylabel="test loss / baseline" if loss else "test accuracy", title=lab, legend=False)
     style.hide_unused(axes, len(labels))
-    fig.suptitle("Test metric at the validation-chosen learning rate: median and [min, max] over seeds "
+    fig.suptitle("Test metric at the validation-chosen learning rate: median and [min, max] over seeds\n"
                  "(dotted: memoryless baseline; dashed: solved)", fontsize=8)
     return fig
 
@@ -703,7 +802,7 @@ def _plot_rates(data: dict):
     labels = list(dict.fromkeys(label(r["task"], r["length"]) for r in recs))
     presets = list(data["presets"])
     nr, nc = style.grid_shape(len(labels), 3)
-    fig, axes = style.figure(nr, nc, squeeze=False)
+    fig, axes = style.figure(nr, nc, squeeze=False, width=max(3.3 * nc, 6.5))
     for a, lab in enumerate(labels):
         ax = axes.flat[a]
         mine = [r for r in recs if label(r["task"], r["length"]) == lab]

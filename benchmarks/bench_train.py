@@ -5,7 +5,9 @@ The runs: a tanh RNN on the adding problem (batch 64, T = 100 by default), ``--r
 rates × seeds), ``--steps`` Adam steps each, at hidden 32 and 64. Both paths are compiled first (compile
 times printed apart) and their results checked equal; then each is timed (best of ``--repeats``). The
 ratio printed is sequential time / vmapped time: above 1 vmapping pays, below 1 running the runs in turn is
-faster (what the training study does on a CPU).
+faster (what the training study does on a CPU). A last ratio compares the in-turn jitted runs (the whole
+loop in ``lax.fori_loop``) with the same runs through ``gradflow.train.train`` (a Python loop over jitted
+steps that reads the loss and records back every step).
 
 ``python -m benchmarks.bench_train [--quick] [--T 100] [--steps 40] [--runs 8] [--hidden 32 64]``
 """
@@ -23,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gradflow  # noqa: E402
-from gradflow import tasks, trainsweep  # noqa: E402
+from gradflow import tasks, train, trainsweep  # noqa: E402
 from gradflow.sweep import Grid, run_sweep  # noqa: E402
 
 
@@ -66,8 +68,16 @@ def measure(hidden: int, T: int, steps: int, runs: int, batch: int, repeats: int
     b = sequential()
     c_seq = time.perf_counter() - t0
     np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=1e-3)
+
+    def with_train():  # the same runs through gradflow.train.train (a Python loop over jitted steps)
+        for j in range(len(grid)):
+            train.train(cell, task, train.TrainConfig(
+                steps=steps, batch_size=batch, learning_rate=float(cols["learning_rate"][j]), clip_norm=1.0,
+                seed=int(cols["seed"][j]), eval_every=steps, eval_size=256, record_every=steps))
+
+    with_train()  # compile
     return {"compile_vmap": c_vm, "compile_seq": c_seq, "vmap": _best(vmapped, repeats),
-            "seq": _best(sequential, repeats), "runs": len(grid)}
+            "seq": _best(sequential, repeats), "train": _best(with_train, repeats), "runs": len(grid)}
 
 
 def main(argv=None):
@@ -88,8 +98,9 @@ def main(argv=None):
         r = measure(d, a.T, a.steps, a.runs, a.batch, a.repeats)
         print(f"hidden {d:3d}: {r['runs']} runs vmapped {r['vmap']:.2f} s, in turn {r['seq']:.2f} s "
               f"-> vmapped/sequential speed ratio {r['seq'] / r['vmap']:.2f}x "
-              f"(first calls incl. compile: {r['compile_vmap']:.1f} s / {r['compile_seq']:.1f} s)",
-              flush=True)
+              f"(first calls incl. compile: {r['compile_vmap']:.1f} s / {r['compile_seq']:.1f} s); "
+              f"the same runs through train.train {r['train']:.2f} s -> in-turn jitted loop / train.train "
+              f"speed ratio {r['train'] / r['seq']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def train_fn(
     eval_sets: Mapping[str, tuple[jax.Array, jax.Array]] | None = None,
     recal_batches: int = 0,
     recal_seed: int = 1,
+    input_scale: float | None = None,
 ) -> Callable[[dict], dict]:
     """``f(traced)``: one training run as a pure function of ``{"learning_rate", "seed"}`` (vmappable).
 
@@ -96,6 +97,9 @@ def train_fn(
         recal_batches: > 0 re-estimates the BN statistics with that many training-mode batches first
             (``train.recalibrate_bn``'s batches for ``seed=recal_seed``); 0 keeps the running averages.
         recal_seed: seed of the recalibration batches.
+        input_scale: multiply the cell's input weights ``W_xh`` at initialization by this factor (None: as
+            ``train.init_params`` draws them). Le, Jaitly & Hinton (2015) draw an IRNN's input weights with a
+            small standard deviation; ``init_params`` draws them with 1/sqrt(input_size).
 
     Returns:
         ``f({"learning_rate": scalar, "seed": int scalar}) -> dict``: ``steps_done`` (steps applied),
@@ -105,6 +109,8 @@ def train_fn(
     for name, v in (("steps", steps), ("batch_size", batch_size), ("recal_batches", recal_batches + 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if input_scale is not None and not (isinstance(input_scale, int | float) and input_scale > 0):
+        raise ValueError(f"input_scale must be None or a number > 0, got {input_scale!r}")
     eval_sets = dict(eval_sets or {})
     step = _step_fn(cell, task, batch_size)
     clip = jnp.inf if clip_norm is None else float(clip_norm)
@@ -112,6 +118,8 @@ def train_fn(
     def f(c):
         root = jax.random.key(c["seed"])
         params, bs = train.init_params(cell, task, jax.random.fold_in(root, 1))
+        if input_scale is not None:
+            params = _scale_input(params, input_scale)
         xs0, ys0, k0 = _batch(task, batch_size, root, 0)
         flow = train.gradient_flow(cell, task, params, bs, xs0, ys0, train=True, key=k0)
         state = {"params": params, "batch_stats": bs, "opt_state": _ADAM.init(params)}
@@ -119,8 +127,9 @@ def train_fn(
         state, done, ok = jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, root, lr, clip),
                                             (state, jnp.int32(0), jnp.bool_(True)))
         bs = state["batch_stats"]
-        if recal_batches and bs:
-            bs = _recalibrate(cell, task, batch_size, state["params"], bs, recal_batches, recal_seed)
+        if recal_batches and bs:  # a diverged run keeps its running averages
+            new_bs = _recalibrate(cell, task, batch_size, state["params"], bs, recal_batches, recal_seed)
+            bs = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_bs, bs)
         out = {"steps_done": done, "diverged": ~ok, "init_flow": flow}
         for name, (xs, ys) in eval_sets.items():
             o, _, _ = train.forward(cell, state["params"], bs, xs, train=False, readout=task.readout)
@@ -138,3 +147,10 @@ def _recalibrate(cell, task, batch_size, params, bs, batches, seed):
         return train.forward(cell, params, b, xs, train=True, key=kdrop, readout=task.readout)[2]
 
     return jax.lax.fori_loop(0, batches, body, bs)
+
+
+def _scale_input(params: dict, factor: float) -> dict:
+    if "W_xh" not in params["cell"]:
+        raise ValueError(f"input_scale needs a cell with input weights W_xh, not {sorted(params['cell'])}")
+    cell = {**params["cell"], "W_xh": params["cell"]["W_xh"] * factor}
+    return {**params, "cell": cell}

@@ -111,6 +111,7 @@ def test_store_resumes_without_recomputing(tmp_path, monkeypatch):
     d1 = ts.run(cfg)
     n = len(ts.plan(cfg))
     assert len(calls) == n == 8 and len(d1["run_preset"]) == n
+    assert list(d1["run_steps"]) == [cfg["steps"]] * n
     # a second run reads every record back
     d2 = ts.run(cfg)
     assert len(calls) == n
@@ -227,3 +228,24 @@ def test_missing_values_are_saved_finite_and_read_back_as_nan(monkeypatch):
     bad = [r for r in ts.records(data) if r["diverged"]]
     assert len(bad) == 1 and math.isnan(bad[0]["test_loss"]) and math.isnan(bad[0]["init_rate"])
     assert "nan" in ts.csv_text(data).lower()
+
+
+def test_tables_regenerate_from_the_csv_alone():
+    rng = np.random.default_rng(1)
+    rows = []
+    for preset in ("tanh", "bn_notanh", "lstm"):
+        for task, length, seq in (("adding", 50, 50), ("mnist1d", -1, 40), ("copy", 10, 30)):
+            for lr in (0.001, 0.01):
+                for seed in range(3):
+                    rows.append({"preset": preset, "task": task, "length": length, "seq_len": seq,
+                                 "learning_rate": lr, "seed": seed, "val_loss": float(rng.uniform(0, 0.2)),
+                                 "test_loss": float(rng.uniform(0, 0.01)), "val_acc": float(rng.uniform()),
+                                 "test_acc": float(rng.uniform()), "init_rate": float(rng.normal()),
+                                 "baseline": tasks.copy_memory(10).baseline if task == "copy" else 1 / 6})
+                    r = rows[-1]
+                    r["solved"] = (-1 if task == "mnist1d" else
+                                   int(r["test_loss"] < (0.01 if task == "adding" else 0.1) * r["baseline"]))
+    data = _data(rows, ["tanh", "bn_notanh", "lstm"])
+    back = ts.data_from_csv(ts.csv_text(data))
+    assert ts.table_markdown(back) == ts.table_markdown(data)
+    assert ts.findings_markdown(back) == ts.findings_markdown(data)

@@ -63,3 +63,27 @@ def test_through_run_sweep():
         np.testing.assert_allclose(loss, float(one["val_loss"]), rtol=1e-5)
     with pytest.raises(ValueError, match="steps"):
         trainsweep.train_fn(cell, task, steps=0, batch_size=4)
+
+
+def test_input_scale_matches_train_with_scaled_input_weights(monkeypatch):
+    task = tasks.adding(8)
+    cell = gradflow.make_cell(gradflow.CellSpec(activation="relu", recurrent_init="identity"), 6, 2)
+    evals = {"test": task.eval_set(jax.random.key(5), 32)}
+    orig = train.init_params
+
+    def scaled(cell, task, key):
+        params, bs = orig(cell, task, key)
+        return {**params, "cell": {**params["cell"], "W_xh": params["cell"]["W_xh"] * 0.01}}, bs
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "init_params", scaled)
+        _, ref = _reference(cell, task, 1e-2, 3, 5, 8, 1.0, evals)
+    f = trainsweep.train_fn(cell, task, steps=5, batch_size=8, clip_norm=1.0, eval_sets=evals,
+                            input_scale=0.01)
+    out = jax.jit(f)({"learning_rate": jnp.float32(1e-2), "seed": jnp.int32(3)})
+    np.testing.assert_allclose(float(out["test_loss"]), ref["test"][0], rtol=2e-5)
+    plain = jax.jit(trainsweep.train_fn(cell, task, steps=5, batch_size=8, clip_norm=1.0, eval_sets=evals))
+    assert abs(float(plain({"learning_rate": jnp.float32(1e-2), "seed": jnp.int32(3)})["test_loss"])
+               - ref["test"][0]) > 1e-3  # the scale matters
+    with pytest.raises(ValueError, match="input_scale"):
+        trainsweep.train_fn(cell, task, steps=5, batch_size=8, input_scale=0.0)

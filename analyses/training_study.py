@@ -704,26 +704,35 @@ def preset_paragraph(preset: str, summ: list[dict]) -> str:
     return " ".join(parts)
 
 
+#: The cells that replace (or add to) tanh's role with a normalization, compared against tanh.
+REPLACEMENTS = ("bn_notanh", "ln_notanh", "bn_notanh_crit", "ln_notanh_crit", "bn_tanh")
+
+
 def practical_paragraph(summ: list[dict]) -> str:
     """What the study says to someone about to replace tanh with BN or LN (no tanh), from the seed spreads."""
     def get(p, lab):
         return next((s for s in summ if s["preset"] == p and s["label"] == lab), None)
 
     labels = list(dict.fromkeys(s["label"] for s in summ))
-    lines = []
-    for alt in ("bn_notanh", "ln_notanh"):
+    lines, verdicts = [], []
+    for alt in REPLACEMENTS:
         for lab in labels:
             a, b = get(alt, lab), get("tanh", lab)
             if a is None or b is None:
                 continue
-            lines.append(f"{alt} vs tanh on {lab}: {_compare(a, b)}")
+            text = _compare(a, b)
+            verdicts.append(text.split(" (")[0])
+            lines.append(f"{alt} vs tanh on {lab}: {text}")
     if not lines:
         return ("The study did not run tanh beside bn_notanh or ln_notanh: it cannot answer the practical "
                 "question.")
     head = ("**Replacing tanh with BN or LN.** Each comparison takes both cells at their own "
             "validation-chosen rate; 'better' needs the whole seed range of one to beat the whole range of "
             "the other.")
-    return head + " " + "; ".join(lines) + "."
+    counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+    tail = (f" In all, {len(verdicts)} comparisons: "
+            + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    return head + " " + "; ".join(lines) + "." + tail
 
 
 def _compare(a: dict, b: dict) -> str:

@@ -11,9 +11,12 @@ sequences from ``key(10_002)`` (the training study's test key); Adam; clipping a
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gradflow
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

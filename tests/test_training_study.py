@@ -162,7 +162,8 @@ def test_findings_compare_only_non_overlapping_spreads():
     text = ts.findings_markdown(_data(rows, ["tanh", "bn_notanh", "ln_notanh"]))
     assert "bn_notanh vs tanh on adding T=50: indistinguishable" in text
     assert "ln_notanh vs tanh on adding T=50: worse over every seed" in text
-    assert "In all, 2 comparisons: 1 indistinguishable within the seed spread, 1 worse over every seed." in text
+    assert ("In all, 2 comparisons: 1 indistinguishable within the seed spread, 1 worse over every seed."
+            in text)
 
 
 def test_validation_split_keeps_the_test_split_and_is_never_sampled():

@@ -89,6 +89,7 @@ ANALYSES: tuple[str, ...] = (
     "theory",
     "training",
     "cures",
+    "training_study",
     "findings",
 )
 

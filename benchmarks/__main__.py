@@ -13,7 +13,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-MODULES = ("bench_engine", "bench_sweep")
+MODULES = ("bench_engine", "bench_sweep", "bench_train")
 
 
 def main(argv=None):

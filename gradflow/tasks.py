@@ -50,6 +50,7 @@ __all__ = [
     "digits",
     "make_task",
     "mnist1d",
+    "with_validation",
 ]
 
 TASKS = ("adding", "copy", "digits", "digits_permuted", "mnist1d")
@@ -93,6 +94,8 @@ class Task:
     _test: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
     train_size: int | None = None
     test_size: int | None = None
+    _train: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    _val: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
     def sample(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
         """Draw a training batch (jittable: ``batch_size`` must be static).
@@ -122,6 +125,23 @@ class Task:
         if self._test is not None:
             xs, ys = self._test
             return jnp.asarray(xs), jnp.asarray(ys)
+        return self.sample(key, size)
+
+    def validation_set(self, key: jax.Array, size: int = 1024) -> tuple[jax.Array, jax.Array]:
+        """The validation set (for choosing hyper-parameters; the test set stays held out).
+
+        A dataset task made by :func:`with_validation` returns its validation split (training examples that
+        its sampler never draws); a synthetic task returns ``size`` fresh sequences from ``key`` (pass a key
+        other than the one of the test set).
+
+        Raises:
+            ValueError: a dataset task without a validation split (use :func:`with_validation`).
+        """
+        if self._val is not None:
+            xs, ys = self._val
+            return jnp.asarray(xs), jnp.asarray(ys)
+        if self._test is not None:
+            raise ValueError(f"task {self.name!r} has no validation split; use tasks.with_validation(task)")
         return self.sample(key, size)
 
     @property
@@ -285,7 +305,50 @@ def _dataset_task(name, x_train, y_train, x_test, y_test) -> Task:
 
     return Task(name=name, seq_len=T, input_size=1, output_size=10, kind="classification", readout="last",
                 baseline=math.log(10), solve_fraction=None, length=None, _sampler=sampler,
-                _test=(x_test.T[:, :, None], y_test), train_size=n, test_size=x_test.shape[0])
+                _test=(x_test.T[:, :, None], y_test), train_size=n, test_size=x_test.shape[0],
+                _train=(x_train, y_train))
+
+
+def with_validation(task: Task, fraction: float = 0.2, *, seed: int = 0) -> Task:
+    """The task with a validation split carved out of its training data (the test split is untouched).
+
+    Dataset tasks: a fixed random ``fraction`` of the training examples (drawn from ``seed``) becomes the
+    validation split (:meth:`Task.validation_set`); the returned task's sampler draws only from the rest.
+    Synthetic tasks have no finite training set: they are returned unchanged (their validation sets are fresh
+    sequences from a key of the caller's choosing).
+
+    Args:
+        task: a :class:`Task`.
+        fraction: share of the training examples held out for validation, in (0, 1).
+        seed: seed of the split.
+
+    Returns:
+        The :class:`Task` (``train_size`` reduced by the validation split).
+
+    Example:
+        >>> from gradflow import tasks
+        >>> t = tasks.with_validation(tasks.digits(), 0.25)
+        >>> t.train_size, t.validation_set(None)[0].shape, t.test_size
+        (1078, (64, 360, 1), 359)
+    """
+    if not isinstance(task, Task):
+        raise ValueError(f"expected a gradflow.tasks.Task, got {type(task).__name__}")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
+    if not task.is_dataset:
+        return task
+    if task._train is None or task._val is not None:
+        raise ValueError(f"task {task.name!r} has no training arrays to split (or is already split)")
+    x_train, y_train = task._train
+    n = len(y_train)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(fraction * n))
+    if not 0 < n_val < n:
+        raise ValueError(f"fraction {fraction} leaves an empty split of {n} training examples")
+    val, keep = order[:n_val], order[n_val:]
+    x_test, y_test = task._test
+    out = _dataset_task(task.name, x_train[keep], y_train[keep], x_test[:, :, 0].T, y_test)
+    return dataclasses.replace(out, _val=(x_train[val].T[:, :, None], y_train[val]))
 
 
 def _standardize(x_train, x_test):

@@ -617,9 +617,20 @@ BEGIN = "<!-- findings:begin (written by `make figures` from figures/findings.md
 END = "<!-- findings:end -->"
 
 
+#: Files the analyses write beside their figures that the README's findings block quotes, in order, each
+#: under its heading (None: the file brings its own).
+README_PARTS: tuple[tuple[str, str | None], ...] = (
+    ("cures.md", None),
+    ("cooijmans_fig1a.md", "### Recurrent BN's Figure 1a in its own setting (numbers)"),
+    ("training_study_table.md", "### Training study: learning rates × seeds, chosen on validation data"),
+    ("training_study_findings.md", None),
+    ("training_table.md", "### Training: which presets solve which lengths"),
+)
+
+
 def readme_block(out: Path | str = FIGURES) -> str | None:
-    """The README's findings block, built from ``out/findings.md``, ``out/training_table.md`` and, when
-    present, ``out/full/training_table.md`` (the larger training setting).
+    """The README's findings block, built from ``out/findings.md``, the files of :data:`README_PARTS` that
+    exist and, when present, ``out/full/training_table.md`` (the larger training setting).
 
     Returns None when ``findings.md`` has not been written yet. Its title line is dropped and its headings
     are moved one level down, to sit under the README's ``## Findings``.
@@ -630,9 +641,10 @@ def readme_block(out: Path | str = FIGURES) -> str | None:
     lines = (out / "findings.md").read_text().splitlines()
     body = [("#" + ln if ln.startswith("##") else ln) for ln in lines if not ln.startswith("# ")]
     parts = ["\n".join(body).strip()]
-    if (out / "training_table.md").exists():
-        parts.append("### Training: which presets solve which lengths\n\n"
-                     + (out / "training_table.md").read_text().strip())
+    for fname, heading in README_PARTS:
+        if (out / fname).exists():
+            text = (out / fname).read_text().strip()
+            parts.append(text if heading is None else f"{heading}\n\n{text}")
     full = out / "full"
     if (full / "training_table.md").exists():  # the larger setting, when it has been run and committed
         side = read_sidecar(full / "data" / "training") or {}

@@ -284,8 +284,9 @@ def one_run(c: dict, name: str, task: tasks.Task, lr: float, seed: int, cell, ex
     """Train once and evaluate on the validation and test sets (eval mode; BN statistics re-estimated).
 
     ``c["engine"]``: ``"fused"`` runs the whole training loop as one compiled call
-    (``gradflow.trainsweep.train_fn``, the same steps as ``train.train``; on this CPU about as fast as
-    ``train.train``, 0.9–1.1× in ``benchmarks/bench_train.py``, and the only engine with ``input_scale``),
+    (``gradflow.trainsweep.train_fn``, the same steps as ``train.train``; 0.9–1.6× the speed of
+    ``train.train`` in ``benchmarks/bench_train.py`` on the shared 2-core CPU, and the only engine with
+    ``input_scale``),
     ``"train"`` calls ``gradflow.train.train``. The two agree step for step to float rounding, but over
     hundreds of steps a trajectory can separate (LSTM, adding T = 50, lr 3e-3, seed 2, 400 steps: 18% of the
     baseline through ``train.train``, 9.1% fused); a stored run records its ``path``. Variants with training

@@ -52,9 +52,11 @@ import optax
 
 from gradflow import cache, measure
 from gradflow.cells import GradflowCell, feature_size, init_cell, readout_features, with_sequence_stats
-from gradflow.checks import atomic_write_npz, nonneg_int, positive_float, positive_int
+from gradflow.checks import atomic_write_npz, finite_float, nonneg_int, positive_float, positive_int
 from gradflow.checks import seed as check_seed
+from gradflow.floss import floss, flossing_loss
 from gradflow.lyapunov import LyapunovResult
+from gradflow.step import as_step
 from gradflow.tasks import Task
 
 __all__ = [
@@ -87,6 +89,13 @@ class TrainConfig:
         eval_size: sequences in the evaluation set of synthetic tasks (datasets use their test split).
         record_every: record ‖∂L/∂h_t‖ every this many steps (from step 0), and at the last step.
         checkpoint_every: with a checkpoint path, save every this many steps (0: only at the end).
+        floss_k: number of top Lyapunov exponents gradient flossing pushes to zero (``gradflow.floss``).
+        floss_weight: weight w of the flossing loss w·Σ_{i≤k} λ_i² added to the task loss on flossing steps
+            (0: no flossing during training). The exponents are those of the cell (train mode) along the
+            step's batch from h_0 = 0, the first T // 10 steps not averaged.
+        floss_every: floss on every this many training steps (from step 0).
+        floss_pre_steps: pre-flossing Adam steps on the cell alone before training (``gradflow.floss``
+            with its defaults, a fresh batch of the task every step; 0: none).
     """
 
     steps: int = 300
@@ -98,12 +107,21 @@ class TrainConfig:
     eval_size: int = 512
     record_every: int = 25
     checkpoint_every: int = 0
+    floss_k: int = 1
+    floss_weight: float = 0.0
+    floss_every: int = 1
+    floss_pre_steps: int = 0
 
     def __post_init__(self):
         # NumPy scalars are accepted and stored as Python numbers (the checkpoint identity is JSON)
         checked = {name: positive_int(f"TrainConfig.{name}", getattr(self, name))
-                   for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every")}
+                   for name in ("steps", "batch_size", "eval_every", "eval_size", "record_every", "floss_k",
+                                "floss_every")}
         checked["checkpoint_every"] = nonneg_int("TrainConfig.checkpoint_every", self.checkpoint_every)
+        checked["floss_pre_steps"] = nonneg_int("TrainConfig.floss_pre_steps", self.floss_pre_steps)
+        checked["floss_weight"] = finite_float("TrainConfig.floss_weight", self.floss_weight)
+        if checked["floss_weight"] < 0:
+            raise ValueError(f"TrainConfig.floss_weight must be >= 0, got {self.floss_weight!r}")
         checked["learning_rate"] = positive_float("TrainConfig.learning_rate", self.learning_rate)
         if self.clip_norm is not None:
             checked["clip_norm"] = positive_float("TrainConfig.clip_norm (or None)", self.clip_norm)
@@ -359,21 +377,35 @@ def eval_key(config: TrainConfig) -> jax.Array:
 # seed, learning rate and clip norm of a (cell, task, batch size).
 _ADAM = optax.scale_by_adam()
 
-def _make_train_step(cell, task, batch_size):
-    key = ("train", cell, task, batch_size)
-    return cache.cached(key, lambda: _build_train_step(cell, task, batch_size))
+def _make_train_step(cell, task, batch_size, floss_k=0):
+    key = ("train", cell, task, batch_size, floss_k)
+    return cache.cached(key, lambda: _build_train_step(cell, task, batch_size, floss_k))
 
 
-def _build_train_step(cell, task, batch_size):
+def _floss_term(cell, params, batch_stats, xs, key, k):
+    """Σ_{i≤k} λ_i² of the cell along ``xs`` (train mode, h_0 = 0, the first T // 10 steps not averaged)."""
+    step = as_step(cell, _cell_variables(params["cell"], batch_stats), train=True,
+                   key=key if cell.spec.dropout > 0 else None)
+    return flossing_loss(step, cell.initialize_carry(xs.shape[1]), xs, k=k, transient=xs.shape[0] // 10)
+
+
+def _build_train_step(cell, task, batch_size, floss_k=0):
+    def loss_fn(params, perturb, batch_stats, xs, ys, key, weight):
+        loss, aux = _loss_fn(cell, task, params, perturb, batch_stats, xs, ys, key, True)
+        if floss_k:  # loss + w·Σλ²; the task's loss is what is recorded
+            return loss + weight * _floss_term(cell, params, batch_stats, xs, key, floss_k), (loss, *aux)
+        return loss, (loss, *aux)
+
     @jax.jit
-    def train_step(state, step, root, lr, clip):
-        """One Adam step; ``clip`` is the global-norm threshold (inf: none), as optax.clip_by_global_norm."""
+    def train_step(state, step, root, lr, clip, weight=0.0):
+        """One Adam step; ``clip`` is the global-norm threshold (inf: none), as optax.clip_by_global_norm;
+        ``weight`` the flossing loss' weight (with ``floss_k`` > 0)."""
         xs, ys, kdrop = _batch(task, batch_size, root, step)
         T, B = xs.shape[:2]
         zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
-        grad_fn = jax.value_and_grad(_loss_fn, argnums=(2, 3), has_aux=True)
-        (loss, (bs, acc)), (g, g_h) = grad_fn(
-            cell, task, state["params"], zeros, state["batch_stats"], xs, ys, kdrop, True
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (_, (loss, bs, acc)), (g, g_h) = grad_fn(
+            state["params"], zeros, state["batch_stats"], xs, ys, kdrop, weight
         )
         gnorm = optax.tree.norm(g)
         factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
@@ -438,6 +470,9 @@ def _identity(cell: GradflowCell, task: Task, config: TrainConfig, start: dict |
     cfg = dataclasses.asdict(config)
     cfg.pop("steps")
     cfg.pop("checkpoint_every")
+    for name, default in (("floss_k", 1), ("floss_weight", 0.0), ("floss_every", 1), ("floss_pre_steps", 0)):
+        if cfg[name] == default:  # runs without flossing keep the identity (and checkpoints) they had before
+            cfg.pop(name)
     inner = getattr(cell, "inner", None)
     return json.dumps(
         {
@@ -619,6 +654,8 @@ class _Run:
         self.initial = {"params": params, "batch_stats": batch_stats}
         self.state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
         self.train_step = _make_train_step(cell, task, config.batch_size)
+        self.floss_step = (_make_train_step(cell, task, config.batch_size, config.floss_k)
+                           if config.floss_weight > 0 else None)
         self.eval_fn = _make_eval(cell, task)
         self.eval_data = task.eval_set(eval_key(config), config.eval_size)
         S = config.steps
@@ -629,6 +666,18 @@ class _Run:
                       jnp.float32(np.inf if config.clip_norm is None else config.clip_norm))
         self.identity = _identity(cell, task, config, None if variables is None else self.initial)
         self.step = self._resume()
+        if self.step == 0 and config.floss_pre_steps > 0:
+            self._prefloss()
+
+    def _prefloss(self) -> None:
+        """``config.floss_pre_steps`` steps of ``gradflow.floss`` on the cell (fresh task batches)."""
+        config, params = self.config, self.state["params"]
+        sample = lambda key: self.task.sample(key, config.batch_size)[0]
+        v = floss(self.cell, _cell_variables(params["cell"], self.state["batch_stats"]), sample,
+                  k=config.floss_k, steps=config.floss_pre_steps, key=jax.random.fold_in(self.root, 3))
+        params = {**params, "cell": v["params"]}
+        self.initial = {"params": params, "batch_stats": self.state["batch_stats"]}
+        self.state = {**self.state, "params": params, "opt_state": _ADAM.init(params)}
 
     def _resume(self) -> int:
         """The step to start from: 0, or a matching checkpoint's step (its state and history restored)."""
@@ -674,7 +723,10 @@ class _Run:
     def advance(self) -> str | None:
         """One Adam step with its records; a message instead when the loss or the gradient is not finite."""
         config, hist, step = self.config, self.hist, self.step
-        new_state, m = self.train_step(self.state, step, *self.hyper)
+        if self.floss_step is not None and step % config.floss_every == 0:
+            new_state, m = self.floss_step(self.state, step, *self.hyper, jnp.float32(config.floss_weight))
+        else:
+            new_state, m = self.train_step(self.state, step, *self.hyper)
         loss, gnorm = float(m["loss"]), float(m["grad_norm"])
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             return (f"diverged at step {step}: loss {loss}, gradient norm {gnorm} "

@@ -65,7 +65,7 @@ CONFIG = {
     "threshold": 0.01,
 }
 QUICK = {"hidden": 6, "batch": 5, "T": 20, "n_lags": 8, "fit_from": 4, "lyap_T": 60, "lyap_transient": 10,
-         "burn_in": 3, "seeds": [0], "dtype": "float32", "baselines": ["tanh"], "irnn": False,
+         "burn_in": 3, "seeds": [0], "dtype": "float32", "baselines": [], "irnn": False,
          "lru_rings": [[0.9, 0.999]], "critical": ["ln_notanh"], "floss_presets": ["tanh"], "floss_steps": 3,
          "floss_T": 20}
 FULL = {"hidden": 64, "batch": 16, "T": 300, "n_lags": 30, "fit_from": 20, "lyap_T": 1000,

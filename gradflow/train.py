@@ -60,6 +60,8 @@ from gradflow.tasks import Task
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "adam_step",
+    "batch_at",
     "batch_for_step",
     "evaluate",
     "forward",
@@ -340,10 +342,12 @@ def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[jax.Arra
     Returns:
         ``(xs, ys, dropout_key)``.
     """
-    return _batch(task, config.batch_size, jax.random.key(config.seed), step)
+    return batch_at(task, config.batch_size, jax.random.key(config.seed), step)
 
 
-def _batch(task, batch_size, root, step):
+def batch_at(task: Task, batch_size: int, root: jax.Array, step) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The training batch and dropout key of ``step`` of a run seeded by ``root = jax.random.key(seed)``
+    (traceable: ``step`` may be a tracer)."""
     k = jax.random.fold_in(jax.random.fold_in(root, 0), step)
     kdata, kdrop = jax.random.split(k)
     xs, ys = task.sample(kdata, batch_size)
@@ -357,7 +361,7 @@ def eval_key(config: TrainConfig) -> jax.Array:
 
 # Adam's direction (optax.scale_by_adam), then the learning rate, both traced: one compiled step serves every
 # seed, learning rate and clip norm of a (cell, task, batch size).
-_ADAM = optax.scale_by_adam()
+ADAM = optax.scale_by_adam()
 
 def _make_train_step(cell, task, batch_size):
     key = ("train", cell, task, batch_size)
@@ -365,31 +369,41 @@ def _make_train_step(cell, task, batch_size):
 
 
 def _build_train_step(cell, task, batch_size):
-    @jax.jit
     def train_step(state, step, root, lr, clip):
-        """One Adam step; ``clip`` is the global-norm threshold (inf: none), as optax.clip_by_global_norm."""
-        xs, ys, kdrop = _batch(task, batch_size, root, step)
-        T, B = xs.shape[:2]
-        zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
-        grad_fn = jax.value_and_grad(_loss_fn, argnums=(2, 3), has_aux=True)
-        (loss, (bs, acc)), (g, g_h) = grad_fn(
-            cell, task, state["params"], zeros, state["batch_stats"], xs, ys, kdrop, True
-        )
-        gnorm = optax.tree.norm(g)
-        factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
-        g_clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), g)
-        direction, opt_state = _ADAM.update(g_clipped, state["opt_state"], state["params"])
-        params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state["params"], direction)
-        new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
-        metrics = {
-            "loss": loss,
-            "accuracy": acc,
-            "grad_norm": gnorm,
-            "grad_flow": jnp.sqrt(jnp.sum(g_h * g_h, axis=(1, 2))),
-        }
-        return new, metrics
+        return adam_step(cell, task, batch_size, state, step, root, lr, clip)
 
-    return train_step
+    return jax.jit(train_step)
+
+
+def adam_step(cell, task: Task, batch_size: int, state: dict, step, root, lr, clip) -> tuple[dict, dict]:
+    """One training step (traceable): the batch of ``step``, the gradient, clipping at the global norm
+    ``clip`` (inf: none, as optax.clip_by_global_norm), Adam's direction times ``lr``.
+
+    Args:
+        cell, task, batch_size: the run.
+        state: ``{"params", "batch_stats", "opt_state"}``.
+        step: the step index (selects the batch and the dropout key).
+        root: ``jax.random.key(seed)``.
+        lr, clip: learning rate and clipping threshold (traced: one compilation serves every value).
+
+    Returns:
+        ``(new_state, metrics)``; metrics: ``loss``, ``accuracy``, ``grad_norm`` (before clipping),
+        ``grad_flow`` (T,) ‖∂L/∂h_t‖ of this batch.
+    """
+    xs, ys, kdrop = batch_at(task, batch_size, root, step)
+    T, B = xs.shape[:2]
+    zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
+    grad_fn = jax.value_and_grad(_loss_fn, argnums=(2, 3), has_aux=True)
+    (loss, (bs, acc)), (g, g_h) = grad_fn(cell, task, state["params"], zeros, state["batch_stats"], xs, ys,
+                                          kdrop, True)
+    gnorm = optax.tree.norm(g)
+    factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
+    g_clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), g)
+    direction, opt_state = ADAM.update(g_clipped, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state["params"], direction)
+    new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
+    return new, {"loss": loss, "accuracy": acc, "grad_norm": gnorm,
+                 "grad_flow": jnp.sqrt(jnp.sum(g_h * g_h, axis=(1, 2)))}
 
 
 def _make_eval(cell, task):
@@ -617,7 +631,7 @@ class _Run:
         if variables is not None:
             params, batch_stats = _start_from(params, batch_stats, variables)
         self.initial = {"params": params, "batch_stats": batch_stats}
-        self.state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
+        self.state = {"params": params, "batch_stats": batch_stats, "opt_state": ADAM.init(params)}
         self.train_step = _make_train_step(cell, task, config.batch_size)
         self.eval_fn = _make_eval(cell, task)
         self.eval_data = task.eval_set(eval_key(config), config.eval_size)
@@ -781,7 +795,7 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
     def build():
         @jax.jit
         def update(params, batch_stats, root, i):
-            xs, _, kdrop = _batch(task, B, root, i)
+            xs, _, kdrop = batch_at(task, B, root, i)
             _, _, new = forward(cell, params, batch_stats, xs, train=True, key=kdrop, readout=task.readout)
             return new
 

@@ -62,6 +62,8 @@ from gradflow.tasks import Task
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "adam_step",
+    "batch_at",
     "batch_for_step",
     "evaluate",
     "forward",
@@ -358,10 +360,12 @@ def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[jax.Arra
     Returns:
         ``(xs, ys, dropout_key)``.
     """
-    return _batch(task, config.batch_size, jax.random.key(config.seed), step)
+    return batch_at(task, config.batch_size, jax.random.key(config.seed), step)
 
 
-def _batch(task, batch_size, root, step):
+def batch_at(task: Task, batch_size: int, root: jax.Array, step) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The training batch and dropout key of ``step`` of a run seeded by ``root = jax.random.key(seed)``
+    (traceable: ``step`` may be a tracer)."""
     k = jax.random.fold_in(jax.random.fold_in(root, 0), step)
     kdata, kdrop = jax.random.split(k)
     xs, ys = task.sample(kdata, batch_size)
@@ -375,7 +379,7 @@ def eval_key(config: TrainConfig) -> jax.Array:
 
 # Adam's direction (optax.scale_by_adam), then the learning rate, both traced: one compiled step serves every
 # seed, learning rate and clip norm of a (cell, task, batch size).
-_ADAM = optax.scale_by_adam()
+ADAM = optax.scale_by_adam()
 
 def _make_train_step(cell, task, batch_size, floss_k=0):
     key = ("train", cell, task, batch_size, floss_k)
@@ -390,38 +394,53 @@ def _floss_term(cell, params, batch_stats, xs, key, k):
 
 
 def _build_train_step(cell, task, batch_size, floss_k=0):
-    def loss_fn(params, perturb, batch_stats, xs, ys, key, weight):
-        loss, aux = _loss_fn(cell, task, params, perturb, batch_stats, xs, ys, key, True)
-        if floss_k:  # loss + w·Σλ²; the task's loss is what is recorded
-            return loss + weight * _floss_term(cell, params, batch_stats, xs, key, floss_k), (loss, *aux)
-        return loss, (loss, *aux)
-
-    @jax.jit
     def train_step(state, step, root, lr, clip, weight=0.0):
-        """One Adam step; ``clip`` is the global-norm threshold (inf: none), as optax.clip_by_global_norm;
-        ``weight`` the flossing loss' weight (with ``floss_k`` > 0)."""
-        xs, ys, kdrop = _batch(task, batch_size, root, step)
-        T, B = xs.shape[:2]
-        zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
-        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-        (_, (loss, bs, acc)), (g, g_h) = grad_fn(
-            state["params"], zeros, state["batch_stats"], xs, ys, kdrop, weight
-        )
-        gnorm = optax.tree.norm(g)
-        factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
-        g_clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), g)
-        direction, opt_state = _ADAM.update(g_clipped, state["opt_state"], state["params"])
-        params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state["params"], direction)
-        new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
-        metrics = {
-            "loss": loss,
-            "accuracy": acc,
-            "grad_norm": gnorm,
-            "grad_flow": jnp.sqrt(jnp.sum(g_h * g_h, axis=(1, 2))),
-        }
-        return new, metrics
+        return adam_step(cell, task, batch_size, state, step, root, lr, clip, floss_k=floss_k,
+                         floss_weight=weight)
 
-    return train_step
+    return jax.jit(train_step)
+
+
+def adam_step(cell, task: Task, batch_size: int, state: dict, step, root, lr, clip, *, floss_k: int = 0,
+              floss_weight=0.0) -> tuple[dict, dict]:
+    """One training step (traceable): the batch of ``step``, the gradient, clipping at the global norm
+    ``clip`` (inf: none, as optax.clip_by_global_norm), Adam's direction times ``lr``.
+
+    Args:
+        cell, task, batch_size: the run.
+        state: ``{"params", "batch_stats", "opt_state"}``.
+        step: the step index (selects the batch and the dropout key).
+        root: ``jax.random.key(seed)``.
+        lr, clip: learning rate and clipping threshold (traced: one compilation serves every value).
+        floss_k, floss_weight: with ``floss_k`` > 0 (static), the gradient is that of the loss plus
+            ``floss_weight`` (traced) × Σ_{i≤k} λ_i² (``gradflow.flossing_loss``, train mode, h_0 = 0, the
+            first T // 10 steps not averaged); the recorded ``loss`` stays the task's.
+
+    Returns:
+        ``(new_state, metrics)``; metrics: ``loss``, ``accuracy``, ``grad_norm`` (before clipping),
+        ``grad_flow`` (T,) ‖∂L/∂h_t‖ of this batch.
+    """
+    xs, ys, kdrop = batch_at(task, batch_size, root, step)
+    T, B = xs.shape[:2]
+    zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
+
+    def loss_fn(params, perturb):
+        loss, (bs, acc) = _loss_fn(cell, task, params, perturb, state["batch_stats"], xs, ys, kdrop, True)
+        if floss_k:
+            flossing = _floss_term(cell, params, state["batch_stats"], xs, kdrop, floss_k)
+            return loss + floss_weight * flossing, (loss, bs, acc)
+        return loss, (loss, bs, acc)
+
+    (_, (loss, bs, acc)), (g, g_h) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        state["params"], zeros)
+    gnorm = optax.tree.norm(g)
+    factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
+    g_clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), g)
+    direction, opt_state = ADAM.update(g_clipped, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state["params"], direction)
+    new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
+    return new, {"loss": loss, "accuracy": acc, "grad_norm": gnorm,
+                 "grad_flow": jnp.sqrt(jnp.sum(g_h * g_h, axis=(1, 2)))}
 
 
 def _make_eval(cell, task):
@@ -652,7 +671,7 @@ class _Run:
         if variables is not None:
             params, batch_stats = _start_from(params, batch_stats, variables)
         self.initial = {"params": params, "batch_stats": batch_stats}
-        self.state = {"params": params, "batch_stats": batch_stats, "opt_state": _ADAM.init(params)}
+        self.state = {"params": params, "batch_stats": batch_stats, "opt_state": ADAM.init(params)}
         self.train_step = _make_train_step(cell, task, config.batch_size)
         self.floss_step = (_make_train_step(cell, task, config.batch_size, config.floss_k)
                            if config.floss_weight > 0 else None)
@@ -677,7 +696,7 @@ class _Run:
                   k=config.floss_k, steps=config.floss_pre_steps, key=jax.random.fold_in(self.root, 3))
         params = {**params, "cell": v["params"]}
         self.initial = {"params": params, "batch_stats": self.state["batch_stats"]}
-        self.state = {**self.state, "params": params, "opt_state": _ADAM.init(params)}
+        self.state = {**self.state, "params": params, "opt_state": ADAM.init(params)}
 
     def _resume(self) -> int:
         """The step to start from: 0, or a matching checkpoint's step (its state and history restored)."""
@@ -833,7 +852,7 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
     def build():
         @jax.jit
         def update(params, batch_stats, root, i):
-            xs, _, kdrop = _batch(task, B, root, i)
+            xs, _, kdrop = batch_at(task, B, root, i)
             _, _, new = forward(cell, params, batch_stats, xs, train=True, key=kdrop, readout=task.readout)
             return new
 

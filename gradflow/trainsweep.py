@@ -2,13 +2,13 @@
 
 :func:`train_fn` builds ``f(traced) -> results`` that trains cell + readout for a fixed number of Adam steps
 inside ``jax.lax.fori_loop`` and evaluates the trained model, so that ``run_sweep`` can vmap it over learning
-rates and seeds (and shard it over devices). It follows :func:`gradflow.train.train` step for step: the same
-initialization (``init_params`` with ``fold_in(key(seed), 1)``), the same batch and dropout key of every step
-(``fold_in(fold_in(key(seed), 0), step)``, split into data and dropout keys), Adam's direction
-(``optax.scale_by_adam``) scaled by the learning rate, clipping at a global norm. A step whose loss or
-gradient is not finite is not applied and ends the run (the parameters stay those of the last finite step),
-as in ``train``. After training, cells with BN can have their statistics re-estimated as
-:func:`gradflow.train.recalibrate_bn` does (``recal_batches``).
+rates and seeds (and shard it over devices). Each step is :func:`gradflow.train.adam_step`, the step of
+:func:`gradflow.train.train` (same initialization ``init_params`` with ``fold_in(key(seed), 1)``, same batch
+and dropout key of every step, Adam's direction scaled by the learning rate, clipping at a global norm);
+only the loop differs (``fori_loop`` inside one compiled call, so rounding can differ from ``train`` over
+long runs). A step whose loss or gradient is not finite is not applied and ends the run (the parameters stay
+those of the last finite step), as in ``train``. After training, cells with BN can have their statistics
+re-estimated as :func:`gradflow.train.recalibrate_bn` does (``recal_batches``).
 
 Whether vmapping pays depends on the hardware: on a 2-core CPU it is slower than running the same runs one
 after another beyond a small width (``python -m benchmarks.bench_train``); on an accelerator it is the point.
@@ -31,42 +31,20 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from gradflow import train
 from gradflow.tasks import Task
 
 __all__ = ["train_fn"]
 
-_ADAM = optax.scale_by_adam()
-
-
-def _batch(task: Task, batch_size: int, root: jax.Array, step) -> tuple:
-    """The batch and dropout key of ``step`` (as ``train.batch_for_step``)."""
-    k = jax.random.fold_in(jax.random.fold_in(root, 0), step)
-    kdata, kdrop = jax.random.split(k)
-    xs, ys = task.sample(kdata, batch_size)
-    return xs, ys, kdrop
-
-
 def _step_fn(cell, task: Task, batch_size: int):
-    def loss_fn(params, batch_stats, xs, ys, key):
-        out, _, new_bs = train.forward(cell, params, batch_stats, xs, train=True, key=key,
-                                       readout=task.readout)
-        return task.loss(out, ys), new_bs
+    """``train.adam_step`` with a divergence guard: a step whose loss or gradient norm is not finite is not
+    applied, and no later step is (``ok`` stays False)."""
 
     def step(i, carry, root, lr, clip):
         state, done, ok = carry
-        xs, ys, kdrop = _batch(task, batch_size, root, i)
-        (loss, bs), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["batch_stats"], xs,
-                                                                  ys, kdrop)
-        gnorm = optax.tree.norm(g)
-        factor = jnp.where(gnorm < clip, 1.0, clip / gnorm)
-        g = jax.tree.map(lambda x: (x * factor).astype(x.dtype), g)
-        direction, opt_state = _ADAM.update(g, state["opt_state"], state["params"])
-        params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state["params"], direction)
-        new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
-        ok = ok & jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        new, m = train.adam_step(cell, task, batch_size, state, i, root, lr, clip)
+        ok = ok & jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"])
         state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
         return state, done + ok.astype(jnp.int32), ok
 
@@ -120,9 +98,9 @@ def train_fn(
         params, bs = train.init_params(cell, task, jax.random.fold_in(root, 1))
         if input_scale is not None:
             params = _scale_input(params, input_scale)
-        xs0, ys0, k0 = _batch(task, batch_size, root, 0)
+        xs0, ys0, k0 = train.batch_at(task, batch_size, root, 0)
         flow = train.gradient_flow(cell, task, params, bs, xs0, ys0, train=True, key=k0)
-        state = {"params": params, "batch_stats": bs, "opt_state": _ADAM.init(params)}
+        state = {"params": params, "batch_stats": bs, "opt_state": train.ADAM.init(params)}
         lr = jnp.asarray(c["learning_rate"], jnp.float32)
         state, done, ok = jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, root, lr, clip),
                                             (state, jnp.int32(0), jnp.bool_(True)))
@@ -143,7 +121,7 @@ def _recalibrate(cell, task, batch_size, params, bs, batches, seed):
     root = jax.random.fold_in(jax.random.key(seed), 3)
 
     def body(i, b):
-        xs, _, kdrop = _batch(task, batch_size, root, i)
+        xs, _, kdrop = train.batch_at(task, batch_size, root, i)
         return train.forward(cell, params, b, xs, train=True, key=kdrop, readout=task.readout)[2]
 
     return jax.lax.fori_loop(0, batches, body, bs)

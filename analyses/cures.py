@@ -145,10 +145,11 @@ def run(config: dict, progress=None) -> dict:
     Returns:
         dict with ``labels``, ``presets``, ``kinds``, ``prediction_kind`` (R,) strings; ``seeds`` (S,),
         ``lags`` (L,); ``spectral`` (R, S, L) ‖∂h_T/∂h_t‖₂; ``rate``, ``rate_se`` (R, S) the fitted rates;
-        ``lam``, ``lam_se`` (R, S) λ₁; ``prediction`` (R, S) (nan: none); ``floss_seconds`` (R, S) the
-        pre-flossing wall time (0 for other rows); ``gamma_x`` (R,) the input γ (nan: the preset's);
+        ``lam``, ``lam_se`` (R, S) λ₁; ``prediction`` (R, S) (0 and ``prediction_valid`` False: none);
+        ``floss_seconds`` (R, S) the pre-flossing wall time (0 for other rows); ``gamma_x`` (R,) the input γ
+        (``gamma_x_valid`` False: the preset's);
         ``input_share`` (R,) the input path's share γ_x²/(γ_h² + γ_x²) of the state's variance for the
-        normalized rows (nan otherwise); and the configuration's scalars.
+        normalized rows (``input_share_valid`` False otherwise); and the configuration's scalars.
     """
     c = config
     from analyses.decay import select_lags
@@ -180,12 +181,32 @@ def run(config: dict, progress=None) -> dict:
             "input_share": np.asarray(share), "hidden": c["hidden"], "batch": c["batch"], "T": c["T"],
             "fit_from": c["fit_from"], "lyap_T": c["lyap_T"], "floss_steps": c["floss_steps"],
             "floss_T": c["floss_T"], "threshold": float(c["threshold"]),
-            "input_scale": float(c["input_scale"])}
+            "input_scale": float(c["input_scale"])} | _masked(res["prediction"], gx, share)
+
+
+#: Entries that do not exist for every row (no prediction, the preset's own γ_x, no input share): saved as
+#: 0 with a ``<key>_valid`` mask, so the data hold only measured numbers; ``nan_view`` makes them NaN again.
+OPTIONAL = ("prediction", "gamma_x", "input_share")
+
+
+def _masked(prediction, gx, share) -> dict:
+    out = {}
+    for key, values in zip(OPTIONAL, (prediction, gx, share), strict=True):
+        a = np.asarray(values, float)
+        out[key], out[key + "_valid"] = np.where(np.isnan(a), 0.0, a), ~np.isnan(a)
+    return out
+
+
+def nan_view(data: dict) -> dict:
+    """``data`` with the entries of :data:`OPTIONAL` that do not exist set to NaN (for tables and plots)."""
+    return {**data, **{k: np.where(np.asarray(data[k + "_valid"], bool), np.asarray(data[k], float), np.nan)
+                       for k in OPTIONAL if k + "_valid" in data}}
 
 
 def plot(data: dict) -> dict:
     """``cures``: the decay curves (geometric mean over seeds, band = range) of baselines and candidates, and
     λ₁ and the rate per row against the prediction."""
+    data = nan_view(data)
     fig, axes = style.figure(1, 3, width=12.0, height=3.6)
     labels, lags = data["labels"], data["lags"]
     logs = np.log(data["spectral"])
@@ -233,6 +254,7 @@ def plot(data: dict) -> dict:
 def table_rows(data: dict) -> list[dict]:
     """One dict per row: label, rate (mean, sd), λ₁ (mean, sd), prediction (mean or nan), its kind, verdict
     (``common.classify`` of the mean rate at ``threshold``)."""
+    data = nan_view(data)
     out = []
     for i, label in enumerate(data["labels"]):
         rate = data["rate"][i]
@@ -272,6 +294,7 @@ def _findings(data: dict, rows: list[dict]) -> str:
 
 def write_extra(data: dict) -> dict:
     """``cures.md``: the table "what keeps the gradients alive" and a findings paragraph from the data."""
+    data = nan_view(data)
     rows = table_rows(data)
     th = data["threshold"]
     lines = ["### What keeps the gradients alive", "",

@@ -64,5 +64,6 @@ def test_flossed_row_and_plot():
     data = cures.run(config)
     assert data["labels"] == ["tanh flossed"]
     assert data["floss_seconds"][0, 0] > 0
-    assert np.isnan(data["prediction"][0, 0])
+    assert not data["prediction_valid"][0, 0] and data["prediction"][0, 0] == 0  # no prediction: masked
+    assert np.isnan(cures.nan_view(data)["prediction"][0, 0])
     assert set(cures.plot(data)) == {"cures"}

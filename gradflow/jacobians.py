@@ -30,7 +30,7 @@ from gradflow.progress import tick
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, is_traced, validate_inputs
 
-__all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory"]
+__all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory", "lower_engine"]
 
 _SPECTRAL = ("svd", "power", None)
 
@@ -453,3 +453,22 @@ def step_jacobians(step, carry0, xs, *, wrt=None):
     smap, _ = validate_inputs(step, carry0, xs, wrt)
     return _step_jacobians_jit(step, smap.mask, carry0, xs)
 
+
+
+def lower_engine(kind, step, carry0, xs, *, wrt=None, spectral=None, power_iters=4):
+    """The engine's compiled function, lowered (``jax.stages.Lowered``) for XLA's cost and memory analysis:
+    ``lower_engine(...).compile().memory_analysis()``. Nothing is run; carry0 and xs may be
+    ``jax.ShapeDtypeStruct``.
+
+    Args:
+        kind: "jacobians" (the (T, n, n) matrices) or "norms" (:func:`jacobian_norms`); for the streaming
+            mode see :func:`gradflow.streaming.lower_streaming`.
+        step, carry0, xs, wrt: as in :func:`jacobians`.
+        spectral, power_iters: the spectral-norm method.
+    """
+    mask = StateMap.from_carry(carry0, wrt).mask
+    if kind == "jacobians":
+        return _jacobians_jit.lower(step, mask, spectral, power_iters, carry0, xs)
+    if kind == "norms":
+        return _norms_jit.lower(step, mask, spectral, power_iters, carry0, xs)
+    raise ValueError(f"kind must be 'jacobians' or 'norms', got {kind!r}")

@@ -30,7 +30,7 @@ from gradflow.progress import reporting, resolve
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
-__all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
+__all__ = ["StreamingResult", "streaming_log_norms", "forward_states", "lower_streaming"]
 
 
 class StreamingResult(NamedTuple):
@@ -145,3 +145,10 @@ def streaming_log_norms(
     with reporting(progress, "streaming_log_norms (reverse pass)", every):
         log_f, log_s = run_engine(lambda c, x: fn(c, x, P, every=every), step, carry0, xs, per_example)
     return StreamingResult(log_f, log_s, T - jnp.arange(T))
+
+
+def lower_streaming(step, carry0, xs, *, wrt=None, spectral="power", power_iters=4):
+    """The compiled reverse scan of :func:`streaming_log_norms` (no probes), lowered for XLA's cost and
+    memory analysis (``.compile().memory_analysis()``); nothing is run, carry0/xs may be ShapeDtypeStructs."""
+    mask = StateMap.from_carry(carry0, wrt).mask
+    return _stream_jit.lower(step, mask, spectral, power_iters, carry0, xs, None)

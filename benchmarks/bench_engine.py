@@ -12,6 +12,8 @@
    T = 10^4, from XLA's compiled ``memory_analysis()`` (argument + output + temp bytes; nothing is run).
 4. Singular-value spectra at every lag versus the T SVDs alone, and a full Lyapunov spectrum (k = n = 128,
    T = 10^4) versus a chain of T QR factorizations of n x n matrices.
+5. Lyapunov spectra with the adaptive orthonormalization interval versus a QR every step (n = 128, T = 2000,
+   k = n and k = 8), with the largest exponent difference.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradflow.jacobians import _jacobians_jit, _norms_jit, jacobians  # noqa: E402
-from gradflow.lyapunov import _qr_jit  # noqa: E402
-from gradflow.spectra import _svals  # noqa: E402
-from gradflow.streaming import _stream_jit  # noqa: E402
+from gradflow.jacobians import jacobian_norms, jacobians, lower_engine  # noqa: E402
+from gradflow.lyapunov import lyapunov_spectrum, qr_log_diagonals  # noqa: E402
+from gradflow.spectra import spectrum_of  # noqa: E402
+from gradflow.streaming import lower_streaming  # noqa: E402
 
 
 def _time(f, *args, repeats=3):
@@ -44,9 +46,9 @@ def _time(f, *args, repeats=3):
     return best
 
 
-def _tanh_problem(n, T, seed=0):
+def _tanh_problem(n, T, seed=0, gain=1.2):
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    W = jax.random.normal(k1, (n, n)) * (1.2 / np.sqrt(n))
+    W = jax.random.normal(k1, (n, n)) * (gain / np.sqrt(n))
     step = lambda h, x: jnp.tanh(h @ W.T + x)
     h0 = jnp.zeros((1, n))
     xs = 0.5 * jax.random.normal(k2, (T, 1, n))
@@ -63,30 +65,41 @@ def matmul_rate(n, T, big):
     r_big, r_chain = 2 * big**3 / t_big, 2 * T * n**3 / t_chain
     print(f"  dense f32 matmul: {big}^2 one-shot {r_big / 1e9:.1f} GFLOP/s; scan of {T} {n}^2 "
           f"{r_chain / 1e9:.1f} GFLOP/s")
-    return max(r_big, r_chain)
+    return max(r_big, r_chain), r_chain
 
 
 def bench_norms(n, T, big):
     print(f"[1] exact all-lag norms, tanh RNN n={n}, T={T} (flops counted: 2 T n^3)")
-    rate = matmul_rate(n, T, big)
+    rate, chain = matmul_rate(n, T, big)
     step, h0, xs = _tanh_problem(n, T)
     flops = 2 * T * n**3
-    m = (True,)
     rows = [
-        ("jacobians (one jacrev; matrices + Frobenius)", lambda: _jacobians_jit(step, m, None, 0, h0, xs)),
-        ("jacobian_norms (reverse scan; Frobenius only)", lambda: _norms_jit(step, m, None, 0, h0, xs)),
-        ("jacobian_norms (+ spectral, 4 power its/lag)", lambda: _norms_jit(step, m, "power", 4, h0, xs)),
+        ("jacobians (matrices + Frobenius)", lambda: jacobians(step, h0, xs, spectral=None).matrices),
+        ("jacobian_norms (Frobenius only)",
+         lambda: jacobian_norms(step, h0, xs, spectral=None).frobenius_norms),
+        ("jacobian_norms (+ spectral, 4 power its/lag, unchecked)",
+         lambda: jacobian_norms(step, h0, xs, spectral="power", power_iters=4).spectral_norms),
+        ("jacobian_norms (+ spectral by SVD at every lag)",
+         lambda: jacobian_norms(step, h0, xs, spectral="svd").spectral_norms),
+        ("jacobian_norms (+ spectral 'block', the default)",
+         lambda: jacobian_norms(step, h0, xs).spectral_norms),
     ]
     for name, f in rows:
         t = _time(f)
-        print(f"  {name}: {t:.3f} s = {flops / t / rate:.0%} of the matmul rate")
+        print(f"  {name}: {t:.3f} s = {flops / t / rate:.0%} of the matmul rate "
+              f"({flops / t / chain:.2f} of the matmul-chain rate)")
+    ref = np.asarray(jacobian_norms(step, h0, xs, spectral="svd").log_spectral_norms, np.float64)
+    for spectral, kw in (("block", {}), ("power", {"power_iters": 4})):
+        got = np.asarray(jacobian_norms(step, h0, xs, spectral=spectral, **kw).log_spectral_norms, np.float64)
+        print(f"  spectral={spectral!r}: max relative error against SVD over all {T} lags "
+              f"{np.max(np.abs(np.expm1(got - ref))):.1e}")
 
 
 def bench_per_lag(n, T, lags):
     print(f"[2] all-lag Jacobians vs each lag separately with jax.jacrev, n={n}, T={T}")
     step, h0, xs = _tanh_problem(n, T, seed=1)
-    t_all = _time(lambda: _jacobians_jit(step, (True,), None, 0, h0, xs))
-    t_norms = _time(lambda: _norms_jit(step, (True,), None, 0, h0, xs))
+    t_all = _time(lambda: jacobians(step, h0, xs, spectral=None).matrices)
+    t_norms = _time(lambda: jacobian_norms(step, h0, xs, spectral=None).frobenius_norms)
 
     def unroll(h, xs_tail):
         return jax.lax.scan(lambda c, x: (step(c, x), None), h, xs_tail)[0]
@@ -127,8 +140,8 @@ def bench_memory(n, T):
         return jax.lax.scan(lambda c, x: (step(c, x), c), h, x)
 
     m_fwd = _mem(jax.jit(fwd).lower(h0, xs).compile())
-    m_stream = _mem(_stream_jit.lower(step, (True,), "power", 4, h0, xs, None).compile())
-    m_mat = _mem(_jacobians_jit.lower(step, (True,), None, 0, h0, xs).compile())
+    m_stream = _mem(lower_streaming(step, h0, xs, spectral="power", power_iters=4).compile())
+    m_mat = _mem(lower_engine("jacobians", step, h0, xs).compile())
     if m_fwd is None:
         print("  memory_analysis() not available on this backend")
         return
@@ -143,8 +156,8 @@ def bench_spectra(n, T):
     print(f"[4a] singular values at every lag, tanh RNN n={n}, T={T}, vs the {T} SVDs alone")
     step, h0, xs = _tanh_problem(n, T, seed=2)
     mats = jacobians(step, h0, xs, spectral=None).matrices
-    t_svd = _time(_svals, mats, repeats=2)
-    t_full = _time(lambda: _svals(_jacobians_jit(step, (True,), None, 0, h0, xs)[0]), repeats=2)
+    t_svd = _time(lambda: spectrum_of(mats).singular_values, repeats=2)
+    t_full = _time(lambda: spectrum_of(jacobians(step, h0, xs, spectral=None)).singular_values, repeats=2)
     print(f"  T SVDs of {n}x{n}: {t_svd:.3f} s; Jacobians + SVDs: {t_full:.3f} s = {t_full / t_svd:.2f}x")
 
 
@@ -161,9 +174,30 @@ def bench_lyapunov(n, T):
         return jax.lax.scan(body, Q, None, length=T)
 
     t_qr = _time(jax.jit(qr_chain), jnp.eye(n), repeats=2)
-    Q0 = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(5), (n, n)))[0]
-    t_ly = _time(lambda: _qr_jit(step, n, h0, xs, Q0), repeats=2)
-    print(f"  {T} QRs: {t_qr:.3f} s; Lyapunov spectrum: {t_ly:.3f} s = {t_ly / t_qr:.2f}x")
+    t_ly = _time(lambda: qr_log_diagonals(step, h0, xs, k=n, interval=1), repeats=2)
+    print(f"  {T} QRs: {t_qr:.3f} s; Lyapunov spectrum (a QR per step): {t_ly:.3f} s = {t_ly / t_qr:.2f}x")
+
+
+def _interval_row(step, h0, xs, k, transient, repeats):
+    def run(interval):
+        return lyapunov_spectrum(step, h0, xs, k=k, transient=transient, interval=interval).exponents
+
+    t_per, t_ada = _time(lambda: run(1), repeats=repeats), _time(lambda: run("auto"), repeats=repeats)
+    err = float(np.max(np.abs(np.asarray(run("auto")) - np.asarray(run(1)))))
+    logs = np.asarray(qr_log_diagonals(step, h0, xs, k=k, interval="auto"))
+    return t_per, t_ada, err, float(np.mean(np.any(logs != 0, axis=1)))
+
+
+def bench_lyapunov_interval(n, T, ks, repeats=3):
+    print(f"[5] Lyapunov spectrum with the adaptive orthonormalization interval vs a QR every step, tanh RNN "
+          f"n={n}, T={T} (both timed here; exponents compared)")
+    for gain in (1.2, 0.9):
+        step, h0, xs = _tanh_problem(n, T, seed=3, gain=gain)
+        for k in ks:
+            t_per, t_ada, err, frac = _interval_row(step, h0, xs, k, T // 10, repeats)
+            print(f"  gain {gain}, k={k}: per-step {t_per:.3f} s, adaptive {t_ada:.3f} s = "
+                  f"{t_per / t_ada:.2f}x faster; QRs on {frac:.0%} of the steps; max |exponent difference| "
+                  f"{err:.1e}")
 
 
 def main(argv=None):
@@ -177,12 +211,14 @@ def main(argv=None):
         bench_memory(64, 2000)
         bench_spectra(32, 50)
         bench_lyapunov(32, 500)
+        bench_lyapunov_interval(32, 300, (32, 8), repeats=1)
     else:
         bench_norms(256, 1000, 2048)
         bench_per_lag(128, 1000, (10, 250, 500, 1000))
         bench_memory(256, 10_000)
         bench_spectra(128, 200)
         bench_lyapunov(128, 10_000)
+        bench_lyapunov_interval(128, 2000, (128, 8))
 
 
 if __name__ == "__main__":

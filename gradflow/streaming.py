@@ -11,7 +11,9 @@ Spectral log-norms (``spectral=``):
     "svd": exact, one SVD of the renormalized (n, n) matrix per step (cost O(n^3) per step, like the product).
     "power": ``power_iters`` warm-started power iterations on the renormalized matrix per step (O(n^2) each);
         a lower-bound estimate, accurate when the top singular value is separated.
-    "auto" (default): "svd" when n <= 64, else "power".
+    "block": a warm-started block of 4 vectors with an error bound (1e-3 relative in float32) and an SVD
+        where it does not converge (see :func:`gradflow.jacobians.block_sigma`).
+    "auto" (default): "svd" when n <= 64, else "block".
     None: skipped (NaN).
 With probe rows the spectral log-norm is not available (NaN).
 """
@@ -25,13 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from gradflow.checks import is_int, positive_int
-from gradflow.jacobians import reverse_pass, run_engine, spectral_reducer
+from gradflow.jacobians import reverse_pass, run_engine, spectral_init, spectral_reducer
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
-__all__ = ["StreamingResult", "streaming_log_norms", "forward_states"]
+__all__ = ["StreamingResult", "streaming_log_norms", "forward_states", "lower_streaming"]
 
 
 class StreamingResult(NamedTuple):
@@ -82,7 +84,7 @@ def _stream_jit(step, mask, spectral, power_iters, carry0, xs, probes, every=0):
         sel = jnp.asarray(sel_map.selection_in(full))
         rows = jnp.zeros((probes.shape[0], full.n), dt).at[:, sel].set(probes.astype(dt))
         offset = -0.5 * jnp.log(jnp.asarray(probes.shape[0], dt))
-    v0 = jnp.ones((n,), dt) / jnp.sqrt(jnp.asarray(n, dt))
+    v0 = spectral_init(spectral, n, dt)
     reduce = spectral_reducer(spectral, power_iters, n)
     log_scale, (log_f, log_s), flags = reverse_pass(
         step, mask, carry0, xs, reduce, v0, rows=rows, every=every
@@ -127,8 +129,8 @@ def streaming_log_norms(
         >>> round(float(r.log_spectral[0] / 1000), 4), bool(jnp.isfinite(r.log_frobenius).all())
         (0.4055, True)
     """
-    if spectral not in ("auto", "svd", "power", None):
-        raise ValueError(f"spectral must be 'auto', 'svd', 'power' or None, got {spectral!r}")
+    if spectral not in ("auto", "block", "svd", "power", None):
+        raise ValueError(f"spectral must be 'auto', 'block', 'svd', 'power' or None, got {spectral!r}")
     smap, T = validate_inputs(step, carry0, xs, wrt)
     n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     P = None
@@ -140,9 +142,16 @@ def streaming_log_norms(
         P = jax.random.normal(key, (probes, n), smap.dtype)
         spectral = None
     elif spectral == "auto":
-        spectral = "svd" if n <= 64 else "power"
+        spectral = "svd" if n <= 64 else "block"
     fn = functools.partial(_stream_jit, step, smap.mask, spectral, positive_int("power_iters", power_iters))
     every = resolve(progress, T)
     with reporting(progress, "streaming_log_norms (reverse pass)", every):
         log_f, log_s = run_engine(lambda c, x: fn(c, x, P, every=every), step, carry0, xs, per_example)
     return StreamingResult(log_f, log_s, T - jnp.arange(T))
+
+
+def lower_streaming(step, carry0, xs, *, wrt=None, spectral="power", power_iters=4):
+    """The compiled reverse scan of :func:`streaming_log_norms` (no probes), lowered for XLA's cost and
+    memory analysis (``.compile().memory_analysis()``); nothing is run, carry0/xs may be ShapeDtypeStructs."""
+    mask = StateMap.from_carry(carry0, wrt).mask
+    return _stream_jit.lower(step, mask, spectral, power_iters, carry0, xs, None)

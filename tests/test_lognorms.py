@@ -138,3 +138,29 @@ def test_growth_rate_keeps_plain_log_norm_signature_and_warns_on_dropped_points(
     y[3] = -np.inf
     with pytest.warns(RuntimeWarning, match="1 of 10 log norms"):
         assert growth_rate(y).n_points == 9
+
+
+@pytest.mark.parametrize("gain", [1.2, 3.0])
+def test_block_spectral_norms_within_1e3_of_svd_at_every_lag_float32(gain):
+    n, T = 48, 300
+    W = _rand(20, (n, n), gain / np.sqrt(n))
+    step = lambda h, x: jnp.tanh(h @ W.T + x)
+    h0, xs = jnp.zeros((1, n)), _rand(21, (T, 1, n), 0.5)
+    with np.errstate(all="ignore"):
+        blk = jacobian_norms(step, h0, xs)  # the default: spectral="block"
+        svd = jacobian_norms(step, h0, xs, spectral="svd")
+    diff = np.asarray(blk.log_spectral_norms, np.float64) - np.asarray(svd.log_spectral_norms, np.float64)
+    rel = np.abs(np.exp(diff) - 1)
+    assert rel.max() <= 1e-3
+    assert np.all(np.asarray(blk.log_spectral_norms) <= np.asarray(blk.log_frobenius_norms))
+
+
+def test_block_sigma_falls_back_to_svd_when_not_converged():
+    from gradflow.jacobians import block_sigma
+
+    M = jnp.diag(jnp.asarray([1.0, 0.9999, 0.9998, 0.5, 0.1, 0.05]))  # no gap: the bound is not reached
+    U = jnp.eye(6)[:, 3:5]  # starts away from the top directions
+    s, _, ok = block_sigma(M, U, max_iters=2)
+    assert not bool(ok) and float(s) == pytest.approx(1.0, rel=1e-6)  # the exact SVD value
+    s, _, ok = block_sigma(jnp.diag(jnp.asarray([1.0, 0.3, 0.2, 0.1])), jnp.eye(4, 2))
+    assert bool(ok) and float(s) == pytest.approx(1.0, rel=1e-3)

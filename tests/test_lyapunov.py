@@ -68,7 +68,7 @@ def test_sum_equals_mean_log_det_and_segments(x64):
     np.testing.assert_allclose(r.stderr, (seg.std(axis=0, ddof=1) / np.sqrt(5))[order], rtol=1e-10)
     assert np.all(np.asarray(r.stderr) > 0)
     # the adaptive interval (default): rounding of at most ~2e-10 per QR in float64
-    a = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5)
+    a = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5, interval="auto")
     np.testing.assert_allclose(np.sum(a.exponents), np.mean(logdet), rtol=1e-9)
     np.testing.assert_allclose(a.exponents, r.exponents, atol=1e-9)
     np.testing.assert_allclose(a.stderr, r.stderr, atol=1e-9)
@@ -110,7 +110,7 @@ def test_adaptive_interval_float32_every_exponent_within_1e3_of_per_step(gain):
     step = lambda h, x: jnp.tanh(h @ W.T + x)
     h0, xs = jnp.zeros((1, n)), _rand(11, (T, 1, n), 0.5)
     per = lyapunov_spectrum(step, h0, xs, transient=100, interval=1)
-    ada = lyapunov_spectrum(step, h0, xs, transient=100)
+    ada = lyapunov_spectrum(step, h0, xs, transient=100, interval="auto")
     assert np.max(np.abs(np.asarray(ada.exponents) - np.asarray(per.exponents))) <= 1e-3
     assert float(per.exponents[-1]) < -1.0  # a wide spread: the test is not trivial
     top = lyapunov_spectrum(step, h0, xs, k=4, transient=100)
@@ -129,5 +129,5 @@ def test_adaptive_interval_skips_qrs_when_the_spread_is_small():
     step, h0, xs = (lambda h, x: h @ W.T), jnp.ones((1, n)), jnp.zeros((T, 1, 1))
     did = _did(step, h0, xs, n)
     assert did.sum() <= T / 16 + 2  # the interval grows to its cap of 16 steps
-    r = lyapunov_spectrum(step, h0, xs)
+    r = lyapunov_spectrum(step, h0, xs, interval="auto")
     np.testing.assert_allclose(r.exponents, np.log(0.99), atol=1e-5)

@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e '.[dev,tasks]'
 	touch $(STAMP)
 
+# Two pytest processes (the analyses end to end, then the library), so that no single process accumulates every
+# compiled program of the suite (XLA's CPU compiler once crashed late in a single-process run).
+ANALYSES_TESTS := tests/test_analyses.py tests/test_storage.py tests/test_cooijmans.py tests/test_cures.py \
+                  tests/test_training_study.py
 test: setup
-	$(VPY) -m pytest --doctest-modules gradflow tests
+	$(VPY) -m pytest $(ANALYSES_TESTS)
+	$(VPY) -m pytest --doctest-modules gradflow tests $(addprefix --ignore=,$(ANALYSES_TESTS))
 
 figures: setup
 	$(VPY) -m analyses $(FIGARGS)

@@ -64,6 +64,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -320,19 +321,20 @@ def _source_without_plot(source: str) -> str:
     return ast.unparse(tree)
 
 
-_SOURCES: dict[int, str] = {}
+#: Module -> source, held weakly: keyed by the module object, not ``id(module)``, because an id is reused
+#: once a module is collected (a test's throwaway module), and a new module would read the old source.
+_SOURCES: weakref.WeakKeyDictionary[ModuleType, str] = weakref.WeakKeyDictionary()
 
 
 def _module_source(module: ModuleType) -> str:
     """The module's source as it was when first asked for (a file edited during a run does not change the
     keys of results computed by the code loaded before the edit)."""
-    key = id(module)
-    if key not in _SOURCES:
+    if module not in _SOURCES:
         try:
-            _SOURCES[key] = inspect.getsource(module)
+            _SOURCES[module] = inspect.getsource(module)
         except (OSError, TypeError):
-            _SOURCES[key] = ""
-    return _SOURCES[key]
+            _SOURCES[module] = ""
+    return _SOURCES[module]
 
 
 def data_key(module: ModuleType, config: dict, dep_keys: dict | None = None,

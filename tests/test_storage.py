@@ -118,13 +118,27 @@ def test_data_key_covers_imported_analyses_modules(monkeypatch):
     cfg = runner.resolve_config(dropout, "quick")
     key0 = runner.data_key(dropout, cfg, code_hash="c")
     src = runner._module_source(decay)
-    monkeypatch.setitem(runner._SOURCES, id(decay), src.replace("def select_lags(", "def select_lags(*_x, "))
+    monkeypatch.setitem(runner._SOURCES, decay, src.replace("def select_lags(", "def select_lags(*_x, "))
     key1 = runner.data_key(dropout, cfg, code_hash="c")
     assert key1 != key0
-    monkeypatch.setitem(runner._SOURCES, id(decay), src + "\n\ndef _plot_extra():\n    return 1\n")
+    monkeypatch.setitem(runner._SOURCES, decay, src + "\n\ndef _plot_extra():\n    return 1\n")
     assert runner.data_key(dropout, cfg, code_hash="c") == key0  # a plotting helper only redraws
-    monkeypatch.setitem(runner._SOURCES, id(decay), src)
+    monkeypatch.setitem(runner._SOURCES, decay, src)
     assert runner.data_key(dropout, cfg, code_hash="c") == key0
+
+
+def test_source_cache_does_not_outlive_its_module():
+    """The source cache is keyed by the module, not ``id(module)``: a collected module's entry goes with it,
+    so a new module that reuses the id cannot read the old source (this made CI keys misreport)."""
+    import gc
+
+    m = types.ModuleType("analyses.throwaway")
+    runner._SOURCES[m] = "def f():\n    return 1\n"
+    assert runner._module_source(m) == "def f():\n    return 1\n"
+    n_before = len(runner._SOURCES)
+    del m
+    gc.collect()
+    assert len(runner._SOURCES) == n_before - 1
 
 
 def test_transitive_imports(monkeypatch):
@@ -139,11 +153,11 @@ def test_transitive_imports(monkeypatch):
         m = types.ModuleType(f"analyses.{n}")
         m.NAME = n
         mods[n] = m
-        monkeypatch.setitem(runner._SOURCES, id(m), s)
+        monkeypatch.setitem(runner._SOURCES, m, s)
         monkeypatch.setitem(sys.modules, f"analyses.{n}", m)
     assert sorted(runner.imported_analyses(mods["a"])) == ["analyses.b", "analyses.c"]
     k0 = runner.data_key(mods["a"], {}, code_hash="c")
-    monkeypatch.setitem(runner._SOURCES, id(mods["c"]), "def g():\n    return 2\n")
+    monkeypatch.setitem(runner._SOURCES, mods["c"], "def g():\n    return 2\n")
     assert runner.data_key(mods["a"], {}, code_hash="c") != k0
 
 

@@ -81,7 +81,7 @@ def bench_norms(n, T, big):
          lambda: jacobian_norms(step, h0, xs, spectral="power", power_iters=4).spectral_norms),
         ("jacobian_norms (+ spectral by SVD at every lag)",
          lambda: jacobian_norms(step, h0, xs, spectral="svd").spectral_norms),
-        ("jacobian_norms (+ spectral 'block', the default)",
+        ("jacobian_norms (+ spectral 'certified', the default)",
          lambda: jacobian_norms(step, h0, xs).spectral_norms),
     ]
     for name, f in rows:
@@ -89,7 +89,7 @@ def bench_norms(n, T, big):
         print(f"  {name}: {t:.3f} s = {flops / t / rate:.0%} of the matmul rate "
               f"({flops / t / chain:.2f} of the matmul-chain rate)")
     ref = np.asarray(jacobian_norms(step, h0, xs, spectral="svd").log_spectral_norms, np.float64)
-    for spectral, kw in (("block", {}), ("power", {"power_iters": 4})):
+    for spectral, kw in (("certified", {}), ("power", {"power_iters": 4})):
         got = np.asarray(jacobian_norms(step, h0, xs, spectral=spectral, **kw).log_spectral_norms, np.float64)
         print(f"  spectral={spectral!r}: max relative error against SVD over all {T} lags "
               f"{np.max(np.abs(np.expm1(got - ref))):.1e}")

@@ -11,9 +11,9 @@ Spectral log-norms (``spectral=``):
     "svd": exact, one SVD of the renormalized (n, n) matrix per step (cost O(n^3) per step, like the product).
     "power": ``power_iters`` warm-started power iterations on the renormalized matrix per step (O(n^2) each);
         a lower-bound estimate, accurate when the top singular value is separated.
-    "block": a warm-started block of 4 vectors with an error bound (1e-3 relative in float32) and an SVD
-        where it does not converge (see :func:`gradflow.jacobians.block_sigma`).
-    "auto" (default): "svd" when n <= 64, else "block".
+    "certified": warm-started power steps with Temple's error bound (1e-3 relative in float32) and an SVD
+        where it cannot be certified (see :func:`gradflow.jacobians.certified_sigma`).
+    "auto" (default): "svd" when n <= 64, else "certified".
     None: skipped (NaN).
 With probe rows the spectral log-norm is not available (NaN).
 """
@@ -129,8 +129,8 @@ def streaming_log_norms(
         >>> round(float(r.log_spectral[0] / 1000), 4), bool(jnp.isfinite(r.log_frobenius).all())
         (0.4055, True)
     """
-    if spectral not in ("auto", "block", "svd", "power", None):
-        raise ValueError(f"spectral must be 'auto', 'block', 'svd', 'power' or None, got {spectral!r}")
+    if spectral not in ("auto", "certified", "svd", "power", None):
+        raise ValueError(f"spectral must be 'auto', 'certified', 'svd', 'power' or None, got {spectral!r}")
     smap, T = validate_inputs(step, carry0, xs, wrt)
     n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     P = None
@@ -142,7 +142,7 @@ def streaming_log_norms(
         P = jax.random.normal(key, (probes, n), smap.dtype)
         spectral = None
     elif spectral == "auto":
-        spectral = "svd" if n <= 64 else "block"
+        spectral = "svd" if n <= 64 else "certified"
     fn = functools.partial(_stream_jit, step, smap.mask, spectral, positive_int("power_iters", power_iters))
     every = resolve(progress, T)
     with reporting(progress, "streaming_log_norms (reverse pass)", every):

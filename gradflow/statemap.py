@@ -205,7 +205,7 @@ def check_finite(carry, name="carry0") -> None:
     if is_traced(carry):
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]:
-        if _is_inexact(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
+        if _is_inexact(leaf) and not np.all(np.isfinite(np.asarray(leaf))):  # NumPy: concrete inside a jit
             raise ValueError(f"{name} has non-finite values (NaN or inf) in {leaf_name(name, path)}")
 
 
@@ -217,7 +217,7 @@ def check_finite_inputs(xs) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(xs)[0]:
         if not _is_inexact(leaf):
             continue
-        ok = np.asarray(jnp.all(jnp.isfinite(jnp.reshape(leaf, (np.shape(leaf)[0], -1))), axis=1))
+        ok = np.all(np.isfinite(np.reshape(np.asarray(leaf), (np.shape(leaf)[0], -1))), axis=1)
         if not ok.all():
             t = int(np.argmin(ok))
             raise ValueError(

@@ -312,7 +312,7 @@ def _raise_if_nonfinite_states(states: Any, stats: Any) -> None:
     flags = np.ones(jax.tree_util.tree_leaves(states)[0].shape[0], bool)
     for leaf in jax.tree_util.tree_leaves(states):
         if jnp.issubdtype(leaf.dtype, jnp.inexact):
-            flags &= np.asarray(jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1))
+            flags &= np.all(np.isfinite(np.asarray(leaf).reshape(leaf.shape[0], -1)), axis=1)
     raise_if_nonfinite(flags, "unroll_cell cannot continue (input or parameters too large for the dtype?)")
     if stats is not None:
         check_finite(stats, "the updated BN running averages (a batch variance overflowed the dtype)")

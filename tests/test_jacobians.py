@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gradflow
 from gradflow.jacobians import jacobian_norms, jacobians, step_jacobians
 
 # ----------------------------------------------------------------------------------------- hand-written steps
@@ -231,6 +232,24 @@ def test_float32_default_and_under_jit():
     assert r.matrices.dtype == jnp.float32 and r.spectral_norms.dtype == jnp.float32
     jitted = jax.jit(lambda h, x: jacobians(step, h, x).frobenius_norms)(h0, xs)
     np.testing.assert_allclose(jitted, r.frobenius_norms, rtol=1e-6)
+
+
+def test_under_jit_with_concrete_captured_carry_and_traced_weights():
+    """Inside a user's jit, a carry0 / xs captured as concrete arrays must not hit a traced boolean check
+    (this raised TracerBoolConversionError in the finiteness checks): equal to the eager results."""
+    d, T = 4, 30
+    W = _rand(40, (d, d), 1.2 / np.sqrt(d))
+    h0, xs = _rand(41, (1, d)), _rand(42, (T, 1, d))
+
+    def exps(W):
+        return gradflow.lyapunov_spectrum(tanh_step(W, jnp.eye(d)), h0, xs, k=2).exponents
+
+    def norms(W):
+        return jacobian_norms(tanh_step(W, jnp.eye(d)), h0, xs).log_frobenius_norms
+
+    for f in (exps, norms):
+        np.testing.assert_allclose(jax.jit(f)(W), f(W), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(jax.jit(lambda _, f=f: f(W))(0.0), f(W), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs_raise_clear_errors():

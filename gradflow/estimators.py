@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow.checks import is_int, positive_int, raise_if_nonfinite
+from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, validate_inputs
 
 __all__ = ["PowerResult", "HutchinsonResult", "top_singular_value", "hutchinson_frobenius"]
@@ -44,6 +45,9 @@ class PowerResult(NamedTuple):
     vector: jax.Array
     residual: jax.Array
 
+    def __repr__(self) -> str:
+        return short_repr(self)
+
 
 class HutchinsonResult(NamedTuple):
     """Hutchinson estimate of the Frobenius norm.
@@ -57,6 +61,9 @@ class HutchinsonResult(NamedTuple):
     frobenius: jax.Array
     stderr: jax.Array
     probes: int
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def _check_lag(lag, T):

@@ -109,8 +109,11 @@ def test_engine_results_have_short_reprs():
         gf.spectra(step, h0, xs, lags=[1, 10]),
         gf.batch_block_norms(step, h0, xs[:50]),
         gf.growth_rate(gf.jacobian_norms(step, h0, xs[:50])),
+        gf.top_singular_value(step, h0, xs[:50], 10),
+        gf.hutchinson_frobenius(step, h0, xs[:50], 10, key=jax.random.PRNGKey(0)),
     ]
     for r in results:
         text = repr(r)
         assert len(text) < 1200 and type(r).__name__ in text, text
     assert "float32[1000]" in repr(results[0])
+    assert "float32[16]" in repr(results[-2]) and "probes=32" in repr(results[-1])  # the vector: shape only

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -848,22 +849,25 @@ def recalibrate_bn(result: TrainResult, batches: int = 50, *, seed: int = 1) -> 
     positive_int("batches", batches)
     check_seed("seed", seed)
     cell, task, B = result.cell, result.task, result.config.batch_size
-
-    def build():
-        @jax.jit
-        def update(params, batch_stats, root, i):
-            xs, _, kdrop = batch_at(task, B, root, i)
-            _, _, new = forward(cell, params, batch_stats, xs, train=True, key=kdrop, readout=task.readout)
-            return new
-
-        return update
-
-    update = cache.cached(("recal", cell, task, B), build)
-    root = jax.random.fold_in(jax.random.key(seed), 3)
+    update = cache.cached(("recal", cell, task, B),
+                          lambda: jax.jit(functools.partial(recalibration_step, cell, task, B)))
+    root = recalibration_root(seed)
     bs = result.batch_stats
     for i in range(int(batches)):
         bs = update(result.params, bs, root, i)
     return bs
+
+
+def recalibration_root(seed: int) -> jax.Array:
+    """The PRNG root of :func:`recalibrate_bn`'s batches (independent of the training batches' root)."""
+    return jax.random.fold_in(jax.random.key(seed), 3)
+
+
+def recalibration_step(cell: GradflowCell, task, batch_size: int, params, batch_stats, root, i) -> dict:
+    """One batch of :func:`recalibrate_bn`: batch ``i`` from ``root`` in train mode through the frozen
+    parameters; returns the updated ``batch_stats`` (pure, jittable, usable inside a compiled loop)."""
+    xs, _, kdrop = batch_at(task, batch_size, root, i)
+    return forward(cell, params, batch_stats, xs, train=True, key=kdrop, readout=task.readout)[2]
 
 
 def lyapunov(

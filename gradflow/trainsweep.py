@@ -118,13 +118,9 @@ def train_fn(
 
 
 def _recalibrate(cell, task, batch_size, params, bs, batches, seed):
-    root = jax.random.fold_in(jax.random.key(seed), 3)
-
-    def body(i, b):
-        xs, _, kdrop = train.batch_at(task, batch_size, root, i)
-        return train.forward(cell, params, b, xs, train=True, key=kdrop, readout=task.readout)[2]
-
-    return jax.lax.fori_loop(0, batches, body, bs)
+    root = train.recalibration_root(seed)
+    return jax.lax.fori_loop(
+        0, batches, lambda i, b: train.recalibration_step(cell, task, batch_size, params, b, root, i), bs)
 
 
 def _scale_input(params: dict, factor: float) -> dict:

@@ -647,15 +647,35 @@ def readme_block(out: Path | str = FIGURES) -> str | None:
         if (out / fname).exists():
             text = (out / fname).read_text().strip()
             parts.append(text if heading is None else f"{heading}\n\n{text}")
-    full = out / "full"
-    if (full / "training_table.md").exists():  # the larger setting, when it has been run and committed
-        side = read_sidecar(full / "data" / "training") or {}
-        took = (f"; it took {side['elapsed_s'] / 60:.0f} min on the machine that ran it"
-                if "elapsed_s" in side else "")
-        table = (full / "training_table.md").read_text().strip()
-        parts.append("### Training, larger setting (`make figures-full FIGARGS=\"--only training\"`, "
-                     f"written to `figures/full/`{took})\n\n" + table)
+    parts += full_parts(out / "full")
     return "\n\n".join(parts)
+
+
+#: Results of ``make figures-full`` quoted in the README when they have been run and committed:
+#: (file under figures/full/, the analysis that wrote it, the heading or None to append to the previous part).
+FULL_PARTS: tuple[tuple[str, str, str | None], ...] = (
+    ("training_study_table.md", "training_study", "### Training study, full design"),
+    ("training_study_findings.md", "training_study", None),
+    ("training_table.md", "training", "### Training, larger setting"),
+)
+
+
+def full_parts(full: Path) -> list[str]:
+    """The README parts of :data:`FULL_PARTS` present in ``full``, each heading naming the command that
+    regenerates it and how long it took (the sidecar's ``elapsed_s``)."""
+    parts = []
+    for fname, name, heading in FULL_PARTS:
+        if not (full / fname).exists():
+            continue
+        text = (full / fname).read_text().strip()
+        if heading is not None:
+            side = read_sidecar(full / "data" / name) or {}
+            took = (f"; it took {side['elapsed_s'] / 60:.0f} min on the machine that ran it"
+                    if "elapsed_s" in side else "")
+            text = (f"{heading} (`make figures-full FIGARGS=\"--only {name}\"`, written to "
+                    f"`figures/full/`{took})\n\n{text}")
+        parts.append(text)
+    return parts
 
 
 def update_readme(readme: Path | str = README, out: Path | str = FIGURES) -> bool:

@@ -6,6 +6,7 @@ References: the result of the first (uncorrupted) run, compared exactly; the fil
 from __future__ import annotations
 
 import io
+import json
 import os
 import types
 
@@ -231,3 +232,19 @@ def test_load_table_refuses_several_tags(tmp_path):
     back = load_table(tmp_path, tag="first")
     np.testing.assert_array_equal(back["y"], t1["y"])
     np.testing.assert_array_equal(load_table(tmp_path, tag="second")["y"], [3.0, 6.0])
+
+
+def test_full_results_enter_the_readme_with_their_command_and_time(tmp_path):
+    """figures/full/ results, when present, are quoted after the default parts, in FULL_PARTS order, each
+    heading naming its regenerating command and the sidecar's run time; absent ones are left out."""
+    full = tmp_path / "full"
+    (full / "data").mkdir(parents=True)
+    (tmp_path / "findings.md").write_text("# Findings\n\nanswer\n")
+    (full / "training_study_table.md").write_text("| study |\n")
+    (full / "training_study_findings.md").write_text("**tanh.** text\n")
+    (full / "data" / "training_study.json").write_text(json.dumps({"elapsed_s": 5400.0}))
+    block = runner.readme_block(tmp_path)
+    head = ('### Training study, full design (`make figures-full FIGARGS="--only training_study"`, '
+            "written to `figures/full/`; it took 90 min on the machine that ran it)")
+    assert block.index("answer") < block.index(head) < block.index("| study |") < block.index("**tanh.**")
+    assert "larger setting" not in block  # no full/training_table.md

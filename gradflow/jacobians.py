@@ -286,7 +286,8 @@ def temple_step(M, u, mass):
     theta = u^T A u <= lambda_1 (a Rayleigh quotient). Since A is positive semidefinite and trace(A) =
     ||M||_F^2 = ``mass``, lambda_2 <= a = mass - theta; when a < theta, Temple's inequality gives
     lambda_1 <= theta + ||A u - theta u||^2 / (theta - a). Returns (theta, bound on (lambda_1 - theta) /
-    theta (inf when a >= theta), the next unit vector A u / ||A u||).
+    theta (inf when a >= theta), the next unit vector A u / ||A u|| (a uniform one where A u = 0, so that
+    a lag with an exactly zero Jacobian block does not leave the warm start at zero for the later lags)).
     """
     tiny = jnp.finfo(M.dtype).tiny
     v = M.T @ u
@@ -295,7 +296,9 @@ def temple_step(M, u, mass):
     r2 = jnp.sum(jnp.square(w - th * u))
     a = mass - th
     bound = jnp.where(a < th, r2 / jnp.maximum(th - a, tiny), jnp.inf) / jnp.maximum(th, tiny)
-    return th, bound, w / jnp.maximum(jnp.linalg.norm(w), tiny)
+    nw = jnp.linalg.norm(w)
+    spread = jnp.ones_like(u) / jnp.sqrt(jnp.asarray(u.shape[0], u.dtype))  # restart where A u = 0
+    return th, bound, jnp.where(nw > 0, w / jnp.where(nw > 0, nw, 1.0), spread)
 
 
 def certified_sigma(M, u, max_iters=20):

@@ -163,6 +163,10 @@ def test_certified_sigma_falls_back_to_svd_on_a_flat_spectrum():
     assert not bool(ok) and float(s) == pytest.approx(1.0, rel=1e-6)  # the exact SVD value
     s, _, ok = certified_sigma(jnp.diag(jnp.asarray([1.0, 0.3, 0.2, 0.1])), jnp.ones(4) / 2.0)
     assert bool(ok) and float(s) == pytest.approx(1.0, rel=1e-3)
+    s, u, _ = certified_sigma(jnp.zeros((4, 4)), jnp.ones(4) / 2.0)  # a zero block: restart, not u = 0
+    assert float(s) == 0.0 and float(jnp.linalg.norm(u)) == pytest.approx(1.0)
+    s, _, ok = certified_sigma(jnp.diag(jnp.asarray([1.0, 0.3, 0.2, 0.1])), u)
+    assert bool(ok) and float(s) == pytest.approx(1.0, rel=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

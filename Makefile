@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e '.[dev,tasks]'
 	touch $(STAMP)
 
-# Two pytest processes (the analyses end to end, then the library), so that no single process accumulates every
-# compiled program of the suite (XLA's CPU compiler once crashed late in a single-process run).
-ANALYSES_TESTS := tests/test_analyses.py tests/test_storage.py tests/test_cooijmans.py tests/test_cures.py \
-                  tests/test_training_study.py
+# Two pytest worker processes (pytest-xdist), whole files per worker so that module fixtures are built once:
+# the suite is bound by XLA compilation, which is single-threaded, so two workers use both cores. Separate
+# processes also keep any one process from accumulating every compiled program of the suite (XLA's CPU
+# compiler once crashed late in a single-process run). TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(VPY) -m pytest $(ANALYSES_TESTS)
-	$(VPY) -m pytest --doctest-modules gradflow tests $(addprefix --ignore=,$(ANALYSES_TESTS))
+	$(VPY) -m pytest -n $(TEST_WORKERS) --dist loadfile --doctest-modules gradflow tests
 
 figures: setup
 	$(VPY) -m analyses $(FIGARGS)

@@ -58,7 +58,7 @@ import numpy as np
 import gradflow
 from analyses import style
 from analyses.runner import ROOT, say
-from gradflow import tasks, train
+from gradflow import cache, tasks, train
 
 NAME = "training_study"
 
@@ -213,15 +213,11 @@ class RunStore:
 # ----------------------------------------------------------------------------------------------- one run
 
 
-_TASKS: dict = {}
-
-
 def study_task(name: str, length, val_fraction: float) -> tasks.Task:
-    """The task with its validation split (one object per configuration, so compiled steps are reused)."""
-    key = (name, length, float(val_fraction))
-    if key not in _TASKS:
-        _TASKS[key] = tasks.with_validation(tasks.make_task(name, length), val_fraction)
-    return _TASKS[key]
+    """The task with its validation split (one object per configuration, kept in gradflow's compile cache,
+    so compiled steps keyed on the task are reused)."""
+    return cache.cached(("study_task", name, length, float(val_fraction)),
+                        lambda: tasks.with_validation(tasks.make_task(name, length), val_fraction))
 
 
 def build(name: str, c: dict, task: tasks.Task) -> tuple[gradflow.cells.GradflowCell, dict]:
@@ -315,22 +311,21 @@ def one_run(c: dict, name: str, task: tasks.Task, lr: float, seed: int, cell, ex
     return out
 
 
-_FUSED: dict = {}
-
-
 def fused_fn(c: dict, cell, task: tasks.Task, vmapped: bool = False, input_scale: float | None = None):
-    """``trainsweep.train_fn`` for this study's sizes and evaluation sets, jitted (and vmapped), kept per
-    configuration so that every rate and seed of a (preset, task) reuses one compilation."""
+    """``trainsweep.train_fn`` for this study's sizes and evaluation sets, jitted (and vmapped), kept in
+    gradflow's compile cache per configuration so that every rate and seed of a (preset, task) reuses one
+    compilation."""
     from gradflow import trainsweep
 
-    key = (cell, task, c["steps"], c["batch"], c["clip_norm"], c["recal_batches"], c["val_size"],
-           c["test_size"], vmapped, input_scale)
-    if key not in _FUSED:
+    def build():
         f = trainsweep.train_fn(cell, task, steps=c["steps"], batch_size=c["batch"], clip_norm=c["clip_norm"],
                                 eval_sets=eval_sets(c, task), input_scale=input_scale,
                                 recal_batches=c["recal_batches"] if cell.spec.has_bn else 0)
-        _FUSED[key] = f if vmapped else jax.jit(f)
-    return _FUSED[key]
+        return f if vmapped else jax.jit(f)
+
+    key = ("study_fused", cell, task, c["steps"], c["batch"], c["clip_norm"], c["recal_batches"],
+           c["val_size"], c["test_size"], vmapped, input_scale)
+    return cache.cached(key, build)
 
 
 def record_of(r: dict, wall: float, path: str) -> dict:

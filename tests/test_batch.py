@@ -7,12 +7,9 @@ import pytest
 
 from gradflow.batch import batch_block_norms, batch_blocks, frozen_statistics_comparison
 from gradflow.jacobians import jacobians
+from tests.helpers import rand
 
 EPS = 1e-5
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
 
 
 def _bn(a):
@@ -23,7 +20,7 @@ def _bn(a):
 def test_blocks_are_example_major_submatrices_of_the_lstm_like_jacobian(x64):
     """Dict carry {c, h, t}: the state is [c (B*d), h (B*d)]; example b owns c[b] and h[b]."""
     d, B, T = 2, 3, 4
-    W = _rand(0, (2 * d, d), 0.8)
+    W = rand(0, (2 * d, d), 0.8)
 
     def step(carry, x):
         z = carry["h"] @ W.T + x
@@ -31,8 +28,8 @@ def test_blocks_are_example_major_submatrices_of_the_lstm_like_jacobian(x64):
         c = c + 0.1 * c.mean(axis=0, keepdims=True)  # couple the examples
         return {"h": jnp.tanh(c), "c": c, "t": carry["t"] + 1}
 
-    carry0 = {"c": _rand(1, (B, d)), "h": _rand(2, (B, d)), "t": jnp.zeros((B,), jnp.int32)}
-    xs = _rand(3, (T, B, 2 * d))
+    carry0 = {"c": rand(1, (B, d)), "h": rand(2, (B, d)), "t": jnp.zeros((B,), jnp.int32)}
+    xs = rand(3, (T, B, 2 * d))
     M = np.asarray(jacobians(step, carry0, xs).matrices)
     blocks = np.asarray(batch_blocks(step, carry0, xs))
     assert blocks.shape == (T, B, B, 2 * d, 2 * d)
@@ -56,8 +53,8 @@ def test_blocks_are_example_major_submatrices_of_the_lstm_like_jacobian(x64):
 
 def test_decoupled_step_has_no_cross_blocks(x64):
     d, B, T = 3, 4, 5
-    W = _rand(4, (d, d), 0.9)
-    r = batch_block_norms(lambda h, x: jnp.tanh(h @ W.T + x), _rand(5, (B, d)), _rand(6, (T, B, d)))
+    W = rand(4, (d, d), 0.9)
+    r = batch_block_norms(lambda h, x: jnp.tanh(h @ W.T + x), rand(5, (B, d)), rand(6, (T, B, d)))
     np.testing.assert_array_equal(r.cross, 0.0)
     assert np.all(np.asarray(r.diagonal) > 0)
 
@@ -68,10 +65,10 @@ def test_frozen_statistics_comparison_bn_without_tanh(x64):
     The frozen step is per-example: its blocks equal the Jacobians of each example run alone (B = 1).
     """
     d, din, B, T = 3, 2, 8, 12
-    W, U = _rand(7, (d, d), 1.0 / np.sqrt(d)), _rand(8, (d, din))
-    xs = _rand(9, (T, B, din))
+    W, U = rand(7, (d, d), 1.0 / np.sqrt(d)), rand(8, (d, din))
+    xs = rand(9, (T, B, din))
     true_step = lambda c, x: {"h": _bn(c["h"] @ W.T) + _bn(x @ U.T), "t": c["t"] + 1}
-    carry0 = {"h": _rand(10, (B, d)), "t": jnp.zeros((B,), jnp.int32)}
+    carry0 = {"h": rand(10, (B, d)), "t": jnp.zeros((B,), jnp.int32)}
     # statistics of a_t = h_{t-1} W^T along the true trajectory, and of the input path
     hs, c = [], carry0
     for x in xs:

@@ -7,10 +7,7 @@ import pytest
 
 from gradflow.estimators import hutchinson_frobenius, top_singular_value
 from gradflow.jacobians import jacobians
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand
 
 
 def bn_step(W, U, eps=1e-5):
@@ -23,8 +20,8 @@ def bn_step(W, U, eps=1e-5):
 
 def test_power_iteration_matches_exact_svd_tanh(x64):
     d, B, T = 4, 2, 8
-    W, U = _rand(0, (d, d), 1.6 / np.sqrt(d)), _rand(1, (d, 2))
-    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x @ U.T)), _rand(2, (B, d), 0.5), _rand(3, (T, B, 2))
+    W, U = rand(0, (d, d), 1.6 / np.sqrt(d)), rand(1, (d, 2))
+    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x @ U.T)), rand(2, (B, d), 0.5), rand(3, (T, B, 2))
     ex = jacobians(step, h0, xs)
     for lag in (2, T):
         r = top_singular_value(step, h0, xs, lag, iters=300)
@@ -40,8 +37,8 @@ def test_power_iteration_matches_exact_svd_tanh(x64):
 def test_power_iteration_batch_coupled_bn_over_whole_batch(x64):
     """BN over a batch of 16 (n = 64): the matrix-free estimate equals the exact spectral norm."""
     d, B, T = 4, 16, 5
-    W, U = _rand(4, (d, d), 1.0 / np.sqrt(d)), _rand(5, (d, 3))
-    step, h0, xs = bn_step(W, U), _rand(6, (B, d)), _rand(7, (T, B, 3))
+    W, U = rand(4, (d, d), 1.0 / np.sqrt(d)), rand(5, (d, 3))
+    step, h0, xs = bn_step(W, U), rand(6, (B, d)), rand(7, (T, B, 3))
     ex = jacobians(step, h0, xs)
     r = top_singular_value(step, h0, xs, 3, iters=500)
     np.testing.assert_allclose(r.sigma, ex.spectral_norms[T - 3], rtol=1e-6)
@@ -49,8 +46,8 @@ def test_power_iteration_batch_coupled_bn_over_whole_batch(x64):
 
 def test_hutchinson_frobenius_statistics(x64):
     d, B, T, k = 4, 2, 6, 400
-    W, U = _rand(8, (d, d), 1.4 / np.sqrt(d)), _rand(9, (d, 1))
-    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x @ U.T)), _rand(10, (B, d), 0.5), _rand(11, (T, B, 1))
+    W, U = rand(8, (d, d), 1.4 / np.sqrt(d)), rand(9, (d, 1))
+    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x @ U.T)), rand(10, (B, d), 0.5), rand(11, (T, B, 1))
     ex = jacobians(step, h0, xs)
     for lag in (2, T):
         F = float(ex.frobenius_norms[T - lag])
@@ -63,7 +60,7 @@ def test_hutchinson_frobenius_statistics(x64):
 def test_hutchinson_exact_for_orthogonal(x64):
     """For an orthogonal M, ||M z||^2 = ||z||^2 = n for every Rademacher z: estimate exact, stderr 0."""
     d = 5
-    Q, _ = np.linalg.qr(np.asarray(_rand(12, (d, d))))
+    Q, _ = np.linalg.qr(np.asarray(rand(12, (d, d))))
     step = lambda h, x: h @ jnp.asarray(Q).T
     h0, xs = jnp.ones((1, d)), jnp.zeros((7, 1, 1))
     r = hutchinson_frobenius(step, h0, xs, 7, key=jax.random.PRNGKey(0), probes=8)
@@ -73,13 +70,13 @@ def test_hutchinson_exact_for_orthogonal(x64):
 
 def test_wrt_selects_block(x64):
     d, B, T = 2, 2, 4
-    W = _rand(13, (d, d), 0.9)
+    W = rand(13, (d, d), 0.9)
 
     def step(c, x):
         h = jnp.tanh(c["h"] @ W.T + c["c"])
         return {"h": h, "c": 0.5 * c["c"] + h, "t": c["t"] + 1}
 
-    carry0 = {"h": _rand(14, (B, d)), "c": _rand(15, (B, d)), "t": jnp.zeros((B,), jnp.int32)}
+    carry0 = {"h": rand(14, (B, d)), "c": rand(15, (B, d)), "t": jnp.zeros((B,), jnp.int32)}
     xs = jnp.zeros((T, B, 1))
     wrt = {"h": True, "c": False, "t": False}
     ex = jacobians(step, carry0, xs, wrt=wrt)

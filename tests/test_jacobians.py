@@ -7,6 +7,7 @@ import pytest
 
 import gradflow
 from gradflow.jacobians import jacobian_norms, jacobians, step_jacobians
+from tests.helpers import rand
 
 # ----------------------------------------------------------------------------------------- hand-written steps
 
@@ -42,10 +43,6 @@ def lstm_step(W, U):
         return {"h": h, "c": c, "t": carry["t"] + 1}
 
     return step
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
 
 
 def _flat(carry, keys=None):
@@ -111,8 +108,8 @@ def jacfwd_product(step, carry0, xs):
 
 def test_linear_matrices_are_powers(x64):
     d, T = 4, 6
-    W = _rand(0, (d, d), 0.6)
-    r = jacobians(linear_step(W), _rand(1, (1, d)), jnp.zeros((T, 1, 1)))
+    W = rand(0, (d, d), 0.6)
+    r = jacobians(linear_step(W), rand(1, (1, d)), jnp.zeros((T, 1, 1)))
     Wn = np.asarray(W)
     for t in range(T):
         ref = np.linalg.matrix_power(Wn, T - t)
@@ -125,8 +122,8 @@ def test_linear_matrices_are_powers(x64):
 
 def test_linear_batch_is_block_diagonal(x64):
     d, B, T = 3, 2, 4
-    W = _rand(2, (d, d), 0.7)
-    r = jacobians(linear_step(W), _rand(3, (B, d)), jnp.zeros((T, B, 1)))
+    W = rand(2, (d, d), 0.7)
+    r = jacobians(linear_step(W), rand(3, (B, d)), jnp.zeros((T, B, 1)))
     for t in range(T):
         ref = np.kron(np.eye(B), np.linalg.matrix_power(np.asarray(W), T - t))
         np.testing.assert_allclose(r.matrices[t], ref, rtol=1e-13, atol=1e-15)
@@ -134,8 +131,8 @@ def test_linear_batch_is_block_diagonal(x64):
 
 def test_orthogonal_linear_all_singular_values_one(x64):
     d, T = 5, 7
-    Q, _ = np.linalg.qr(np.asarray(_rand(4, (d, d))))
-    r = jacobians(linear_step(jnp.asarray(Q)), _rand(5, (1, d)), jnp.zeros((T, 1, 1)))
+    Q, _ = np.linalg.qr(np.asarray(rand(4, (d, d))))
+    r = jacobians(linear_step(jnp.asarray(Q)), rand(5, (1, d)), jnp.zeros((T, 1, 1)))
     s = np.linalg.svd(np.asarray(r.matrices), compute_uv=False)
     np.testing.assert_allclose(s, 1.0, rtol=1e-12)
     np.testing.assert_allclose(r.spectral_norms, 1.0, rtol=1e-12)
@@ -144,9 +141,9 @@ def test_orthogonal_linear_all_singular_values_one(x64):
 @pytest.mark.parametrize("kind", ["tanh", "bn"])
 def test_matches_finite_differences_and_jacfwd_product(x64, kind):
     d, B, T, din = 3, 3, 5, 2
-    W, U = _rand(6, (d, d), 1.3 / np.sqrt(d)), _rand(7, (d, din))
+    W, U = rand(6, (d, d), 1.3 / np.sqrt(d)), rand(7, (d, din))
     step = tanh_step(W, U) if kind == "tanh" else bn_step(W, U)
-    h0, xs = _rand(8, (B, d), 0.5), _rand(9, (T, B, din))
+    h0, xs = rand(8, (B, d), 0.5), rand(9, (T, B, din))
     r = jacobians(step, h0, xs)
     prod = jacfwd_product(step, h0, xs)
     np.testing.assert_allclose(r.matrices, prod, rtol=1e-10, atol=1e-12)
@@ -164,10 +161,10 @@ def test_matches_finite_differences_and_jacfwd_product(x64, kind):
 
 def test_pytree_carry_whole_state_and_h_alone(x64):
     d, B, T, din = 2, 2, 4, 3
-    W, U = _rand(10, (4 * d, d), 0.8), _rand(11, (4 * d, din), 0.5)
+    W, U = rand(10, (4 * d, d), 0.8), rand(11, (4 * d, din), 0.5)
     step = lstm_step(W, U)
-    carry0 = {"h": _rand(12, (B, d), 0.3), "c": _rand(13, (B, d), 0.3), "t": jnp.zeros((B,), jnp.int32)}
-    xs = _rand(14, (T, B, din))
+    carry0 = {"h": rand(12, (B, d), 0.3), "c": rand(13, (B, d), 0.3), "t": jnp.zeros((B,), jnp.int32)}
+    xs = rand(14, (T, B, din))
     full = jacobians(step, carry0, xs, spectral=None)
     n = 2 * B * d
     assert full.matrices.shape == (T, n, n)
@@ -184,8 +181,8 @@ def test_pytree_carry_whole_state_and_h_alone(x64):
 
 def test_norms_only_agrees_with_matrices(x64):
     d, B, T = 4, 2, 8
-    W, U = _rand(15, (d, d), 1.5 / np.sqrt(d)), _rand(16, (d, 1))
-    step, h0, xs = tanh_step(W, U), _rand(17, (B, d), 0.5), _rand(18, (T, B, 1))
+    W, U = rand(15, (d, d), 1.5 / np.sqrt(d)), rand(16, (d, 1))
+    step, h0, xs = tanh_step(W, U), rand(17, (B, d), 0.5), rand(18, (T, B, 1))
     r = jacobians(step, h0, xs)
     n = jacobian_norms(step, h0, xs)
     assert n.matrices is None
@@ -215,8 +212,8 @@ def test_power_spectral_norm_of_tiny_products_float32():
 
 def test_pascanu_bound_tanh():
     d, T = 8, 20
-    W, U = _rand(19, (d, d), 1.8 / np.sqrt(d)), _rand(20, (d, 2))
-    r = jacobian_norms(tanh_step(W, U), _rand(21, (3, d)), _rand(22, (T, 3, 2)))
+    W, U = rand(19, (d, d), 1.8 / np.sqrt(d)), rand(20, (d, 2))
+    r = jacobian_norms(tanh_step(W, U), rand(21, (3, d)), rand(22, (T, 3, 2)))
     bound = np.linalg.norm(np.asarray(W, np.float64), 2) ** np.asarray(r.lags, np.float64)
     assert np.all(np.asarray(r.spectral_norms, np.float64) <= bound * (1 + 1e-5))
     # the bound is not trivially loose everywhere: at lag 1 it is within a factor 10
@@ -225,9 +222,9 @@ def test_pascanu_bound_tanh():
 
 def test_float32_default_and_under_jit():
     d, T = 3, 5
-    W = _rand(23, (d, d), 0.5)
+    W = rand(23, (d, d), 0.5)
     step = tanh_step(W, jnp.eye(d))
-    h0, xs = _rand(24, (2, d)), _rand(25, (T, 2, d))
+    h0, xs = rand(24, (2, d)), rand(25, (T, 2, d))
     r = jacobians(step, h0, xs)
     assert r.matrices.dtype == jnp.float32 and r.spectral_norms.dtype == jnp.float32
     jitted = jax.jit(lambda h, x: jacobians(step, h, x).frobenius_norms)(h0, xs)
@@ -238,8 +235,8 @@ def test_under_jit_with_concrete_captured_carry_and_traced_weights():
     """Inside a user's jit, a carry0 / xs captured as concrete arrays must not hit a traced boolean check
     (this raised TracerBoolConversionError in the finiteness checks): equal to the eager results."""
     d, T = 4, 30
-    W = _rand(40, (d, d), 1.2 / np.sqrt(d))
-    h0, xs = _rand(41, (1, d)), _rand(42, (T, 1, d))
+    W = rand(40, (d, d), 1.2 / np.sqrt(d))
+    h0, xs = rand(41, (1, d)), rand(42, (T, 1, d))
 
     def exps(W):
         return gradflow.lyapunov_spectrum(tanh_step(W, jnp.eye(d)), h0, xs, k=2).exponents
@@ -254,11 +251,11 @@ def test_under_jit_with_concrete_captured_carry_and_traced_weights():
 
 def test_bad_inputs_raise_clear_errors():
     d, T = 3, 4
-    W = _rand(26, (d, d), 0.5)
+    W = rand(26, (d, d), 0.5)
     step = tanh_step(W, jnp.eye(d))
-    h0, xs = _rand(27, (2, d)), _rand(28, (T, 2, d))
+    h0, xs = rand(27, (2, d)), rand(28, (T, 2, d))
     with pytest.raises(ValueError, match="do not match the step"):
-        jacobians(step, h0, _rand(29, (T, 2, d + 1)))
+        jacobians(step, h0, rand(29, (T, 2, d + 1)))
     with pytest.raises(ValueError, match="T"):
         jacobians(step, h0, jnp.zeros((0, 2, d)))
     with pytest.raises(ValueError, match="non-finite"):
@@ -289,8 +286,8 @@ def test_real_preset_bn_notanh_train_mode(x64):
     cell = gradflow.make_cell("bn_notanh", d, din, dtype="float64")
     variables = gradflow.init_cell(cell, jax.random.PRNGKey(0), batch_size=B)
     step = gradflow.as_step(cell, variables, train=True)
-    carry0 = {**cell.initialize_carry(B), "h": _rand(30, (B, d), 0.5)}
-    xs = _rand(32, (T, B, din))
+    carry0 = {**cell.initialize_carry(B), "h": rand(30, (B, d), 0.5)}
+    xs = rand(32, (T, B, din))
     r = jacobians(step, carry0, xs, spectral=None)
     assert r.matrices.shape == (T, B * d, B * d)
     np.testing.assert_allclose(r.matrices, jacfwd_product(step, carry0, xs), rtol=1e-10, atol=1e-12)

@@ -9,10 +9,7 @@ import pytest
 from gradflow.batch import batch_block_norms
 from gradflow.jacobians import jacobian_norms, jacobians, step_jacobians
 from gradflow.spectra import growth_rate
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand, tanh_rnn
 
 
 def numpy_log_norms(J):
@@ -70,9 +67,9 @@ def test_underflow_outside_float32_range_warns_and_logs_stay_exact():
 
 def test_gain3_tanh_long_sequence_float32_against_float64_numpy_product():
     d, B, T = 6, 2, 2000
-    W, U = _rand(0, (d, d), 3.0 / np.sqrt(d)), _rand(1, (d, 2))
+    W, U = rand(0, (d, d), 3.0 / np.sqrt(d)), rand(1, (d, 2))
     step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
-    h0, xs = _rand(2, (B, d), 0.5), _rand(3, (T, B, 2))
+    h0, xs = rand(2, (B, d), 0.5), rand(3, (T, B, 2))
     J = np.asarray(step_jacobians(step, h0, xs), np.float64)  # (T, B d, B d): the float32 trajectory's J_t
     ref_s, ref_f = numpy_log_norms(J)
     assert ref_f[0] < np.log(np.finfo(np.float32).tiny) or ref_f[0] > np.log(np.finfo(np.float32).max)
@@ -98,9 +95,9 @@ def test_gain3_tanh_long_sequence_float32_against_float64_numpy_product():
 
 def test_gain3_tanh_blocks_float64_exact(x64):
     d, B, T = 6, 2, 2000
-    W, U = _rand(0, (d, d), 3.0 / np.sqrt(d)), _rand(1, (d, 2))
+    W, U = rand(0, (d, d), 3.0 / np.sqrt(d)), rand(1, (d, 2))
     step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
-    h0, xs = _rand(2, (B, d), 0.5), _rand(3, (T, B, 2))
+    h0, xs = rand(2, (B, d), 0.5), rand(3, (T, B, 2))
     J = np.asarray(step_jacobians(step, h0, xs))
     blk = batch_block_norms(step, h0, xs)
     for b in range(B):
@@ -112,9 +109,9 @@ def test_gain3_tanh_blocks_float64_exact(x64):
 
 def test_materialized_jacobians_log_norms_match_float64_product(x64):
     d, T = 4, 60
-    W = _rand(4, (d, d), 2.5 / np.sqrt(d))
+    W = rand(4, (d, d), 2.5 / np.sqrt(d))
     step = lambda h, x: jnp.tanh(h @ W.T + x)
-    h0, xs = _rand(5, (1, d)), _rand(6, (T, 1, d))
+    h0, xs = rand(5, (1, d)), rand(6, (T, 1, d))
     r = jacobians(step, h0, xs)
     ref_s, ref_f = numpy_log_norms(step_jacobians(step, h0, xs))
     np.testing.assert_allclose(r.log_frobenius_norms, ref_f, rtol=1e-12, atol=1e-12)
@@ -143,9 +140,7 @@ def test_growth_rate_keeps_plain_log_norm_signature_and_warns_on_dropped_points(
 @pytest.mark.parametrize("gain", [1.2, 3.0])
 def test_certified_spectral_norms_within_1e3_of_svd_at_every_lag_float32(gain):
     n, T = 48, 300
-    W = _rand(20, (n, n), gain / np.sqrt(n))
-    step = lambda h, x: jnp.tanh(h @ W.T + x)
-    h0, xs = jnp.zeros((1, n)), _rand(21, (T, 1, n), 0.5)
+    step, h0, xs = tanh_rnn(n, T, gain, w_key=20, x_key=21)
     with np.errstate(all="ignore"):
         blk = jacobian_norms(step, h0, xs)  # the default: spectral="certified"
         svd = jacobian_norms(step, h0, xs, spectral="svd")

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 
 from gradflow.lyapunov import lyapunov_spectrum, qr_log_diagonals
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand, tanh_rnn
 
 
 def _linear_with_eigs(key):
@@ -18,7 +15,7 @@ def _linear_with_eigs(key):
     A = np.zeros((5, 5))
     A[0, 0], A[1, 1], A[2, 2] = 1.2, -0.5, 0.3
     A[3:, 3:] = [[c, -s], [s, c]]
-    V = np.asarray(_rand(key, (5, 5))) + 2 * np.eye(5)
+    V = np.asarray(rand(key, (5, 5))) + 2 * np.eye(5)
     return V @ A @ np.linalg.inv(V), V
 
 
@@ -41,7 +38,7 @@ def test_linear_exponents_are_log_eigenvalue_moduli(x64):
 
 def test_orthogonal_all_zero(x64):
     d = 6
-    Q, _ = np.linalg.qr(np.asarray(_rand(1, (d, d))))
+    Q, _ = np.linalg.qr(np.asarray(rand(1, (d, d))))
     r = lyapunov_spectrum(lambda h, x: h @ jnp.asarray(Q).T, jnp.zeros((1, d)), jnp.zeros((200, 1, 1)))
     np.testing.assert_allclose(r.exponents, 0.0, atol=1e-13)
     np.testing.assert_allclose(r.stderr, 0.0, atol=1e-13)
@@ -50,9 +47,9 @@ def test_orthogonal_all_zero(x64):
 def test_sum_equals_mean_log_det_and_segments(x64):
     """sum_i log|R_ii| = log|det J_t| at every step: the full spectrum sums to the mean log|det J|."""
     d, B, T, transient = 4, 2, 120, 20
-    W, U = _rand(2, (d, d), 2.0 / np.sqrt(d)), _rand(3, (d, 1))
+    W, U = rand(2, (d, d), 2.0 / np.sqrt(d)), rand(3, (d, 1))
     step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
-    h0, xs = _rand(4, (B, d), 0.5), _rand(5, (T, B, 1))
+    h0, xs = rand(4, (B, d), 0.5), rand(5, (T, B, 1))
     r = lyapunov_spectrum(step, h0, xs, transient=transient, segments=5, interval=1)
     hs, jstep = [h0], jax.jit(step)
     for x in xs:
@@ -106,9 +103,7 @@ def test_adaptive_interval_float32_every_exponent_within_1e3_of_per_step(gain):
     # gain 3: saturated tanh, exponents down to about -9 per step; float32 with a fixed interval corrupts
     # the most negative ones, the adaptive interval orthonormalizes every step where the spread demands it
     n, T = 24, 1500
-    W = _rand(10, (n, n), gain / np.sqrt(n))
-    step = lambda h, x: jnp.tanh(h @ W.T + x)
-    h0, xs = jnp.zeros((1, n)), _rand(11, (T, 1, n), 0.5)
+    step, h0, xs = tanh_rnn(n, T, gain, w_key=10, x_key=11)
     per = lyapunov_spectrum(step, h0, xs, transient=100, interval=1)
     ada = lyapunov_spectrum(step, h0, xs, transient=100, interval="auto")
     assert np.max(np.abs(np.asarray(ada.exponents) - np.asarray(per.exponents))) <= 1e-3

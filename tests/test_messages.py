@@ -8,31 +8,28 @@ import numpy as np
 import pytest
 
 import gradflow as gf
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand
 
 
 def test_batch_major_inputs_get_a_time_major_hint():
     B, T, F, d = 8, 50, 3, 4
-    W, U = _rand(0, (d, d), 0.5), _rand(1, (d, F))
+    W, U = rand(0, (d, d), 0.5), rand(1, (d, F))
     step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
     with pytest.raises(ValueError, match=r"time-major.*\(B, T, \.\.\.\) = \(8, 50, 3\).*swapaxes"):
-        gf.jacobian_norms(step, jnp.zeros((B, d)), _rand(2, (B, T, F)))
+        gf.jacobian_norms(step, jnp.zeros((B, d)), rand(2, (B, T, F)))
     # a gradflow cell: its own shape check fails inside the step; the hint is added, no empty leaf name
     cell = gf.make_cell("tanh", d, F)
     st = gf.as_step(cell, gf.init_cell(cell, jax.random.PRNGKey(0)))
     with pytest.raises(ValueError, match="time-major") as e:
-        gf.jacobian_norms(st, cell.initialize_carry(B), _rand(2, (B, T, F)))
+        gf.jacobian_norms(st, cell.initialize_carry(B), rand(2, (B, T, F)))
     assert "leaf  " not in str(e.value)
     # time-major inputs of the same data are accepted
-    gf.jacobian_norms(step, jnp.zeros((B, d)), jnp.swapaxes(_rand(2, (B, T, F)), 0, 1))
+    gf.jacobian_norms(step, jnp.zeros((B, d)), jnp.swapaxes(rand(2, (B, T, F)), 0, 1))
 
 
 def test_nan_inputs_are_named_as_an_input_problem():
     step = lambda h, x: jnp.tanh(h + x)
-    xs = _rand(3, (20, 2, 3)).at[10, 1, 2].set(jnp.nan)
+    xs = rand(3, (20, 2, 3)).at[10, 1, 2].set(jnp.nan)
     for fn in (gf.jacobians, gf.jacobian_norms, gf.streaming_log_norms, gf.lyapunov_spectrum):
         with pytest.raises(ValueError, match=r"NaN or inf: xs\[10\] \(the input x_11 of step 11\)"):
             fn(step, jnp.zeros((2, 3)), xs)

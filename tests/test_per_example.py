@@ -8,10 +8,7 @@ import pytest
 
 import gradflow as gf
 from gradflow.spectra import _spectra_jit
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand
 
 
 def lstm_like(W, U):
@@ -26,9 +23,9 @@ def lstm_like(W, U):
 
 
 def _problem(B=3, d=3, T=12):
-    W, U = _rand(0, (2 * d, d), 1.5 / np.sqrt(d)), _rand(1, (2 * d, 2))
-    carry0 = {"c": _rand(2, (B, d), 0.5), "h": _rand(3, (B, d), 0.5), "t": jnp.zeros((B,), jnp.int32)}
-    return lstm_like(W, U), carry0, _rand(4, (T, B, 2))
+    W, U = rand(0, (2 * d, d), 1.5 / np.sqrt(d)), rand(1, (2 * d, 2))
+    carry0 = {"c": rand(2, (B, d), 0.5), "h": rand(3, (B, d), 0.5), "t": jnp.zeros((B,), jnp.int32)}
+    return lstm_like(W, U), carry0, rand(4, (T, B, 2))
 
 
 def _alone(carry0, xs, b):
@@ -71,23 +68,23 @@ def test_lyapunov_and_spectra_equal_each_example_alone(x64):
 
 
 def test_batch_coupled_step_is_refused_with_a_pointer_to_batch_block_norms():
-    W = _rand(5, (3, 3), 0.9)
+    W = rand(5, (3, 3), 0.9)
 
     def bn_step(h, x):
         a = h @ W.T + x
         return (a - a.mean(0)) / jnp.sqrt(a.var(0) + 1e-5)
 
-    h0, xs = _rand(6, (4, 3)), _rand(7, (12, 4, 3))
+    h0, xs = rand(6, (4, 3)), rand(7, (12, 4, 3))
     for fn in (gf.jacobians, gf.jacobian_norms, gf.streaming_log_norms, gf.lyapunov_spectrum, gf.spectra):
         with pytest.raises(ValueError, match="couples the examples.*batch_block_norms"):
             fn(bn_step, h0, xs, per_example=True)
     with pytest.raises(ValueError, match=r"\(T, B, \.\.\.\) with B = 4"):
-        gf.jacobian_norms(lambda h, x: jnp.tanh(h), h0, _rand(8, (6, 5, 3)), per_example=True)
+        gf.jacobian_norms(lambda h, x: jnp.tanh(h), h0, rand(8, (6, 5, 3)), per_example=True)
 
 
 def test_spectra_at_chosen_lags_equal_the_full_computation(x64):
-    W = _rand(9, (4, 4), 1.3 / 2)
-    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x)), _rand(10, (2, 4)), _rand(11, (50, 2, 4))
+    W = rand(9, (4, 4), 1.3 / 2)
+    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x)), rand(10, (2, 4)), rand(11, (50, 2, 4))
     mats = np.asarray(gf.jacobians(step, h0, xs, spectral=None).matrices)
     lags = [17, 1, 5, 17]
     sp = gf.spectra(step, h0, xs, lags=lags)

@@ -1,6 +1,5 @@
 """Spectra at chosen lags, effective rank, condition number and growth-rate fits against NumPy references."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,15 +7,12 @@ import pytest
 from gradflow.jacobians import jacobians
 from gradflow.spectra import condition_number, effective_rank, growth_rate, spectra, spectrum_of
 from gradflow.streaming import streaming_log_norms
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand
 
 
 def test_linear_spectra_all_lags_match_numpy(x64):
     d, T = 4, 6
-    W = np.asarray(_rand(0, (d, d), 0.7))
+    W = np.asarray(rand(0, (d, d), 0.7))
     sp = spectra(lambda h, x: h @ jnp.asarray(W).T, jnp.ones((1, d)), jnp.zeros((T, 1, 1)))
     np.testing.assert_array_equal(sp.lags, T - np.arange(T))
     for i, lag in enumerate(np.asarray(sp.lags)):
@@ -31,8 +27,8 @@ def test_linear_spectra_all_lags_match_numpy(x64):
 
 def test_chosen_lags_in_requested_order(x64):
     d, T = 3, 8
-    W = _rand(1, (d, d), 0.8)
-    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x)), _rand(2, (2, d)), _rand(3, (T, 2, d))
+    W = rand(1, (d, d), 0.8)
+    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x)), rand(2, (2, d)), rand(3, (T, 2, d))
     r = jacobians(step, h0, xs)
     sp = spectrum_of(r, lags=[1, 8, 3])
     np.testing.assert_array_equal(sp.lags, [1, 8, 3])
@@ -51,7 +47,7 @@ def test_chosen_lags_in_requested_order(x64):
 
 def test_orthogonal_spectrum_is_flat(x64):
     d, T = 5, 4
-    Q, _ = np.linalg.qr(np.asarray(_rand(4, (d, d))))
+    Q, _ = np.linalg.qr(np.asarray(rand(4, (d, d))))
     sp = spectra(lambda h, x: h @ jnp.asarray(Q).T, jnp.ones((1, d)), jnp.zeros((T, 1, 1)))
     np.testing.assert_allclose(sp.singular_values, 1.0, rtol=1e-12)
     np.testing.assert_allclose(sp.effective_rank, d, rtol=1e-12)

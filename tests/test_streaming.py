@@ -7,12 +7,9 @@ import pytest
 
 from gradflow.jacobians import jacobian_norms, jacobians
 from gradflow.streaming import _stream_jit, streaming_log_norms
+from tests.helpers import rand
 
 H4 = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], np.float32) / 2  # orthogonal
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
 
 
 def tanh_step(W, U):
@@ -33,8 +30,8 @@ def lstm_step(W, U):
 
 def test_agrees_with_exact_mode_float64(x64):
     d, B, T = 4, 2, 30
-    W, U = _rand(0, (d, d), 2.0 / np.sqrt(d)), _rand(1, (d, 2))
-    step, h0, xs = tanh_step(W, U), _rand(2, (B, d), 0.5), _rand(3, (T, B, 2))
+    W, U = rand(0, (d, d), 2.0 / np.sqrt(d)), rand(1, (d, 2))
+    step, h0, xs = tanh_step(W, U), rand(2, (B, d), 0.5), rand(3, (T, B, 2))
     ex = jacobians(step, h0, xs)
     st = streaming_log_norms(step, h0, xs)  # n = 8: "auto" -> exact SVD
     np.testing.assert_allclose(st.log_frobenius, np.log(ex.frobenius_norms), rtol=1e-12, atol=1e-12)
@@ -47,9 +44,9 @@ def test_agrees_with_exact_mode_float64(x64):
 
 def test_pytree_wrt_agrees_float64(x64):
     d, B, T = 2, 2, 6
-    step = lstm_step(_rand(4, (4 * d, d), 0.8), _rand(5, (4 * d, 3), 0.5))
-    carry0 = {"h": _rand(6, (B, d), 0.3), "c": _rand(7, (B, d), 0.3), "t": jnp.zeros((B,), jnp.int32)}
-    xs = _rand(8, (T, B, 3))
+    step = lstm_step(rand(4, (4 * d, d), 0.8), rand(5, (4 * d, 3), 0.5))
+    carry0 = {"h": rand(6, (B, d), 0.3), "c": rand(7, (B, d), 0.3), "t": jnp.zeros((B,), jnp.int32)}
+    xs = rand(8, (T, B, 3))
     # h alone: the reverse scan carries the whole-state cotangent and reads the h columns
     wrt = {"h": True, "c": False, "t": False}
     ex = jacobians(step, carry0, xs, wrt=wrt)
@@ -60,8 +57,8 @@ def test_pytree_wrt_agrees_float64(x64):
 
 def test_agrees_with_exact_mode_float32():
     d, B, T = 6, 2, 40
-    W, U = _rand(9, (d, d), 1.5 / np.sqrt(d)), _rand(10, (d, 2))
-    step, h0, xs = tanh_step(W, U), _rand(11, (B, d), 0.5), _rand(12, (T, B, 2))
+    W, U = rand(9, (d, d), 1.5 / np.sqrt(d)), rand(10, (d, 2))
+    step, h0, xs = tanh_step(W, U), rand(11, (B, d), 0.5), rand(12, (T, B, 2))
     ex = jacobians(step, h0, xs)
     st = streaming_log_norms(step, h0, xs)
     assert st.log_frobenius.dtype == jnp.float32
@@ -71,8 +68,8 @@ def test_agrees_with_exact_mode_float32():
 
 def test_probes_give_hutchinson_frobenius(x64):
     d, B, T, k = 3, 2, 10, 4000
-    W, U = _rand(13, (d, d), 1.5 / np.sqrt(d)), _rand(14, (d, 1))
-    step, h0, xs = tanh_step(W, U), _rand(15, (B, d), 0.5), _rand(16, (T, B, 1))
+    W, U = rand(13, (d, d), 1.5 / np.sqrt(d)), rand(14, (d, 1))
+    step, h0, xs = tanh_step(W, U), rand(15, (B, d), 0.5), rand(16, (T, B, 1))
     ex = jacobians(step, h0, xs)
     st = streaming_log_norms(step, h0, xs, probes=k, key=jax.random.PRNGKey(0))
     assert np.all(np.isnan(st.log_spectral))

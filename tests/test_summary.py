@@ -11,10 +11,7 @@ import pytest
 
 import gradflow as gf
 from gradflow.summary import summary
-
-
-def _rand(key, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+from tests.helpers import rand
 
 
 def _linear(W):
@@ -23,9 +20,9 @@ def _linear(W):
 
 def test_rate_and_uncertainty_across_examples_match_single_example_fits(x64):
     d, B, T = 4, 5, 80
-    W = _rand(0, (d, d), 1.4 / np.sqrt(d))
+    W = rand(0, (d, d), 1.4 / np.sqrt(d))
     step = lambda h, x: jnp.tanh(h @ W.T + x)
-    h0, xs = _rand(1, (B, d), 0.5), _rand(2, (T, B, d))
+    h0, xs = rand(1, (B, d), 0.5), rand(2, (T, B, d))
     s = summary(step, h0, xs, k=2, min_lag=10)
     assert s.per_example and s.uncertainty == "examples"
     rates = []
@@ -66,17 +63,17 @@ def test_unconverged_exponents_warn():
 
 
 def test_coupled_step_falls_back_to_the_batch_state_and_prediction():
-    W = _rand(3, (3, 3), 0.9)
+    W = rand(3, (3, 3), 0.9)
 
     def bn_step(h, x):
         a = h @ W.T + x
         return (a - a.mean(0)) / jnp.sqrt(a.var(0) + 1e-5)
 
-    s = summary(bn_step, _rand(4, (4, 3)), _rand(5, (60, 4, 3)), k=3)
+    s = summary(bn_step, rand(4, (4, 3)), rand(5, (60, 4, 3)), k=3)
     assert not s.per_example and s.uncertainty == "segments"
     assert s.prediction is None and "preset" in s.prediction_note
     with pytest.raises(ValueError, match="batch_block_norms"):
-        summary(bn_step, _rand(4, (4, 3)), _rand(5, (60, 4, 3)), per_example=True)
+        summary(bn_step, rand(4, (4, 3)), rand(5, (60, 4, 3)), per_example=True)
 
 
 def test_theory_prediction_repr_to_dict_plot():
@@ -84,7 +81,7 @@ def test_theory_prediction_repr_to_dict_plot():
     cell = gf.make_cell("tanh", d, 4, gain=1.2)
     variables = gf.init_cell(cell, jax.random.PRNGKey(0), batch_size=B)
     step = gf.as_step(cell, variables)
-    carry0, xs = cell.initialize_carry(B), _rand(6, (T, B, 4))
+    carry0, xs = cell.initialize_carry(B), rand(6, (T, B, 4))
     s = summary(step, carry0, xs, k=3, preset="tanh", theory_options={"gain": 1.2})
     assert s.prediction == gf.theory.predict_rate("tanh", hidden_size=d, batch_size=B, gain=1.2)
     bad = summary(step, carry0, xs, k=3, preset="no-such-cell")
@@ -101,7 +98,7 @@ def test_theory_prediction_repr_to_dict_plot():
 
 def test_engine_results_have_short_reprs():
     W = 0.9 * jnp.eye(8)
-    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x)), jnp.zeros((2, 8)), _rand(7, (1000, 2, 8))
+    step, h0, xs = (lambda h, x: jnp.tanh(h @ W.T + x)), jnp.zeros((2, 8)), rand(7, (1000, 2, 8))
     results = [
         gf.jacobian_norms(step, h0, xs),
         gf.streaming_log_norms(step, h0, xs),

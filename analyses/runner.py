@@ -660,18 +660,28 @@ FULL_PARTS: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+def compute_time_s(stem: Path | str) -> float | None:
+    """How long a saved result took to compute: the data's ``total_wall_s`` where the analysis reports one (a
+    resumable analysis, summed over the runs of every invocation: the sidecar's ``elapsed_s`` times only the
+    last invocation, which may have read every run from its store), else the sidecar's ``elapsed_s``."""
+    try:
+        return float(load_data(stem)["total_wall_s"])
+    except (ValueError, KeyError):
+        side = read_sidecar(stem) or {}
+        return side.get("elapsed_s")
+
+
 def full_parts(full: Path) -> list[str]:
     """The README parts of :data:`FULL_PARTS` present in ``full``, each heading naming the command that
-    regenerates it and how long it took (the sidecar's ``elapsed_s``)."""
+    regenerates it and how long it took (:func:`compute_time_s`)."""
     parts = []
     for fname, name, heading in FULL_PARTS:
         if not (full / fname).exists():
             continue
         text = (full / fname).read_text().strip()
         if heading is not None:
-            side = read_sidecar(full / "data" / name) or {}
-            took = (f"; it took {side['elapsed_s'] / 60:.0f} min on the machine that ran it"
-                    if "elapsed_s" in side else "")
+            took_s = compute_time_s(full / "data" / name)
+            took = f"; it took {took_s / 60:.0f} min on the machine that ran it" if took_s is not None else ""
             text = (f"{heading} (`make figures-full FIGARGS=\"--only {name}\"`, written to "
                     f"`figures/full/`{took})\n\n{text}")
         parts.append(text)

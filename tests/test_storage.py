@@ -248,3 +248,7 @@ def test_full_results_enter_the_readme_with_their_command_and_time(tmp_path):
             "written to `figures/full/`; it took 90 min on the machine that ran it)")
     assert block.index("answer") < block.index(head) < block.index("| study |") < block.index("**tanh.**")
     assert "larger setting" not in block  # no full/training_table.md
+    # a resumable analysis' data reports its compute time summed over every invocation; a later invocation
+    # that only read its stored runs (elapsed 3 s) must not be quoted as the study's time
+    runner.save_data(full / "data" / "training_study", {"total_wall_s": 3720.0}, meta={"elapsed_s": 3.0})
+    assert "it took 62 min" in runner.readme_block(tmp_path)

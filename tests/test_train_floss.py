@@ -1,5 +1,10 @@
 """Flossing inside training (TrainConfig.floss_*): it moves the top exponent towards 0 against the same run
-without it, the recorded loss stays the task's, and pre-flossing changes the starting point."""
+without it, the recorded loss stays the task's, and pre-flossing changes the starting point.
+
+The cell contracts (gain 0.5, lambda_1 ~ -0.8): its exponents are a smooth function of the weights, so the
+comparison does not depend on rounding. (At gain 3, chaotic, the exponents measured after 12 steps moved by
+more than the flossing effect with the compiler's optimization level or the seed: flossing "lowered" them on
+2 of 3 seeds.)"""
 
 import jax
 import numpy as np
@@ -9,7 +14,7 @@ import gradflow as gf
 from gradflow import tasks, train
 
 TASK = tasks.adding(40)
-CELL = gf.make_cell("tanh", 16, 2, gain=3.0)
+CELL = gf.make_cell("tanh", 16, 2, gain=0.5)
 BASE = dict(steps=12, batch_size=8, learning_rate=1e-2, eval_every=12, eval_size=16, record_every=12, seed=0)
 
 
@@ -32,9 +37,10 @@ def runs():
 def test_flossing_during_training_lowers_the_exponents(runs):
     plain, flossed = runs
     before = _sum_sq_exponent(plain.initial["params"])
-    assert before > 0.01  # gain 3: chaotic, λ₁ ≈ +0.2
+    assert before > 0.1  # gain 0.5: λ₁ ≈ -0.8
     after_plain, after_flossed = _sum_sq_exponent(plain.params), _sum_sq_exponent(flossed.params)
-    assert after_flossed < 0.7 * after_plain
+    assert after_plain > 0.5 * before  # 12 task steps alone leave the cell contracting
+    assert after_flossed < 0.3 * after_plain
 
 
 def test_recorded_loss_is_the_task_loss(runs):

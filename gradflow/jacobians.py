@@ -103,7 +103,7 @@ def power_norm(M, v, n_iter):
     v = v / jnp.linalg.norm(v)
 
     def it(v, _):
-        w = M.T @ (M @ v)
+        w = (M @ v) @ M  # = M^T M v (a row times M: no transposed copy of M)
         return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny), None
 
     v, _ = jax.lax.scan(it, v, None, length=n_iter, unroll=max(1, min(n_iter, 8)))
@@ -290,7 +290,7 @@ def temple_step(M, u, mass):
     a lag with an exactly zero Jacobian block does not leave the warm start at zero for the later lags)).
     """
     tiny = jnp.finfo(M.dtype).tiny
-    v = M.T @ u
+    v = u @ M  # = M^T u (a row times M: no transposed copy of M)
     th = jnp.sum(jnp.square(v))
     w = M @ v
     r2 = jnp.sum(jnp.square(w - th * u))

@@ -90,12 +90,9 @@ def test_bad_inputs():
 
 
 def _did(step, h0, xs, k):
-    from gradflow.lyapunov import _qr_adaptive_jit
-
-    n = h0.size
-    Q0 = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(0), (n, k)))[0]
-    force = jnp.zeros(xs.shape[0], bool).at[-1].set(True)
-    return np.asarray(_qr_adaptive_jit(step, k, h0, xs, Q0, force)[1])
+    """Which steps the adaptive loop orthonormalized at: the rows of its log|R_ii| that are not zero."""
+    logs = np.asarray(qr_log_diagonals(step, h0, xs, k=k, interval="auto"))
+    return np.any(logs != 0, axis=1)
 
 
 @pytest.mark.parametrize("gain", [1.2, 3.0])
@@ -126,3 +123,11 @@ def test_adaptive_interval_skips_qrs_when_the_spread_is_small():
     assert did.sum() <= T / 16 + 2  # the interval grows to its cap of 16 steps
     r = lyapunov_spectrum(step, h0, xs, interval="auto")
     np.testing.assert_allclose(r.exponents, np.log(0.99), atol=1e-5)
+
+
+@pytest.mark.parametrize("interval", [1, "auto"])
+def test_nonfinite_state_is_named_by_both_loops(interval):
+    # 1e30 x: h_1 = 1e30 is finite, h_2 = 1e60 overflows float32
+    h0, xs = jnp.ones((1, 3)), jnp.zeros((40, 1, 1))
+    with pytest.raises(ValueError, match="non-finite state: h_2 "):
+        lyapunov_spectrum(lambda h, x: 1e30 * h, h0, xs, k=2, interval=interval)

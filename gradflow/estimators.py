@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from gradflow.checks import is_int, positive_int, raise_if_nonfinite
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, validate_inputs
+from gradflow.statemap import StateMap, all_finite, validate_inputs
 
 __all__ = ["PowerResult", "HutchinsonResult", "top_singular_value", "hutchinson_frobenius"]
 
@@ -77,9 +77,7 @@ def _finite_flags_scan(step, carry0, xs) -> jax.Array:
 
     def body(h, x):
         h = step(h, x)
-        leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(h)
-                  if jnp.issubdtype(v.dtype, jnp.inexact)]
-        return h, jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+        return h, all_finite(h)
 
     return jax.lax.scan(body, carry0, xs)[1]
 

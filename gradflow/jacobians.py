@@ -29,7 +29,7 @@ from gradflow.checks import positive_int, raise_if_nonfinite
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import tick
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, is_traced, validate_inputs
+from gradflow.statemap import StateMap, all_finite, is_traced, validate_inputs
 
 __all__ = ["JacobianResult", "jacobians", "jacobian_norms", "step_jacobians", "trajectory", "lower_engine"]
 
@@ -199,13 +199,10 @@ def renormalize(G, s, c, groups=1):
 
 def forward_and_flags(step, carry0, xs):
     """One forward scan: (h_0..h_{T-1} stacked, (T,) finiteness flags of h_1..h_T)."""
-    full = StateMap.from_carry(carry0)
 
     def body(h, x):
         new = step(h, x)
-        flat = [a for a, m in zip(full.treedef.flatten_up_to(new), full.mask, strict=True) if m]
-        ok = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in flat])
-        return new, (h, ok)
+        return new, (h, all_finite(new))
 
     _, (prev, flags) = jax.lax.scan(body, carry0, xs)
     return prev, flags

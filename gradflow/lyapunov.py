@@ -26,7 +26,7 @@ from gradflow.jacobians import run_engine
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, tick
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, validate_inputs
+from gradflow.statemap import StateMap, all_finite, validate_inputs
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "qr_log_diagonals"]
 
@@ -68,9 +68,7 @@ def _qr_jit(step, k, carry0, xs, Q0, every=0):
         h_new = step(h, x)
         Q, R = jnp.linalg.qr(Zt.T)
         d = jnp.abs(jnp.diagonal(R))
-        leaves = [a for a in jax.tree_util.tree_leaves(h_new) if jnp.issubdtype(a.dtype, jnp.inexact)]
-        finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
-        return (h_new, Q.T), (jnp.log(d), finite)
+        return (h_new, Q.T), (jnp.log(d), all_finite(h_new))
 
     _, (logs, flags) = jax.lax.scan(body, (carry0, Q0.T), (xs, jnp.arange(T)))
     return logs, flags  # flags last: run_engine checks them
@@ -113,9 +111,7 @@ def _qr_adaptive_jit(step, k, carry0, xs, Q0, next_forced, every=0, max_interval
         amax = jnp.max(jnp.abs(Zt))  # a power-of-2 rescale (exact) keeps the columns representable
         scale = jnp.exp2(jnp.round(jnp.log2(jnp.where(amax > 0, amax, 1.0))))
         h = step(h, x)
-        leaves = [a for a in jax.tree_util.tree_leaves(h) if jnp.issubdtype(a.dtype, jnp.inexact)]
-        finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
-        return h, Zt / scale, log_s + jnp.log(scale), flags.at[t].set(finite), t0
+        return h, Zt / scale, log_s + jnp.log(scale), flags.at[t].set(all_finite(h)), t0
 
     def interval_then_qr(c):
         t, h, Zt, interval, logs, flags = c

@@ -27,7 +27,7 @@ from gradflow.jacobians import (
     warn_out_of_range,
 )
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, validate_inputs
+from gradflow.statemap import StateMap, all_finite, validate_inputs
 
 __all__ = [
     "SpectrumResult",
@@ -139,11 +139,6 @@ def spectrum_of(result_or_matrices, lags=None) -> SpectrumResult:
     return SpectrumResult(s, effective_rank(s), condition_number(s), jnp.asarray(lag_values), safe_log(s))
 
 
-def _all_finite(carry):
-    leaves = [a for a in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(a.dtype, jnp.inexact)]
-    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
-
-
 @functools.partial(jax.jit, static_argnames=("step", "mask", "head", "slots"))
 def _spectra_jit(step, mask, head, slots, carry0, xs):
     """Singular values at the requested lags only: a plain forward scan over the first ``head`` steps (no
@@ -155,7 +150,7 @@ def _spectra_jit(step, mask, head, slots, carry0, xs):
 
     def fwd(h, x):
         h = step(h, x)
-        return h, _all_finite(h)
+        return h, all_finite(h)
 
     h, head_flags = jax.lax.scan(fwd, carry0, first)
     n = StateMap.from_carry(carry0, mask=mask).n

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "validate_inputs",
     "check_finite",
     "check_finite_inputs",
+    "all_finite",
     "is_traced",
     "leaf_name",
     "warn_casts",
@@ -207,6 +209,13 @@ def check_finite(carry, name="carry0") -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]:
         if _is_inexact(leaf) and not np.all(np.isfinite(np.asarray(leaf))):  # NumPy: concrete inside a jit
             raise ValueError(f"{name} has non-finite values (NaN or inf) in {leaf_name(name, path)}")
+
+
+def all_finite(tree) -> jax.Array:
+    """Traced check: a bool scalar, True when every floating leaf of ``tree`` is finite (True without any).
+    The per-step finiteness flag of the engine's scans; :func:`check_finite` raises on concrete values."""
+    flags = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree) if _is_inexact(a)]
+    return functools.reduce(jnp.logical_and, flags, jnp.bool_(True))
 
 
 def check_finite_inputs(xs) -> None:

@@ -31,7 +31,7 @@ from gradflow.jacobians import reverse_pass, run_engine, spectral_init, spectral
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, validate_inputs
+from gradflow.statemap import StateMap, all_finite, validate_inputs
 
 __all__ = ["StreamingResult", "streaming_log_norms", "forward_states", "lower_streaming"]
 
@@ -60,13 +60,9 @@ def forward_states(step, carry0, xs):
     h_0..h_{T-1} are the states each step's Jacobian is taken at.
     """
 
-    def finite(h):
-        leaves = [a for a in jax.tree_util.tree_leaves(h) if jnp.issubdtype(a.dtype, jnp.inexact)]
-        return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in leaves])
-
     def body(h, x):
         new = step(h, x)
-        return new, (h, finite(new))
+        return new, (h, all_finite(new))
 
     hT, (prev, flags) = jax.lax.scan(body, carry0, xs)
     return prev, hT, flags

@@ -62,3 +62,32 @@ def test_bare_array_leaf_names_are_not_empty():
         gf.jacobian_norms(lambda h, x: h, jnp.full((2, 3), jnp.nan), jnp.ones((5, 2, 3)))
     with pytest.raises(ValueError, match=r"changes carry leaf carry0: "):
         gf.jacobian_norms(lambda h, x: h[:, :2], jnp.zeros((2, 3)), jnp.ones((5, 2, 3)))
+
+
+def _overflow_in_one_leaf():
+    """A dict carry whose float leaf "c" overflows at step 3 while "h" stays finite; "t" is an int leaf."""
+
+    def step(c, x):
+        return {"h": jnp.tanh(c["h"] + x), "c": 1e15 * c["c"], "t": c["t"] + 1}
+
+    carry0 = {"h": jnp.zeros((2, 3)), "c": jnp.ones((2, 3)), "t": jnp.zeros((2,), jnp.int32)}
+    return step, carry0, jnp.zeros((6, 2, 3))
+
+
+@pytest.mark.parametrize("name", ["jacobians", "jacobian_norms", "streaming", "spectra", "power",
+                                  "hutchinson", "lyapunov_1", "lyapunov_auto"])
+def test_every_engine_scan_names_the_first_nonfinite_state(name):
+    # 1e15^3 = 1e45 > float32's max: h_3 is the first non-finite state (in its "c" leaf only)
+    step, c0, xs = _overflow_in_one_leaf()
+    calls = {
+        "jacobians": lambda: gf.jacobians(step, c0, xs),
+        "jacobian_norms": lambda: gf.jacobian_norms(step, c0, xs),
+        "streaming": lambda: gf.streaming_log_norms(step, c0, xs),
+        "spectra": lambda: gf.spectra(step, c0, xs, lags=[1, 2]),
+        "power": lambda: gf.top_singular_value(step, c0, xs, 2),
+        "hutchinson": lambda: gf.hutchinson_frobenius(step, c0, xs, 2, key=jax.random.key(0)),
+        "lyapunov_1": lambda: gf.lyapunov_spectrum(step, c0, xs, k=2, segments=2, interval=1),
+        "lyapunov_auto": lambda: gf.lyapunov_spectrum(step, c0, xs, k=2, segments=2, interval="auto"),
+    }
+    with pytest.raises(ValueError, match="non-finite state: h_3 "):
+        calls[name]()

@@ -92,6 +92,10 @@ class TrainConfig:
         eval_size: sequences in the evaluation set of synthetic tasks (datasets use their test split).
         record_every: record ‖∂L/∂h_t‖ every this many steps (from step 0), and at the last step.
         checkpoint_every: with a checkpoint path, save every this many steps (0: only at the end).
+        floss: the one switch of gradient flossing (Engelken 2023). False (default): no flossing, and the
+            other ``floss_*`` options must keep their defaults. True: flossing as the options below say, and
+            at least one of ``floss_weight > 0`` (during training) or ``floss_pre_steps > 0`` (before it)
+            must be set. A configuration that asks for flossing and would get none is an error.
         floss_k: number of top Lyapunov exponents gradient flossing pushes to zero (``gradflow.floss``).
         floss_weight: weight w of the flossing loss w·Σ_{i≤k} λ_i² added to the task loss on flossing steps
             (0: no flossing during training). The exponents are those of the cell (train mode) along the
@@ -110,6 +114,7 @@ class TrainConfig:
     eval_size: int = 512
     record_every: int = 25
     checkpoint_every: int = 0
+    floss: bool = False
     floss_k: int = 1
     floss_weight: float = 0.0
     floss_every: int = 1
@@ -131,6 +136,24 @@ class TrainConfig:
         checked["seed"] = check_seed("TrainConfig.seed", self.seed)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        self._check_flossing()
+
+    def _check_flossing(self) -> None:
+        """``floss`` is the one switch: no flossing option without it, no inert flossing with it."""
+        if not isinstance(self.floss, bool):
+            raise ValueError(f"TrainConfig.floss must be True or False, got {self.floss!r}")
+        changed = [f"{name}={getattr(self, name)!r}" for name, default in FLOSS_DEFAULTS.items()
+                   if getattr(self, name) != default]
+        if not self.floss and changed:
+            raise ValueError(f"TrainConfig sets flossing options ({', '.join(changed)}) with floss=False: "
+                             "set floss=True to floss, or drop them")
+        if self.floss and self.floss_weight == 0 and self.floss_pre_steps == 0:
+            raise ValueError("TrainConfig(floss=True) needs floss_weight > 0 (flossing during training) or "
+                             "floss_pre_steps > 0 (pre-flossing); with neither no flossing would happen")
+
+
+#: The flossing options and their values without flossing (``TrainConfig.floss=False``).
+FLOSS_DEFAULTS = {"floss_k": 1, "floss_weight": 0.0, "floss_every": 1, "floss_pre_steps": 0}
 
 
 @dataclasses.dataclass
@@ -490,7 +513,7 @@ def _identity(cell: GradflowCell, task: Task, config: TrainConfig, start: dict |
     cfg = dataclasses.asdict(config)
     cfg.pop("steps")
     cfg.pop("checkpoint_every")
-    for name, default in (("floss_k", 1), ("floss_weight", 0.0), ("floss_every", 1), ("floss_pre_steps", 0)):
+    for name, default in {"floss": False, **FLOSS_DEFAULTS}.items():
         if cfg[name] == default:  # runs without flossing keep the identity (and checkpoints) they had before
             cfg.pop(name)
     inner = getattr(cell, "inner", None)

@@ -30,7 +30,7 @@ def _sum_sq_exponent(params, k=1):
 @pytest.fixture(scope="module")
 def runs():
     plain = train.train(CELL, TASK, train.TrainConfig(**BASE))
-    flossed = train.train(CELL, TASK, train.TrainConfig(**BASE, floss_weight=10.0, floss_every=1))
+    flossed = train.train(CELL, TASK, train.TrainConfig(**BASE, floss=True, floss_weight=10.0, floss_every=1))
     return plain, flossed
 
 
@@ -51,14 +51,34 @@ def test_recorded_loss_is_the_task_loss(runs):
 
 
 def test_pre_flossing_changes_the_start():
-    r = train.train(CELL, TASK, train.TrainConfig(**{**BASE, "steps": 1}, floss_pre_steps=30))
+    r = train.train(CELL, TASK, train.TrainConfig(**{**BASE, "steps": 1}, floss=True, floss_pre_steps=30))
     init = train.init_params(CELL, TASK, jax.random.fold_in(jax.random.key(0), 1))[0]
     assert _sum_sq_exponent(r.initial["params"]) < 0.5 * _sum_sq_exponent(init)
     np.testing.assert_array_equal(r.initial["params"]["readout"]["W"], init["readout"]["W"])
 
 
 @pytest.mark.parametrize("bad", [dict(floss_weight=-1.0), dict(floss_k=0), dict(floss_every=0),
-                                 dict(floss_pre_steps=-1), dict(floss_weight=float("nan"))])
+                                 dict(floss_pre_steps=-1), dict(floss_weight=float("nan")),
+                                 dict(floss=1), dict(floss="yes")])
 def test_bad_floss_options(bad):
     with pytest.raises(ValueError, match="floss"):
-        train.TrainConfig(**bad)
+        train.TrainConfig(**{"floss": True, "floss_weight": 1.0, **bad})
+
+
+@pytest.mark.parametrize("inert", [dict(floss_k=1), dict(floss_k=4), dict(floss_every=5),
+                                   dict(floss_weight=1.0),
+                                   dict(floss_pre_steps=10)])
+def test_flossing_options_without_the_switch_are_an_error(inert):
+    # the old study's tanh_floss set floss_k=1 (its default) and left floss_weight at 0: no flossing happened
+    if inert == dict(floss_k=1):
+        train.TrainConfig(**inert)  # the default value itself is not a request
+        with pytest.raises(ValueError, match="floss=True"):
+            train.TrainConfig(floss=True, **inert)
+        return
+    with pytest.raises(ValueError, match="floss=True"):
+        train.TrainConfig(**inert)
+
+
+def test_switch_on_with_nothing_to_do_is_an_error():
+    with pytest.raises(ValueError, match="no flossing would happen"):
+        train.TrainConfig(floss=True, floss_k=2, floss_every=3)

@@ -1,4 +1,5 @@
-"""Long-range benchmark tasks: adding problem, copy memory, sequential digits, MNIST-1D.
+"""Long-range benchmark tasks: adding problem and its representable controls, copy memory, sequential digits,
+MNIST-1D.
 
 Every task is a :class:`Task`: a sampler of time-major batches ``xs`` of shape (T, B, input_size) with targets
 ``ys``, a loss, an accuracy, and the loss of a memoryless predictor (:attr:`Task.baseline`) against which
@@ -8,10 +9,20 @@ Every task is a :class:`Task`: a sampler of time-major batches ``xs`` of shape (
 task             T     input_size  outputs  readout   loss                memoryless baseline
 ===============  ====  ==========  =======  ========  ==================  =========================
 adding(T)        T     2           1        last h    MSE                 1/6 (always predict 1)
+adding_product   T     3           1        last h    MSE                 1/6
+recall(T)        T     2           1        last h    MSE                 1/12 (always predict 1/2)
 copy_memory(T)   T+20  10          9        every h   mean cross-entropy  10 ln 8 / (T + 20)
 digits()         64    1           10       last h    cross-entropy       ln 10 (accuracy 0.1)
 mnist1d()        40    1           10       last h    cross-entropy       ln 10 (accuracy 0.1)
 ===============  ====  ==========  =======  ========  ==================  =========================
+
+The two controls separate *what a cell can represent* from *what its gradients let it learn*. The adding
+target Σ m_t·u_t is a product of two inputs of the same step: no affine function of the inputs forms it, and
+the best one leaves :func:`affine_floor` (1 − 2/T) of the baseline, at any T. ``adding_product`` gives the
+product as a third input channel (same target), ``recall`` asks for a value given at the first step among
+distractors: both are affine in the inputs, so a cell that is affine in its inputs (a linear RNN, BN without
+tanh in eval mode, a single LRU with a linear readout) can represent them exactly at any T, and a failure
+there is a failure to learn (:attr:`Task.affine_floor` is 0).
 
 ``digits`` needs scikit-learn (its bundled 8x8 digits, no download) and ``mnist1d`` the ``mnist1d`` package
 (generated locally by ``mnist1d.data.make_dataset``, no download); both are imported lazily.
@@ -46,14 +57,20 @@ __all__ = [
     "TASKS",
     "Task",
     "adding",
+    "adding_product",
+    "affine_fit",
     "copy_memory",
     "digits",
     "make_task",
     "mnist1d",
+    "recall",
     "with_validation",
 ]
 
-TASKS = ("adding", "copy", "digits", "digits_permuted", "mnist1d")
+TASKS = ("adding", "adding_product", "recall", "copy", "digits", "digits_permuted", "mnist1d")
+
+#: Synthetic tasks whose one parameter is the sequence length T (``make_task(name, T)``).
+LENGTH_TASKS = ("adding", "adding_product", "recall")
 
 ADDING_TOLERANCE = 0.04
 """An adding-problem prediction counts as correct when it is within this distance of the target."""
@@ -67,7 +84,7 @@ class Task:
     """A sequence task: sampler, loss, accuracy and memoryless baseline.
 
     Attributes:
-        name: task name (``"adding"``, ``"copy"``, ``"digits"``, ``"digits_permuted"``, ``"mnist1d"``).
+        name: task name (one of :data:`TASKS`).
         seq_len: number of time steps T of ``xs``.
         input_size: features per step.
         output_size: readout width (1 for regression, number of classes otherwise).
@@ -79,6 +96,9 @@ class Task:
             (None: judged by accuracy only, the classification datasets).
         length: the task's length parameter (T for adding, the delay T for copy; None for datasets).
         train_size, test_size: sizes of the fixed splits (datasets only, else None).
+        affine_floor: the lowest loss / baseline that an affine function of the inputs (all T steps) reaches
+            on this task in expectation: 1 − 2/T for adding, 0 for its controls, None where not derived
+            (copy, datasets). A cell affine in its inputs with a linear readout cannot go below it.
     """
 
     name: str
@@ -96,6 +116,7 @@ class Task:
     test_size: int | None = None
     _train: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
     _val: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    affine_floor: float | None = None
 
     def sample(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
         """Draw a training batch (jittable: ``batch_size`` must be static).
@@ -155,8 +176,8 @@ class Task:
         Raises:
             ValueError: for dataset tasks, whose length is fixed.
         """
-        if self.name == "adding":
-            return adding(length)
+        if self.name in LENGTH_TASKS:
+            return make_task(self.name, length)
         if self.name == "copy":
             return copy_memory(length)
         raise ValueError(f"task {self.name!r} has a fixed length ({self.seq_len}); "
@@ -246,7 +267,112 @@ def adding(seq_len: int) -> Task:
         return jnp.stack([u, marks], axis=-1), ys
 
     return Task(name="adding", seq_len=T, input_size=2, output_size=1, kind="regression", readout="last",
-                baseline=1.0 / 6.0, solve_fraction=0.01, length=T, _sampler=sampler)
+                baseline=1.0 / 6.0, solve_fraction=0.01, length=T, _sampler=sampler,
+                affine_floor=adding_affine_floor(T))
+
+
+def adding_affine_floor(seq_len: int) -> float:
+    """The best affine predictor's MSE on adding(T), as a fraction of the baseline 1/6: 1 − Σ_t p_t² / 2.
+
+    With y = Σ_t m_t u_t, u ⊥ m, and p_t = P(m_t = 1) (1/(T//2) in the first half, 1/(T − T//2) in the
+    second): E[y | m] = 1 for every marker pattern, so no function of the markers alone predicts anything and
+    Cov(y, m_t) = 0; Cov(y, u_t) = p_t / 12 and Var(u_t) = 1/12, so the best affine predictor is
+    1 + Σ_t p_t (u_t − ½), which explains Σ_t p_t² / 12 of Var(y) = 1/6. For even T: 1 − 2/T (80 % at T = 10,
+    96 % at T = 50). :func:`affine_fit` checks it by least squares on held-out data.
+    """
+    T = _check_length("adding seq_len", seq_len, 2)
+    half = T // 2
+    return 1.0 - (1.0 / half + 1.0 / (T - half)) / 2.0
+
+
+def adding_product(seq_len: int) -> Task:
+    """The adding problem with the product of marker and value given as a third input channel.
+
+    ``xs[t] = (u_t, m_t, u_t·m_t)`` (u_t and m_t exactly as in :func:`adding`, from the same key), the same
+    target u_a + u_b = Σ_t (u·m)_t and baseline. The target is a sum of one input channel over time, so a
+    cell affine in its inputs represents it exactly at any T (an integrator of channel 3): a control that
+    separates learning over T steps from forming the product. Solved: MSE below 1% of 1/6.
+
+    Args:
+        seq_len: T >= 2.
+
+    Returns:
+        The :class:`Task` (``xs`` (T, B, 3), ``ys`` (B,)).
+    """
+    base = adding(seq_len)
+
+    def sampler(key, batch_size):
+        xs, ys = base._sampler(key, batch_size)
+        return jnp.concatenate([xs, xs[..., :1] * xs[..., 1:2]], axis=-1), ys
+
+    return Task(name="adding_product", seq_len=base.seq_len, input_size=3, output_size=1, kind="regression",
+                readout="last", baseline=1.0 / 6.0, solve_fraction=0.01, length=base.seq_len,
+                _sampler=sampler, affine_floor=0.0)
+
+
+def recall(seq_len: int) -> Task:
+    """Recall a real value given at the first step, after T − 1 steps of distractors on another channel.
+
+    ``xs[t] = (v·[t = 0], n_t)``: channel 1 carries v ~ U(0, 1) at step 0 and 0 after, channel 2 carries
+    i.i.d. U(0, 1) distractors at every step. Target v, read from h_T; loss MSE; the memoryless baseline is
+    Var(v) = 1/12 (always predict ½). The target is a linear function of the inputs, so a cell affine in its
+    inputs represents it exactly at any T (a unit with eigenvalue 1 fed by channel 1 only): the gradient has
+    to carry the target's error from h_T back T − 1 steps to the step that saw v. Solved: MSE below 1% of
+    1/12.
+
+    Args:
+        seq_len: T >= 2.
+
+    Returns:
+        The :class:`Task` (``xs`` (T, B, 2), ``ys`` (B,)).
+    """
+    T = _check_length("recall seq_len", seq_len, 2)
+
+    def sampler(key, batch_size):
+        kv, kn = jax.random.split(key)
+        v = jax.random.uniform(kv, (batch_size,), jnp.float32)
+        first = jnp.zeros((T, batch_size), jnp.float32).at[0].set(v)
+        noise = jax.random.uniform(kn, (T, batch_size), jnp.float32)
+        return jnp.stack([first, noise], axis=-1), v
+
+    return Task(name="recall", seq_len=T, input_size=2, output_size=1, kind="regression", readout="last",
+                baseline=1.0 / 12.0, solve_fraction=0.01, length=T, _sampler=sampler, affine_floor=0.0)
+
+
+def affine_fit(task: Task, key: jax.Array, n_train: int = 20_000, n_test: int = 20_000) -> float:
+    """Held-out MSE / baseline of the least-squares affine predictor of the target from all T·input_size
+    inputs (float64): the measured counterpart of :attr:`Task.affine_floor`.
+
+    Args:
+        task: a synthetic regression task (adding, adding_product, recall).
+        key: PRNG key of the two samples.
+        n_train, n_test: sequences to fit on and to evaluate on; n_train must exceed T·input_size.
+
+    Returns:
+        The test MSE of the fitted predictor divided by ``task.baseline``.
+
+    Example:
+        >>> import jax
+        >>> from gradflow import tasks
+        >>> t = tasks.adding(10)
+        >>> round(t.affine_floor, 3), round(tasks.affine_fit(t, jax.random.key(0)), 2)
+        (0.8, 0.8)
+    """
+    if task.kind != "regression" or task.is_dataset:
+        raise ValueError(f"affine_fit is for the synthetic regression tasks, not {task.name!r}")
+    features = task.seq_len * task.input_size
+    n_train = int_at_least("affine_fit n_train", n_train, features + 2)
+    n_test = int_at_least("affine_fit n_test", n_test, 1)
+    k1, k2 = jax.random.split(key)
+
+    def design(k, n):
+        xs, ys = task.sample(k, n)
+        x = np.asarray(xs, np.float64).transpose(1, 0, 2).reshape(n, -1)
+        return np.concatenate([x, np.ones((n, 1))], axis=1), np.asarray(ys, np.float64)
+
+    (a, y), (b, z) = design(k1, n_train), design(k2, n_test)
+    w = np.linalg.lstsq(a, y, rcond=None)[0]
+    return float(np.mean((b @ w - z) ** 2) / task.baseline)
 
 
 def copy_memory(delay: int) -> Task:
@@ -436,8 +562,9 @@ def make_task(name: str, length: int | None = None, **options: Any) -> Task:
     """A task by name (one of :data:`TASKS`).
 
     Args:
-        name: ``"adding"``, ``"copy"``, ``"digits"``, ``"digits_permuted"`` or ``"mnist1d"``.
-        length: T for adding and copy (required there; must be None or the fixed length otherwise).
+        name: one of :data:`TASKS`.
+        length: T for adding, adding_product, recall and copy (required there; must be None or the fixed
+            length otherwise).
         **options: passed to the constructor (e.g. ``seed``).
 
     Returns:
@@ -448,12 +575,13 @@ def make_task(name: str, length: int | None = None, **options: Any) -> Task:
         >>> tasks.make_task("copy", 10).seq_len
         30
     """
-    if name in ("adding", "copy"):
+    if name in (*LENGTH_TASKS, "copy"):
         if length is None:
             raise ValueError(f"task {name!r} needs a length")
         if options:
             raise ValueError(f"task {name!r} takes no options, got {sorted(options)}")
-        return adding(length) if name == "adding" else copy_memory(length)
+        maker = {"adding": adding, "adding_product": adding_product, "recall": recall, "copy": copy_memory}
+        return maker[name](length)
     if name in ("digits", "digits_permuted"):
         task = digits(permuted=name == "digits_permuted", **options)
     elif name == "mnist1d":

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from gradflow import train
+from gradflow.lyapunov import lyapunov_spectrum
+from gradflow.step import as_step
 from gradflow.tasks import Task
 
 __all__ = ["train_fn"]
@@ -62,6 +64,9 @@ def train_fn(
     recal_batches: int = 0,
     recal_seed: int = 1,
     input_scale: float | None = None,
+    train_mode_eval: bool = False,
+    return_state: bool = False,
+    probe: Mapping[str, jax.Array] | None = None,
 ) -> Callable[[dict], dict]:
     """``f(traced)``: one training run as a pure function of ``{"learning_rate", "seed"}`` (vmappable).
 
@@ -78,11 +83,25 @@ def train_fn(
         input_scale: multiply the cell's input weights ``W_xh`` at initialization by this factor (None: as
             ``train.init_params`` draws them). Le, Jaitly & Hinton (2015) draw an IRNN's input weights with a
             small standard deviation; ``init_params`` draws them with 1/sqrt(input_size).
+        train_mode_eval: also evaluate every set in train mode, as the model runs during training: batch
+            statistics of consecutive chunks of ``batch_size`` sequences (BN in train mode couples the
+            examples of a batch; eval mode uses the re-estimated running averages). Results
+            ``<name>_loss_train``, ``<name>_acc_train``, the mean over the chunks; each set's size must be a
+            multiple of ``batch_size``.
+        return_state: also return the trained ``params`` and ``batch_stats`` (after recalibration).
+        probe: measurements of the cell in eval mode, at initialization and after training:
+            ``{"states": xs (T, N, input_size)}`` returns ``probe_states`` (N, n), every floating leaf of the
+            trained cell's final carry on these sequences (e.g. for ``gradflow.capacity.memory_curve``);
+            ``{"lyapunov": xs (L, B, input_size)}`` returns ``lyap_init`` and ``lyap_final``, the top Lyapunov
+            exponent (``gradflow.lyapunov_spectrum``, k = 1, the first L // 4 steps discarded).
+
+    The number of steps may also be given per call as ``{"steps": int}`` in the traced dict (at most a
+    loop bound: a run with 10 × the steps reuses the same compiled function).
 
     Returns:
         ``f({"learning_rate": scalar, "seed": int scalar}) -> dict``: ``steps_done`` (steps applied),
         ``diverged`` (bool), ``init_flow`` (T,) ‖∂L/∂h_t‖ of the first training batch at initialization, and
-        ``<name>_loss``, ``<name>_acc`` for every evaluation set.
+        ``<name>_loss``, ``<name>_acc`` for every evaluation set (and the options' extra entries).
     """
     for name, v in (("steps", steps), ("batch_size", batch_size), ("recal_batches", recal_batches + 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -90,6 +109,11 @@ def train_fn(
     if input_scale is not None and not (isinstance(input_scale, int | float) and input_scale > 0):
         raise ValueError(f"input_scale must be None or a number > 0, got {input_scale!r}")
     eval_sets = dict(eval_sets or {})
+    if train_mode_eval:
+        for name, (xs, _) in eval_sets.items():
+            if xs.shape[1] % batch_size:
+                raise ValueError(f"train_mode_eval: eval set {name!r} has {xs.shape[1]} sequences, not a "
+                                 f"multiple of batch_size={batch_size}")
     step = _step_fn(cell, task, batch_size)
     clip = jnp.inf if clip_norm is None else float(clip_norm)
 
@@ -102,7 +126,8 @@ def train_fn(
         flow = train.gradient_flow(cell, task, params, bs, xs0, ys0, train=True, key=k0)
         state = {"params": params, "batch_stats": bs, "opt_state": train.ADAM.init(params)}
         lr = jnp.asarray(c["learning_rate"], jnp.float32)
-        state, done, ok = jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, root, lr, clip),
+        probe_init = _probe_lyapunov(cell, params, bs, probe)
+        state, done, ok = jax.lax.fori_loop(0, c.get("steps", steps), lambda i, s: step(i, s, root, lr, clip),
                                             (state, jnp.int32(0), jnp.bool_(True)))
         bs = state["batch_stats"]
         if recal_batches and bs:  # a diverged run keeps its running averages
@@ -112,9 +137,60 @@ def train_fn(
         for name, (xs, ys) in eval_sets.items():
             o, _, _ = train.forward(cell, state["params"], bs, xs, train=False, readout=task.readout)
             out[f"{name}_loss"], out[f"{name}_acc"] = task.loss(o, ys), task.accuracy(o, ys)
+            if train_mode_eval:
+                loss, acc = _train_mode_eval(cell, task, state["params"], bs, xs, ys, batch_size,
+                                             jax.random.fold_in(root, 7))
+                out[f"{name}_loss_train"], out[f"{name}_acc_train"] = loss, acc
+        if return_state:
+            out["params"], out["batch_stats"] = state["params"], bs
+        if probe and "states" in probe:
+            out["probe_states"] = _final_states(cell, state["params"], bs, probe["states"])
+        if probe_init is not None:
+            out["lyap_init"] = probe_init
+            out["lyap_final"] = _probe_lyapunov(cell, state["params"], bs, probe)
         return out
 
     return f
+
+
+def _eval_step(cell, params, bs):
+    variables = {"params": params["cell"], **({"batch_stats": bs} if bs else {})}
+    return as_step(cell, variables, train=False)
+
+
+def _final_states(cell, params, bs, xs):
+    """Every floating leaf of the final carry (eval mode), as (N, n)."""
+    step = _eval_step(cell, params, bs)
+    final = jax.lax.scan(lambda c, x: (step(c, x), None), cell.initialize_carry(xs.shape[1]), xs)[0]
+    leaves = [v.reshape(xs.shape[1], -1) for v in jax.tree.leaves(final)
+              if jnp.issubdtype(v.dtype, jnp.floating)]
+    return jnp.concatenate(leaves, axis=1)
+
+
+def _probe_lyapunov(cell, params, bs, probe):
+    """λ₁ in eval mode along ``probe["lyapunov"]`` (None without it)."""
+    if not probe or "lyapunov" not in probe:
+        return None
+    xs = probe["lyapunov"]
+    r = lyapunov_spectrum(_eval_step(cell, params, bs), cell.initialize_carry(xs.shape[1]), xs, k=1,
+                          transient=xs.shape[0] // 4, segments=4)
+    return r.exponents[0]
+
+
+def _train_mode_eval(cell, task, params, bs, xs, ys, batch_size, key):
+    """Mean loss and accuracy over consecutive chunks of ``batch_size`` sequences, each run in train mode."""
+    n = xs.shape[1] // batch_size
+    xc = jnp.moveaxis(xs.reshape(xs.shape[0], n, batch_size, *xs.shape[2:]), 1, 0)
+    yc = ys.reshape(n, batch_size, *ys.shape[1:]) if task.readout == "last" else jnp.moveaxis(
+        ys.reshape(ys.shape[0], n, batch_size), 1, 0)
+
+    def one(args):
+        x, y = args
+        o, _, _ = train.forward(cell, params, bs, x, train=True, key=key, readout=task.readout)
+        return task.loss(o, y), task.accuracy(o, y)
+
+    loss, acc = jax.lax.map(one, (xc, yc))
+    return jnp.mean(loss), jnp.mean(acc)
 
 
 def _recalibrate(cell, task, batch_size, params, bs, batches, seed):

@@ -87,3 +87,36 @@ def test_input_scale_matches_train_with_scaled_input_weights(monkeypatch):
                - ref["test"][0]) > 1e-3  # the scale matters
     with pytest.raises(ValueError, match="input_scale"):
         trainsweep.train_fn(cell, task, steps=5, batch_size=8, input_scale=0.0)
+
+
+def test_options_match_their_plain_computations():
+    # train-mode evaluation = train.evaluate(train=True) on each chunk of batch_size sequences, averaged;
+    # probe states = the final carry of the trained cell; lambda_1 = gradflow.lyapunov_spectrum on the same
+    # step; a traced step count = the static one
+    task = tasks.adding(6)
+    cell = gradflow.make_cell("bn_notanh", 6, 2, t_max=6)
+    evals = {"test": task.eval_set(jax.random.key(5), 16)}
+    probe = {"states": task.sample(jax.random.key(6), 12)[0],
+             "lyapunov": task.sample(jax.random.key(7), 4)[0]}
+    f = jax.jit(trainsweep.train_fn(cell, task, steps=5, batch_size=8, eval_sets=evals, recal_batches=2,
+                                    train_mode_eval=True, return_state=True, probe=probe))
+    out = f({"learning_rate": 0.01, "seed": 1})
+    params, bs = out["params"], out["batch_stats"]
+    xs, ys = evals["test"]
+    key = jax.random.fold_in(jax.random.key(1), 7)
+    chunks = [train.evaluate(cell, task, params, bs, xs[:, i:i + 8], ys[i:i + 8], train=True, key=key)
+              for i in (0, 8)]
+    np.testing.assert_allclose(float(out["test_loss_train"]), np.mean([c[0] for c in chunks]), rtol=1e-5)
+    variables = {"params": params["cell"], "batch_stats": bs}
+    step = gradflow.as_step(cell, variables, train=False)
+    states = gradflow.unroll(step, cell.initialize_carry(12), probe["states"])
+    np.testing.assert_allclose(out["probe_states"], states["h"][-1], rtol=1e-5, atol=1e-6)
+    lam = gradflow.lyapunov_spectrum(step, cell.initialize_carry(4), probe["lyapunov"], k=1, transient=1,
+                                     segments=4)
+    np.testing.assert_allclose(float(out["lyap_final"]), float(lam.exponents[0]), rtol=1e-4, atol=1e-6)
+    static = f({"learning_rate": 0.01, "seed": 1, "steps": np.int32(5)})
+    np.testing.assert_array_equal(static["test_loss"], out["test_loss"])
+    longer = f({"learning_rate": 0.01, "seed": 1, "steps": np.int32(9)})
+    assert int(longer["steps_done"]) == 9
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        trainsweep.train_fn(cell, task, steps=5, batch_size=5, eval_sets=evals, train_mode_eval=True)

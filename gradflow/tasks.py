@@ -355,8 +355,8 @@ def affine_fit(task: Task, key: jax.Array, n_train: int = 20_000, n_test: int = 
         >>> import jax
         >>> from gradflow import tasks
         >>> t = tasks.adding(10)
-        >>> round(t.affine_floor, 3), round(tasks.affine_fit(t, jax.random.key(0)), 2)
-        (0.8, 0.8)
+        >>> round(t.affine_floor, 3), abs(tasks.affine_fit(t, jax.random.key(0)) - t.affine_floor) < 0.03
+        (0.8, True)
     """
     if task.kind != "regression" or task.is_dataset:
         raise ValueError(f"affine_fit is for the synthetic regression tasks, not {task.name!r}")

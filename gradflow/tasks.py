@@ -18,8 +18,8 @@ mnist1d()        40    1           10       last h    cross-entropy       ln 10 
 
 The two controls separate *what a cell can represent* from *what its gradients let it learn*. The adding
 target Σ m_t·u_t is a product of two inputs of the same step: no affine function of the inputs forms it, and
-the best one leaves :func:`affine_floor` (1 − 2/T) of the baseline, at any T. ``adding_product`` gives the
-product as a third input channel (same target), ``recall`` asks for a value given at the first step among
+the best one leaves :func:`adding_affine_floor` (1 − 2/T) of the baseline, at any T. ``adding_product`` gives
+the product as a third input channel (same target), ``recall`` asks for a value given at the first step among
 distractors: both are affine in the inputs, so a cell that is affine in its inputs (a linear RNN, BN without
 tanh in eval mode, a single LRU with a linear readout) can represent them exactly at any T, and a failure
 there is a failure to learn (:attr:`Task.affine_floor` is 0).
@@ -57,6 +57,7 @@ __all__ = [
     "TASKS",
     "Task",
     "adding",
+    "adding_affine_floor",
     "adding_product",
     "affine_fit",
     "copy_memory",
@@ -176,10 +177,8 @@ class Task:
         Raises:
             ValueError: for dataset tasks, whose length is fixed.
         """
-        if self.name in LENGTH_TASKS:
+        if self.name in (*LENGTH_TASKS, "copy"):
             return make_task(self.name, length)
-        if self.name == "copy":
-            return copy_memory(length)
         raise ValueError(f"task {self.name!r} has a fixed length ({self.seq_len}); "
                          "with_length is for adding and copy")
 

@@ -42,7 +42,7 @@ from gradflow.floss import floss, floss_schedule, flossing_exponents, flossing_l
 # isort: split
 
 # --- theory and measurements (modules: gradflow.theory.<name>, gradflow.measure.<name>) ---
-from gradflow import measure, theory, unit_bn  # noqa: E402,F401
+from gradflow import measure, stable, theory, unit_bn  # noqa: E402,F401
 
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 # isort: split
@@ -71,5 +71,5 @@ __all__ = [
     "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
     # modules
     "fit", "UserCell",
-    "theory", "measure", "unit_bn", "tasks", "train",
+    "theory", "measure", "unit_bn", "tasks", "train", "stable",
 ]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.jacobians import run_engine
+from gradflow.jacobians import run_engine, warn_neg_inf
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, tick
 from gradflow.reprs import short_repr
@@ -178,6 +178,7 @@ def qr_log_diagonals(
         else:
             raise ValueError(f"interval must be 1 or 'auto', got {interval!r}")
         (logs,) = run_engine(fn, step, carry0, xs, per_example)
+    warn_neg_inf(logs, "log|R_ii| of the QR iteration (Lyapunov)", "step", np.arange(1, T + 1), axis=-2)
     return logs
 
 

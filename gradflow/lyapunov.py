@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -26,7 +27,7 @@ from gradflow.jacobians import run_engine, warn_neg_inf
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, tick
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, all_finite, validate_inputs
+from gradflow.statemap import StateMap, all_finite, is_traced, validate_inputs
 
 __all__ = [
     "LyapunovResult", "SpectrumStatistics", "lyapunov_spectrum", "lyapunov_statistics", "qr_log_diagonals",
@@ -187,7 +188,46 @@ def qr_log_diagonals(
             raise ValueError(f"interval must be 1 or 'auto', got {interval!r}")
         (logs,) = run_engine(fn, step, carry0, xs, per_example)
     warn_neg_inf(logs, "log|R_ii| of the QR iteration (Lyapunov)", "step", np.arange(1, T + 1), axis=-2)
+    warn_precision_limited(logs, n)
     return logs
+
+
+#: a direction is precision-limited when at more than this fraction of the QRs its |R_ii| is below
+#: PRECISION_FACTOR * eps * sqrt(n) times that QR's largest |R_jj|
+PRECISION_FRACTION = 0.5
+PRECISION_FACTOR = 1.0
+
+
+def warn_precision_limited(logs, n, stacklevel=3):
+    """Warn when some exponents are limited by the dtype's precision (skipped under jit).
+
+    The QR of Z = J Q is computed to about eps * sqrt(n) * ||J|| >= eps * sqrt(n) * max_j |R_jj| (absolute):
+    an |R_ii| below ``PRECISION_FACTOR`` times that is mostly rounding. When that happens at more than
+    ``PRECISION_FRACTION`` of the QRs, that direction's exponent (the most negative ones: float32, a tanh
+    RNN at gain 3, n = 128, bottom exponent -14.9 against -12.9 in float64) is uncertain beyond its
+    standard error.
+
+    Args:
+        logs: (..., T, k) per-step log|R_ii| (rows of zeros: steps without a QR).
+        n: the state size.
+    """
+    if is_traced(logs):
+        return
+    L = np.asarray(logs, np.float64)
+    qr = np.any(L != 0, axis=-1, keepdims=True)
+    floor = np.log(PRECISION_FACTOR * np.finfo(np.asarray(logs).dtype).eps * np.sqrt(n))
+    low = (L - np.max(L, axis=-1, keepdims=True) < floor) & qr
+    frac = np.sum(low, axis=-2) / np.maximum(np.sum(qr, axis=-2), 1)
+    bad = int(np.sum(np.any(frac > PRECISION_FRACTION, axis=tuple(range(frac.ndim - 1)))))
+    if bad:
+        warnings.warn(
+            f"{bad} of {L.shape[-1]} Lyapunov directions are limited by {np.asarray(logs).dtype} precision: "
+            f"at more than {PRECISION_FRACTION:.0%} of the QRs their |R_ii| is below {PRECISION_FACTOR:g} * "
+            "eps * sqrt(n) times the largest, i.e. mostly rounding; their exponents (the most negative ones) "
+            "are uncertain beyond the standard errors: compute in float64 for them",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def lyapunov_spectrum(

@@ -185,3 +185,26 @@ def test_kaplan_yorke_edge_cases():
     np.testing.assert_allclose(kaplan_yorke_dimension([[1.0, -2.0, -3.0], [0.2, 0.1, -0.6]]), [1.5, 2.5])
     with pytest.raises(ValueError, match="LyapunovResult"):
         lyapunov_statistics((np.zeros(2), np.zeros(2), 3))
+
+
+def test_precision_limited_directions_are_named():
+    """A normal map with eigenvalues 1, 0.5, 1e-9: float32 cannot resolve |R_33| ~ 1e-9 next to |R_11| ~ 1
+    (computed -19.6 against ln 1e-9 = -20.72): a warning names the direction; float64 gets it right,
+    silently."""
+    import warnings
+
+    R = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    W = R @ np.diag([1.0, 0.5, 1e-9]) @ R.T
+    ref = np.log([1.0, 0.5, 1e-9])
+    Wj = jnp.asarray(W, jnp.float32)
+    with pytest.warns(RuntimeWarning, match="1 of 3 Lyapunov directions are limited by float32 precision"):
+        r = lyapunov_spectrum(lambda h, x: h @ Wj.T, jnp.zeros((1, 3)), jnp.zeros((60, 1, 1)), transient=10)
+    np.testing.assert_allclose(r.exponents[:2], ref[:2], atol=1e-5)
+    assert abs(float(r.exponents[2]) - ref[2]) > 0.1  # the flagged one is indeed off
+    with jax.enable_x64(True):
+        W64 = jnp.asarray(W)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r64 = lyapunov_spectrum(lambda h, x: h @ W64.T, jnp.zeros((1, 3)), jnp.zeros((60, 1, 1)),
+                                    transient=10)
+    np.testing.assert_allclose(r64.exponents, ref, atol=1e-6)

@@ -22,7 +22,12 @@ from gradflow.batch import (  # noqa: E402,F401
 )
 from gradflow.estimators import HutchinsonResult, PowerResult, hutchinson_frobenius, top_singular_value  # noqa: E402,F401
 from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
-from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F401
+from gradflow.lyapunov import (  # noqa: E402,F401
+    LyapunovResult,
+    SpectrumStatistics,
+    lyapunov_spectrum,
+    lyapunov_statistics,
+)
 from gradflow.spectra import (  # noqa: E402,F401
     GrowthRate,
     SpectrumResult,
@@ -42,7 +47,7 @@ from gradflow.floss import floss, floss_schedule, flossing_exponents, flossing_l
 # isort: split
 
 # --- theory and measurements (modules: gradflow.theory.<name>, gradflow.measure.<name>) ---
-from gradflow import measure, theory, unit_bn  # noqa: E402,F401
+from gradflow import measure, stable, theory, unit_bn  # noqa: E402,F401
 
 # --- tasks and training (gradflow.tasks, gradflow.train are imported as modules) ---
 # isort: split
@@ -62,7 +67,7 @@ __all__ = [
     "streaming_log_norms", "StreamingResult",
     "spectra", "spectrum_of", "growth_rate", "effective_rank", "condition_number",
     "SpectrumResult", "GrowthRate",
-    "lyapunov_spectrum", "LyapunovResult",
+    "lyapunov_spectrum", "LyapunovResult", "lyapunov_statistics", "SpectrumStatistics",
     "floss", "flossing_loss", "flossing_exponents", "floss_schedule",
     "top_singular_value", "hutchinson_frobenius", "PowerResult", "HutchinsonResult",
     "batch_blocks", "batch_block_norms", "frozen_statistics_comparison",
@@ -71,5 +76,5 @@ __all__ = [
     "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
     # modules
     "fit", "UserCell",
-    "theory", "measure", "unit_bn", "tasks", "train",
+    "theory", "measure", "unit_bn", "tasks", "train", "stable",
 ]

@@ -174,6 +174,7 @@ def _block_norms_jit(step, mask, carry0, xs):
     s, (log_diag, log_spec, log_cross_rows), flags = reverse_pass(
         step, mask, carry0, xs, reduce, (), rows=rows, groups=B
     )
+    s = s.reshape(s.shape[0], B)  # (T,) when B = 1 (one group): (T, 1), not a (T, T) broadcast
     log_diag, log_spec, log_cross_rows = log_diag + s, log_spec + s, log_cross_rows + s
     return (log_diag, log_spec, _log_norm_of_parts(log_diag), _log_norm_of_parts(log_cross_rows)), flags
 

@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gradflow import cache
+from gradflow import cache, stable
 from gradflow.checks import positive_int
 from gradflow.norm import BatchNorm, LayerNorm, batch_moments
 from gradflow.specs import (  # noqa: F401  (re-exported: gradflow.cells.CellSpec, ...)
@@ -281,8 +281,8 @@ class LSTMCell(GradflowCell):
         if b is not None:
             a = a + b
         f, i, o, g = (a[:, k * d : (k + 1) * d] for k in range(4))
-        c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h_new = jax.nn.sigmoid(o) * jnp.tanh(self._norm("c", c_new, t, train))
+        c_new = stable.sigmoid(f) * c + stable.sigmoid(i) * stable.tanh(g)
+        h_new = stable.sigmoid(o) * stable.tanh(self._norm("c", c_new, t, train))
         h_new = self._dropout(h_new, t, train)
         return {"h": h_new, "c": c_new, "t": t + 1}, h_new
 
@@ -306,9 +306,9 @@ class GRUCell(GradflowCell):
         if b is not None:
             ax = ax + b
         ah = self._norm("h", h @ W_hh.T, t, train)
-        r = jax.nn.sigmoid(ax[:, :d] + ah[:, :d])
-        z = jax.nn.sigmoid(ax[:, d : 2 * d] + ah[:, d : 2 * d])
-        n = jnp.tanh(ax[:, 2 * d :] + r * ah[:, 2 * d :])
+        r = stable.sigmoid(ax[:, :d] + ah[:, :d])
+        z = stable.sigmoid(ax[:, d : 2 * d] + ah[:, d : 2 * d])
+        n = stable.tanh(ax[:, 2 * d :] + r * ah[:, 2 * d :])
         h_new = self._dropout((1.0 - z) * n + z * h, t, train)
         return {"h": h_new, "t": t + 1}, h_new
 
@@ -415,7 +415,7 @@ class LRUCell(GradflowCell):
         if e is None:
             return y
         g = jax.nn.gelu(y, approximate=True)
-        return e + (g @ self.W_1.T + self.b_1) * jax.nn.sigmoid(g @ self.W_2.T + self.b_2)
+        return e + (g @ self.W_1.T + self.b_1) * stable.sigmoid(g @ self.W_2.T + self.b_2)
 
     def __call__(self, carry, x, train: bool = False):
         self._check(carry, x)

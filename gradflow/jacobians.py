@@ -277,6 +277,40 @@ def warn_out_of_range(
         )
 
 
+ZERO_HINT = (
+    "an exact zero: either the step's Jacobian is exactly singular there (a dead relu, a zero weight) "
+    "or a derivative rounded to 0 (jnp.tanh's 1 - tanh(a)**2 for |a| > 9 and jax.nn.sigmoid's "
+    "s(1 - s) for a > 17 in float32; gradflow's cells use gradflow.stable.tanh / sigmoid, whose "
+    "derivatives do not cancel: use them in a user step too)"
+)
+
+
+def warn_neg_inf(log_values, what, where="lag", positions=None, axis=-1, stacklevel=3):
+    """Warn when natural logs hold -inf, naming how many and the first position (skipped under jit).
+
+    Args:
+        log_values: the logs; ``axis`` runs over ``positions``.
+        what: what the values are ("log spectral norms", "log|R_ii| of the QR iteration", ...).
+        where: the name of the position ("lag", "step").
+        positions: (T,) labels of the positions along ``axis`` (default 0..T-1).
+        axis: the position axis (negative).
+    """
+    if is_traced(log_values):
+        return
+    v = np.asarray(log_values)
+    bad = np.isneginf(v)
+    if not bad.any():
+        return
+    hit = np.any(bad, axis=tuple(i for i in range(v.ndim) if i != v.ndim + axis))
+    labels = np.arange(hit.size) if positions is None else np.asarray(positions)
+    warnings.warn(
+        f"{int(bad.sum())} of {bad.size} {what} are -inf (first at {where} {int(labels[np.argmax(hit)])}): "
+        + ZERO_HINT,
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def temple_step(M, u, mass):
     """One power step on A = M M^T from the unit vector ``u``, with Temple's bound on the top eigenvalue.
 
@@ -378,6 +412,7 @@ def _norms_jit(step, mask, spectral, power_iters, carry0, xs):
 def _result(matrices, log_s, log_f, T, spectral) -> JacobianResult:
     spec, fro = plain_from_log(log_s), plain_from_log(log_f)
     warn_out_of_range(fro, log_f, "Frobenius norms", "log_frobenius_norms", stacklevel=4)
+    warn_neg_inf(log_f, "log Frobenius norms of dh_T/dh_t", "lag", T - np.arange(T), stacklevel=4)
     if spectral is not None:
         warn_out_of_range(spec, log_s, "spectral norms", "log_spectral_norms", stacklevel=4)
     return JacobianResult(matrices, spec, fro, T - jnp.arange(T), log_s, log_f)

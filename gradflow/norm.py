@@ -8,6 +8,15 @@ negative in float32), and
 ε > 0 is enforced, so a feature whose batch variance is zero (batch size 1, or constant inputs such as the
 first pixels of sequential MNIST) normalizes to exactly zero instead of producing inf or NaN.
 
+Scale: the statistics are computed on z / s, s the power of 2 at or above max |z| over the normalized axis
+(1 when max |z| <= 1), with ε / s² in place of ε. This is the same function (scaling by a power of 2 commutes
+with rounding: inputs with max |z| <= 1 give the same bits as before, others agree to a few ulps), but z²
+cannot overflow: BN and LN work over float32's whole input range (z ~ 1e20 used to give a variance of inf
+and an output of 0). Where ε / s² underflows, ε is negligible against the variance anyway. ``s`` is a
+constant under differentiation (the function does not depend on it). The running variance (train mode) is
+var(z / s) s², which can still overflow for |z| beyond ~1e19: eval mode then needs inputs of a representable
+variance.
+
 Recurrent BN (Cooijmans et al. 2016) keeps its running statistics per time step: ``mean`` and ``var`` of shape
 (t_max, features), row ``min(t, t_max - 1)`` used at step t, so a sequence longer than t_max reuses the
 last row.
@@ -39,8 +48,8 @@ def batch_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     Returns:
         ``(mean, var)``, each (F,), with ``var = mean((z - mean)**2)`` (always >= 0).
     """
-    mean, zc = _center(z, 0)
-    return mean[0], jnp.mean(jnp.square(zc), axis=0)
+    mean, var, _ = scaled_statistics(z, 0, 1.0)
+    return mean[0], var[0]
 
 
 def _center(z: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
@@ -54,6 +63,24 @@ def _center(z: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     zc = z - m1
     corr = jnp.mean(zc, axis=axis, keepdims=True)
     return m1 + corr, zc - corr
+
+
+def scaled_statistics(z: jax.Array, axis: int, eps: float):
+    """Mean, variance and normalized values over ``axis`` without overflow (see the module docstring).
+
+    Args:
+        z: array; ``axis`` the axis normalized over.
+        eps: ε > 0.
+
+    Returns:
+        ``(mean, var, zhat)``: mean and var keepdims (var may be inf where z's variance exceeds the dtype's
+        range), zhat = (z − mean) / sqrt(var + ε) of z's shape, always finite for finite z.
+    """
+    a = jnp.max(jnp.abs(z), axis=axis, keepdims=True)
+    s = jax.lax.stop_gradient(jnp.exp2(jnp.ceil(jnp.log2(jnp.maximum(a, 1.0)))))
+    m, zc = _center(z / s, axis)
+    var = jnp.mean(jnp.square(zc), axis=axis, keepdims=True)
+    return m * s, var * s * s, zc * jax.lax.rsqrt(var + eps / (s * s))
 
 
 def normalize(z: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
@@ -80,8 +107,7 @@ def batch_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
         [[-1.0], [1.0]]
     """
     _check_eps(eps)
-    _, zc = _center(z, 0)
-    out = zc * jax.lax.rsqrt(jnp.mean(jnp.square(zc), axis=0) + eps) * scale
+    out = scaled_statistics(z, 0, eps)[2] * scale
     return out if bias is None else out + bias
 
 
@@ -98,8 +124,7 @@ def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
         Array of ``z``'s shape: ``β + γ ⊙ (z − mean_F z) / sqrt(var_F z + eps)``.
     """
     _check_eps(eps)
-    _, zc = _center(z, -1)
-    out = zc * jax.lax.rsqrt(jnp.mean(jnp.square(zc), axis=-1, keepdims=True) + eps) * scale
+    out = scaled_statistics(z, -1, eps)[2] * scale
     return out if bias is None else out + bias
 
 
@@ -164,9 +189,8 @@ class BatchNorm(nn.Module):
             mean, var = moments
             zhat = normalize(z, mean, var, self.eps)
         elif train:
-            mean, zc = _center(z, 0)
-            mean, var = mean[0], jnp.mean(jnp.square(zc), axis=0)
-            zhat = zc * jax.lax.rsqrt(var + self.eps)
+            mean, var, zhat = scaled_statistics(z, 0, self.eps)
+            mean, var = mean[0], var[0]
         if train:
             if self.is_mutable_collection("batch_stats") and not self.is_initializing():
                 m = self.momentum

@@ -19,15 +19,16 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
+from gradflow import stable
 from gradflow.checks import is_int, is_real
 
 __all__ = ["CellSpec", "PRESETS", "CELLS", "describe", "gamma_of", "preset_spec"]
 
 FAMILIES = ("rnn", "lstm", "gru", "lru")
 NORMS = (None, "bn", "ln")
-ACTIVATIONS = {"tanh": jnp.tanh, "identity": lambda a: a, "relu": jax.nn.relu}
+#: tanh: `gradflow.stable.tanh` (jnp.tanh's values; a derivative not rounded to 0 for |a| > 9 in float32)
+ACTIVATIONS = {"tanh": stable.tanh, "identity": lambda a: a, "relu": jax.nn.relu}
 RECURRENT_INITS = ("gaussian", "orthogonal", "identity")
 DROPOUT_MODES = ("step", "sequence")
 #: Largest hidden dropout rate. The mask keeps a unit when a float32 uniform (a grid of spacing 2**-23) falls

@@ -49,9 +49,15 @@ class SpectrumResult(NamedTuple):
             exp(-sum p_i log p_i), p_i = s_i / sum_j s_j; between 1 and n.
         condition_number: (L,) s_max / s_min (inf when s_min = 0).
         lags: (L,) int, the lags T - t, in the order requested.
-        log_singular_values: (L, n) their natural logs, exact at any lag (from the renormalized reverse pass;
-            the plain values are their exp and can under/overflow; rank and condition number are computed
-            from the renormalized matrices, so they stay exact).
+        log_singular_values: (L, n) their natural logs (from the renormalized reverse pass: no under/overflow;
+            the plain values are their exp and can under/overflow).
+        resolved: (L, n) bool: False where the value lies below the precision of the computation,
+            s_i < PRECISION_FACTOR * eps * sqrt(n) * s_1 (the rounding of the product and of its SVD is
+            about eps * sqrt(n) * s_1 in absolute terms, so each resolved value is within ~1 % of the truth,
+            an unresolved one is rounding noise). Unresolved values are NaN in ``singular_values`` and
+            ``log_singular_values``, ``condition_number`` is NaN at such a lag (the true one exceeds
+            1 / (PRECISION_FACTOR * eps * sqrt(n))), ``effective_rank`` counts them as 0 (they move it by less
+            than n * 1e-4), and a warning says how many there are.
 
     With ``per_example=True`` every field but ``lags`` gains a leading batch axis.
     """
@@ -61,6 +67,7 @@ class SpectrumResult(NamedTuple):
     condition_number: jax.Array
     lags: jax.Array
     log_singular_values: jax.Array | None = None
+    resolved: jax.Array | None = None
 
     def __repr__(self) -> str:
         return short_repr(self)
@@ -100,6 +107,42 @@ def condition_number(singular_values):
     return jnp.where(s[..., -1] > 0, s[..., 0] / jnp.where(s[..., -1] > 0, s[..., -1], 1.0), jnp.inf)
 
 
+#: a singular value is resolved when it is at least this many times the rounding floor eps * sqrt(n) * s_1
+PRECISION_FACTOR = 100.0
+
+
+def resolve_spectrum(log_sv, rank, cond, what="spectra", stacklevel=3):
+    """Mark singular values below the precision of the computation (see :class:`SpectrumResult`).
+
+    Args:
+        log_sv: (..., n) natural-log singular values, each row descending.
+        rank, cond: (...) effective rank and condition number of the same rows.
+
+    Returns:
+        (log_sv with NaN where unresolved, effective rank with those values counted as 0, condition number
+        NaN where a row has one, resolved (..., n) bool). A warning names how many are unresolved.
+    """
+    log_sv = jnp.asarray(log_sv)
+    n = log_sv.shape[-1]
+    floor = log_sv[..., :1] + float(np.log(PRECISION_FACTOR * np.finfo(log_sv.dtype).eps * np.sqrt(n)))
+    resolved = (log_sv >= floor) | (jnp.arange(n) == 0)
+    unresolved_row = ~jnp.all(resolved, axis=-1)
+    rel = jnp.exp(log_sv - log_sv[..., :1])  # s_i / s_1, exact ratios for the resolved values
+    rank = jnp.where(unresolved_row, effective_rank(jnp.where(resolved, rel, 0.0)), rank)
+    cond = jnp.where(unresolved_row, jnp.nan, cond)
+    bad = int(np.sum(~np.asarray(resolved)))
+    if bad:
+        warnings.warn(
+            f"{what}: {bad} of {resolved.size} singular values lie below the precision of the computation "
+            f"({PRECISION_FACTOR:g} * eps * sqrt(n) * s_1 in {log_sv.dtype}) and are NaN (mask: resolved); "
+            "the condition number is NaN at those lags (it exceeds 1 / that factor)"
+            + ("; float64 resolves more" if log_sv.dtype == jnp.float32 else ""),
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+    return jnp.where(resolved, log_sv, jnp.nan), rank, cond, resolved
+
+
 def _lag_indices(T, lags):
     if lags is None:
         return np.arange(T), T - np.arange(T)
@@ -136,7 +179,9 @@ def spectrum_of(result_or_matrices, lags=None) -> SpectrumResult:
         raise ValueError(f"matrices must have shape (T, n, n), got {M.shape}")
     idx, lag_values = _lag_indices(M.shape[0], lags)
     s = _svals(M if lags is None else M[jnp.asarray(idx)])
-    return SpectrumResult(s, effective_rank(s), condition_number(s), jnp.asarray(lag_values), safe_log(s))
+    log_sv, rank, cond, ok = resolve_spectrum(safe_log(s), effective_rank(s), condition_number(s),
+                                              "spectrum_of")
+    return SpectrumResult(jnp.where(ok, s, jnp.nan), rank, cond, jnp.asarray(lag_values), log_sv, ok)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "mask", "head", "slots"))
@@ -203,9 +248,10 @@ def spectra(step, carry0, xs, *, lags=None, wrt=None, per_example=False) -> Spec
     log_sv, rank, cond = run_engine(fn, step, carry0, xs, per_example)
     order = jnp.asarray([slot[int(v)] for v in lag_values])
     log_sv, rank, cond = log_sv[..., order, :], rank[..., order], cond[..., order]
+    log_sv, rank, cond, ok = resolve_spectrum(log_sv, rank, cond)
     sv = plain_from_log(log_sv)
     warn_out_of_range(sv[..., 0], log_sv[..., 0], "largest singular values", "log_singular_values")
-    return SpectrumResult(sv, rank, cond, jnp.asarray(lag_values), log_sv)
+    return SpectrumResult(sv, rank, cond, jnp.asarray(lag_values), log_sv, ok)
 
 
 def _log_norms_of(result):

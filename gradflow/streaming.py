@@ -25,9 +25,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradflow.checks import is_int, positive_int
-from gradflow.jacobians import reverse_pass, run_engine, spectral_init, spectral_reducer
+from gradflow.jacobians import reverse_pass, run_engine, spectral_init, spectral_reducer, warn_neg_inf
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve
 from gradflow.reprs import short_repr
@@ -143,6 +144,7 @@ def streaming_log_norms(
     every = resolve(progress, T)
     with reporting(progress, "streaming_log_norms (reverse pass)", every):
         log_f, log_s = run_engine(lambda c, x: fn(c, x, P, every=every), step, carry0, xs, per_example)
+    warn_neg_inf(log_f, "log Frobenius norms of dh_T/dh_t", "lag", T - np.arange(T))
     return StreamingResult(log_f, log_s, T - jnp.arange(T))
 
 

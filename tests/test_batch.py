@@ -105,3 +105,22 @@ def test_bad_inputs():
     carry = {"h": jnp.zeros((2, 3)), "g": jnp.zeros((3, 3))}
     with pytest.raises(ValueError, match="batch axis"):
         batch_block_norms(lambda c, x: c, carry, jnp.zeros((2, 2, 1)))
+
+
+def test_batch_of_one_has_per_lag_shapes_and_values(x64):
+    """B = 1 (one renormalization group): fields (T, 1) and (T,), equal to the whole Jacobian's norms (the
+    old code broadcast the (T,) log scale against (T, 1) to (T, T))."""
+    d, T = 3, 7
+    W = rand(0, (d, d), 0.9)
+    step = lambda h, x: jnp.tanh(h @ W.T + x)
+    h0, xs = rand(1, (1, d), 0.5), rand(2, (T, 1, d), 0.5)
+    b = batch_block_norms(step, h0, xs)
+    M = np.asarray(jacobians(step, h0, xs, spectral=None).matrices)
+    assert b.log_frobenius_norms.shape == (T, 1) and b.log_diagonal_total.shape == (T,)
+    fro, spec = np.linalg.norm(M, axis=(1, 2)), np.linalg.norm(M, 2, axis=(1, 2))
+    np.testing.assert_allclose(b.log_frobenius_norms[:, 0], np.log(fro), rtol=1e-10)
+    np.testing.assert_allclose(b.log_spectral_norms[:, 0], np.log(spec), rtol=1e-10)
+    np.testing.assert_allclose(b.log_diagonal_total, b.log_frobenius_norms[:, 0], rtol=1e-12)
+    assert np.all(np.isneginf(np.asarray(b.log_cross)))
+    fc = frozen_statistics_comparison(step, step, h0, xs)
+    np.testing.assert_allclose(fc.overstatement, np.ones((T, 1)), rtol=1e-12)

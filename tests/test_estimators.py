@@ -95,3 +95,28 @@ def test_bad_inputs():
         top_singular_value(step, h0, xs, 1, iters=0)
     with pytest.raises(ValueError, match="probes"):
         hutchinson_frobenius(step, h0, xs, 1, key=jax.random.PRNGKey(0), probes=0)
+
+
+def test_log_scale_where_the_plain_values_underflow_or_overflow():
+    """float32, lag 2000: 0.9^2000 = e^-210.7 underflows and 1.5^300 = e^121.6 overflows; the log fields are
+    exact (closed forms for diagonal maps), the plain ones 0 / inf with a warning (before: 0, NaN or inf)."""
+    import warnings
+
+    from gradflow.estimators import hutchinson_frobenius, top_singular_value
+
+    for diag, lag in (([0.9, 0.5, 0.2], 2000), ([1.5, 1.2, 0.3], 300)):
+        W = jnp.diag(jnp.asarray(diag))
+        step = lambda h, x, W=W: h @ W.T  # noqa: E731
+        h0, xs = jnp.zeros((1, 3)), jnp.zeros((lag, 1, 1))  # the state stays 0, the Jacobian is W^lag
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            p = top_singular_value(step, h0, xs, lag, iters=30)
+            hf = hutchinson_frobenius(step, h0, xs, lag, key=jax.random.PRNGKey(0), probes=8)
+        assert any("outside float32's range" in str(w.message) for w in rec)
+        lam = np.log(np.asarray(diag, np.float64)) * lag
+        np.testing.assert_allclose(float(p.log_sigma), lam[0], rtol=1e-5)
+        assert float(p.residual) < 1e-4
+        # Rademacher probes: ||M z||^2 = sum_i d_i^(2 lag) exactly for every z
+        ref = 0.5 * np.logaddexp.reduce(2 * lam)
+        np.testing.assert_allclose(float(hf.log_frobenius), ref, rtol=1e-5)
+        assert float(hf.log_frobenius_stderr) < 1e-5

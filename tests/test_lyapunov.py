@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradflow.lyapunov import lyapunov_spectrum, qr_log_diagonals
+import gradflow as gf
+from gradflow.lyapunov import kaplan_yorke_dimension, lyapunov_spectrum, lyapunov_statistics, qr_log_diagonals
 from tests.helpers import rand, tanh_rnn
 
 
@@ -131,3 +132,79 @@ def test_nonfinite_state_is_named_by_both_loops(interval):
     h0, xs = jnp.ones((1, 3)), jnp.zeros((40, 1, 1))
     with pytest.raises(ValueError, match="non-finite state: h_2 "):
         lyapunov_spectrum(lambda h, x: 1e30 * h, h0, xs, k=2, interval=interval)
+
+
+def test_statistics_identity_sum_equals_mean_log_det(x64):
+    """mean exponent = <ln|det J_t>> / n on the same trajectory (slogdet of the per-step Jacobians), and its
+    standard error is the spread of the segment means of ln|det J_t| (sum_i log|R_ii| = ln|det J_t| each
+    step)."""
+    d, T, transient, S = 8, 150, 30, 4
+    W, U = rand(7, (d, d), 3.0 / np.sqrt(d)), rand(8, (d, 1))
+    step = lambda h, x: jnp.tanh(h @ W.T + x @ U.T)
+    h0, xs = rand(9, (1, d), 0.5), rand(10, (T, 1, 1))
+    r = lyapunov_spectrum(step, h0, xs, transient=transient, segments=S)
+    st = lyapunov_statistics(r)
+    logdet = np.linalg.slogdet(np.asarray(gf.step_jacobians(step, h0, xs)))[1][transient:]
+    np.testing.assert_allclose(st.mean_exponent, logdet.mean() / d, rtol=1e-10)
+    seg = logdet[: (T - transient) // S * S].reshape(S, -1).mean(axis=1) / d
+    np.testing.assert_allclose(st.mean_exponent_stderr, seg.std(ddof=1) / np.sqrt(S), rtol=1e-8)
+    lam = np.asarray(r.exponents)
+    assert lam[0] > 0 > lam.sum()  # chaotic and dissipative: a fractional dimension
+    np.testing.assert_allclose(st.entropy_rate, lam[lam > 0].sum(), rtol=1e-12)
+    j = int(np.sum(np.cumsum(lam) >= 0))
+    np.testing.assert_allclose(st.kaplan_yorke, j + lam[:j].sum() / abs(lam[j]), rtol=1e-12)
+    assert 0 < st.kaplan_yorke_stderr and 0 < st.entropy_rate_stderr
+
+
+def test_statistics_closed_forms_for_normal_linear_maps(x64):
+    """A normal map (diagonal plus a rotation block): exponents ln|eigenvalues|, statistics by hand."""
+    c, s = 1.2 * np.cos(0.9), 1.2 * np.sin(0.9)
+    W = np.zeros((5, 5))
+    W[:2, :2] = [[c, -s], [s, c]]  # 1.2 e^{±0.9i}
+    W[2, 2], W[3, 3], W[4, 4] = 0.9, -0.6, 0.25
+    R = np.linalg.qr(np.asarray(rand(3, (5, 5))))[0]  # an orthogonal change of basis keeps it normal
+    M = jnp.asarray(R @ W @ R.T)
+    r = lyapunov_spectrum(lambda h, x: h @ M.T, jnp.ones((1, 5)), jnp.zeros((400, 1, 1)), transient=100,
+                          segments=5)
+    lam = np.log([1.2, 1.2, 0.9, 0.6, 0.25])
+    np.testing.assert_allclose(r.exponents, lam, atol=1e-10)
+    st = lyapunov_statistics(r)
+    # partial sums: .182, .365, .260, -.251: j = 3, D = 3 + .260 / ln 2.5 (hand: 3.2842)
+    ky = 3 + (2 * np.log(1.2) + np.log(0.9)) / np.log(1 / 0.6)
+    np.testing.assert_allclose(st.kaplan_yorke, ky, atol=1e-9)
+    np.testing.assert_allclose(st.entropy_rate, 2 * np.log(1.2), atol=1e-10)
+    np.testing.assert_allclose(st.mean_exponent, np.log(np.abs(np.linalg.det(W))) / 5, atol=1e-10)
+    assert max(st.kaplan_yorke_stderr, st.entropy_rate_stderr, st.mean_exponent_stderr) < 1e-9
+
+
+def test_kaplan_yorke_edge_cases():
+    assert kaplan_yorke_dimension([0.5, -1.0]) == 1.5
+    assert kaplan_yorke_dimension([-0.1, -1.0]) == 0.0
+    assert kaplan_yorke_dimension([0.3, 0.1, -0.2]) == 3.0  # volume-expanding: every partial sum >= 0
+    assert np.isnan(kaplan_yorke_dimension([0.3, 0.1], complete=False))  # partial: only D >= 2 is known
+    np.testing.assert_allclose(kaplan_yorke_dimension([[1.0, -2.0, -3.0], [0.2, 0.1, -0.6]]), [1.5, 2.5])
+    with pytest.raises(ValueError, match="LyapunovResult"):
+        lyapunov_statistics((np.zeros(2), np.zeros(2), 3))
+
+
+def test_precision_limited_directions_are_named():
+    """A normal map with eigenvalues 1, 0.5, 1e-9: float32 cannot resolve |R_33| ~ 1e-9 next to |R_11| ~ 1
+    (computed -19.6 against ln 1e-9 = -20.72): a warning names the direction; float64 gets it right,
+    silently."""
+    import warnings
+
+    R = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    W = R @ np.diag([1.0, 0.5, 1e-9]) @ R.T
+    ref = np.log([1.0, 0.5, 1e-9])
+    Wj = jnp.asarray(W, jnp.float32)
+    with pytest.warns(RuntimeWarning, match="1 of 3 Lyapunov directions are limited by float32 precision"):
+        r = lyapunov_spectrum(lambda h, x: h @ Wj.T, jnp.zeros((1, 3)), jnp.zeros((60, 1, 1)), transient=10)
+    np.testing.assert_allclose(r.exponents[:2], ref[:2], atol=1e-5)
+    assert abs(float(r.exponents[2]) - ref[2]) > 0.1  # the flagged one is indeed off
+    with jax.enable_x64(True):
+        W64 = jnp.asarray(W)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r64 = lyapunov_spectrum(lambda h, x: h @ W64.T, jnp.zeros((1, 3)), jnp.zeros((60, 1, 1)),
+                                    transient=10)
+    np.testing.assert_allclose(r64.exponents, ref, atol=1e-6)

@@ -83,3 +83,39 @@ def test_batchnorm_module_statistics(per_step):
     m = np.asarray(upd["batch_stats"]["mean"])[3 if per_step else ...]
     var = np.asarray(upd["batch_stats"]["var"])[3 if per_step else ...]
     np.testing.assert_allclose(mod.apply(v2, z, t, False), 0.5 * (zn - m) / np.sqrt(var + 1e-5), atol=1e-5)
+
+
+def test_huge_inputs_are_normalized_scale_invariantly():
+    """z * 1e20: z² overflows float32; BN and LN are computed on z / 2^k, exactly the same function."""
+    z = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+    g, b = jnp.linspace(0.5, 1.5, 5), jnp.linspace(-1.0, 1.0, 5)
+    for f, axis in ((batch_norm, 0), (layer_norm, -1)):
+        small = np.asarray(f(z, g, b, eps=1e-30))  # eps negligible, as it is against var(1e20 z)
+        big = np.asarray(f(z * 1e20, g, b))
+        assert np.all(np.isfinite(big))
+        np.testing.assert_allclose(big, small, rtol=1e-5, atol=1e-5)
+        # reference in float64 from the definition
+        z64 = np.asarray(z, np.float64) * 1e20
+        zc = z64 - z64.mean(axis=axis, keepdims=True)
+        ref = zc / np.sqrt((zc**2).mean(axis=axis, keepdims=True) + 1e-5) * np.asarray(g) + np.asarray(b)
+        np.testing.assert_allclose(big, ref, rtol=1e-5, atol=1e-5)
+        # a power-of-2 scale: the same as the unscaled input with eps / 4^k, to rounding
+        np.testing.assert_allclose(np.asarray(f(z * 2.0**40, g, b, eps=1e-5)),
+                                   np.asarray(f(z, g, b, eps=1e-5 * 2.0**-80)), rtol=4e-7, atol=4e-7)
+        # and the derivative is finite and scale-covariant: d/dz f(s z) = s f'(s z)
+        J_big = jax.jacfwd(lambda u, f=f: f(u * 1e20, g, b).ravel())(z)
+        J_small = jax.jacfwd(lambda u, f=f: f(u, g, b, eps=1e-30).ravel())(z)
+        np.testing.assert_allclose(np.asarray(J_big), np.asarray(J_small), rtol=1e-4, atol=1e-4)
+
+
+def test_bn_notanh_lag_norm_with_huge_inputs_matches_unit_inputs():
+    """The issue's case: bn_notanh on xs * 1e20 (before: lag-12 log norm off by ~34 nats); equal to xs * 1
+    up to the effect of eps (BN_x sees a variance 1e40 times larger)."""
+    import gradflow
+
+    cell = gradflow.make_cell("bn_notanh", 8, 2)
+    v = gradflow.init_cell(cell, jax.random.PRNGKey(0))
+    step = gradflow.as_step(cell, v, train=True)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (12, 4, 2))
+    r1, r2 = (gradflow.jacobian_norms(step, cell.initialize_carry(4), xs * s) for s in (1.0, 1e20))
+    np.testing.assert_allclose(r2.log_spectral_norms, r1.log_spectral_norms, atol=5e-3)

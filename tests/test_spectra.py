@@ -93,3 +93,64 @@ def test_growth_rate_of_scaled_orthogonal_is_log_scale():
     assert g.stderr < 1e-6
     g2 = growth_rate(jacobians(step, h0, xs[:50]))
     np.testing.assert_allclose(g2.rate, np.log(np.float32(a)), rtol=1e-5)
+
+
+def _rot(th):
+    return np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+
+
+def _triangular_power_logsv(a, b, d, L):
+    """Exact log singular values of [[a, b], [0, d]]^L = [[a^L, b (a^L - d^L)/(a - d)], [0, d^L]] (float64
+    logs: s1 s2 = |a d|^L, s1^2 + s2^2 = the squared Frobenius norm)."""
+    la, ld = L * np.log(abs(a)), L * np.log(abs(d))
+    lq = np.log(abs(b)) + la + np.log1p(-np.exp(ld - la)) - np.log(abs(a - d))  # |a| > |d|
+    lF2 = np.logaddexp(np.logaddexp(2 * la, 2 * lq), 2 * ld)
+    disc = 0.5 * np.log1p(-np.exp(np.log(4.0) + 2 * (la + ld) - 2 * lF2))  # log sqrt(1 - 4 det^2 / F^4)
+    l1 = 0.5 * (lF2 + np.log(0.5) + np.log1p(np.exp(disc)))
+    return np.array([l1, la + ld - l1])
+
+
+LONG_LAG_SYSTEMS = {
+    "normal": (np.diag([0.95, 0.9, -0.8, 0.5]), lambda L: L * np.log([0.95, 0.9, 0.8, 0.5])),
+    "non-normal": (np.block([[np.array([[0.95, 4.0], [0, 0.7]]), np.zeros((2, 2))],
+                             [np.zeros((2, 2)), np.array([[0.9, -3.0], [0, 0.5]])]]),
+                   lambda L: np.concatenate([_triangular_power_logsv(0.95, 4.0, 0.7, L),
+                                             _triangular_power_logsv(0.9, -3.0, 0.5, L)])),
+    "rotating": (np.block([[0.97 * _rot(0.3), np.zeros((2, 2))], [np.zeros((2, 2)), 0.6 * _rot(1.1)]]),
+                 lambda L: L * np.log([0.97, 0.97, 0.6, 0.6])),
+}
+
+
+def _check_long_lags(T, lags, dtype):
+    for name, (W, exact) in LONG_LAG_SYSTEMS.items():
+        Wj = jnp.asarray(W, dtype)
+        with pytest.warns(RuntimeWarning, match="below the precision of the computation"):
+            sp = spectra(lambda h, x, Wj=Wj: h @ Wj.T, jnp.zeros((1, 4), dtype), jnp.zeros((T, 1, 1), dtype),
+                         lags=lags)
+        eps = np.finfo(dtype).eps
+        for i, L in enumerate(lags):
+            ref = np.sort(exact(L))[::-1]
+            got, ok = np.asarray(sp.log_singular_values[i], np.float64), np.asarray(sp.resolved[i])
+            # resolved: within 1 % of the exact value (the precision factor 100), and 1e-4 * lag for the top
+            np.testing.assert_allclose(got[ok], ref[ok], atol=0.011 + 4 * eps * L, err_msg=f"{name} lag {L}")
+            # unresolved: truly near or below the floor (never a value the computation could resolve)
+            floor = ref[0] + np.log(100 * eps * 2)
+            assert np.all(ref[~ok] < floor + 0.1), (name, L, ref, got)
+            assert np.all(np.isnan(got[~ok])) and np.all(np.isnan(np.asarray(sp.singular_values[i])[~ok]))
+            if ok.all():
+                np.testing.assert_allclose(np.log(float(sp.condition_number[i])), ref[0] - ref[-1], atol=0.02)
+            else:
+                assert np.isnan(float(sp.condition_number[i]))
+            p = np.exp(ref - ref[0]) / np.exp(ref - ref[0]).sum()
+            H = -np.sum(p[p > 0] * np.log(p[p > 0]))
+            np.testing.assert_allclose(float(sp.effective_rank[i]), np.exp(H), atol=1e-3)
+        assert not np.asarray(sp.resolved).all()  # the long lags are flagged, never returned as exact
+
+
+def test_long_lag_spectra_exact_or_flagged_float32():
+    """The issue's case (lag 1000, float32: smallest log s -67.3/-69.3/-69.9 against exact -105/-223/-693)."""
+    _check_long_lags(1000, [1, 10, 100, 1000], jnp.float32)
+
+
+def test_long_lag_spectra_exact_or_flagged_float64(x64):
+    _check_long_lags(5000, [1, 50, 500, 5000], jnp.float64)

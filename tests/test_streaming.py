@@ -123,7 +123,8 @@ def test_long_sequence_finite_where_direct_product_underflows():
 
 def test_exactly_zero_jacobian_is_minus_inf_not_nan():
     step = lambda h, x: x
-    st = streaming_log_norms(step, jnp.zeros((1, 3)), jnp.ones((5, 1, 3)))
+    with pytest.warns(RuntimeWarning, match=r"5 of 5 log Frobenius norms .* are -inf \(first at lag 5\)"):
+        st = streaming_log_norms(step, jnp.zeros((1, 3)), jnp.ones((5, 1, 3)))
     assert np.all(np.isneginf(st.log_frobenius)) and np.all(np.isneginf(st.log_spectral))
 
 

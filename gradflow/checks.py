@@ -40,6 +40,11 @@ __all__ = [
     "positive_float",
     "finite_float",
     "seed",
+    "flag",
+    "nonneg_float",
+    "prng_key",
+    "real_array",
+    "singular_values",
     "raise_if_nonfinite",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -119,6 +124,90 @@ def seed(name: str, value: Any) -> int:
         raise ValueError(f"{name} must be an int with 0 <= {name} < 2**32 (a PRNG seed is 32 bits: larger or "
                          f"negative values alias others), got {value!r}")
     return int(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    """``bool(value)`` for a real bool (Python or NumPy); else ValueError (a string such as ``"False"`` is
+    truthy, so it is refused rather than read as True).
+
+    >>> flag("train", "False")
+    Traceback (most recent call last):
+    ...
+    ValueError: train must be True or False, got 'False'
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def nonneg_float(name: str, value: Any) -> float:
+    """``float(value)`` for a finite number >= 0 (Python or NumPy scalar, not bool); else ValueError."""
+    if not is_real(value) or not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def prng_key(name: str, value: Any, required: bool = False):
+    """A PRNG key from ``value``: a JAX key (``jax.random.key(s)`` or ``jax.random.PRNGKey(s)``) as is, an int
+    as a seed (``jax.random.PRNGKey(value)``, checked by :func:`seed`); None stays None unless ``required``.
+
+    Raises:
+        ValueError: None when ``required``, or anything else, saying what is accepted.
+
+    >>> prng_key("key", 3).tolist()
+    [0, 3]
+    >>> prng_key("key", None, required=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: key is required: pass a PRNG key (jax.random.key(0)) or an int seed, got None
+    """
+    import jax
+
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required: pass a PRNG key (jax.random.key(0)) or an int seed, "
+                             "got None")
+        return None
+    if is_int(value):
+        return jax.random.PRNGKey(seed(name, value))
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return value
+    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(value)[-1:] == (2,):
+        return value
+    raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) or an "
+                     "int "
+                     f"seed, got {type(value).__name__} {value!r}"[:300])
+
+
+def real_array(name: str, value: Any, min_ndim: int = 0) -> np.ndarray:
+    """``value`` as a float64 NumPy array: real numbers (ints or floats, any array type) with at least
+    ``min_ndim`` axes; else ValueError naming ``name`` (strings, None, bools, complex numbers, ragged lists).
+    """
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be an array of real numbers, got {type(value).__name__}: "
+                         f"{e}") from None
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{name} must be an array of real numbers, got {type(value).__name__} of dtype "
+                         f"{a.dtype}"[:300])
+    if a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} axes, got shape {a.shape}")
+    return a.astype(np.float64)
+
+
+def singular_values(name: str, value: Any) -> None:
+    """Check singular values (..., n): real, n >= 1, none negative (NaN allowed: an unresolved value gives a
+    NaN result); skipped under tracing."""
+    if is_traced(value):
+        return
+    a = real_array(name, value, min_ndim=1)
+    if a.shape[-1] == 0:
+        raise ValueError(f"{name} is empty: need at least one singular value on the last axis, got shape "
+                         f"{a.shape}")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be >= 0 (singular values), got a negative value {a[a < 0].min()}")
 
 
 def raise_if_nonfinite(flags, consequence: str = "the Jacobians are undefined") -> None:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow.checks import prng_key
 from gradflow.jacobians import run_engine
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, tick
@@ -166,6 +167,7 @@ def qr_log_diagonals(
     smap, T = validate_inputs(step, carry0, xs)
     n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     k = _check_k(k, n)
+    key = prng_key("key", key)
     key = jax.random.PRNGKey(0) if key is None else key
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))
     every = resolve(progress, T, long=T * k * n >= 10**8)

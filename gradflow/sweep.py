@@ -116,6 +116,14 @@ def _traced_axis(name: str, values) -> np.ndarray:
         raise ValueError(f"traced axis {name!r} has integers that do not fit in int32")
     if len(np.unique(arr)) != arr.size:
         raise ValueError(f"traced axis {name!r} has repeated values")
+    if arr.dtype.kind == "f":  # the values the sweep runs with: float32 unless x64 is on
+        dt = jax.dtypes.canonicalize_dtype(np.float64)
+        with np.errstate(over="ignore"):
+            cast = arr.astype(dt)
+        if not np.all(np.isfinite(cast)) or len(np.unique(cast)) != arr.size:
+            raise ValueError(f"traced axis {name!r}: values {arr.tolist()} overflow or collide once cast to "
+                             f"{np.dtype(dt).name} (the dtype the sweep computes in: {cast.tolist()}); use "
+                             "values that differ in that precision, or jax.enable_x64")
     return arr
 
 

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "singular_values",
     "raise_if_nonfinite",
     "atomic_write_bytes",
+    "remove_orphan_temporaries",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_write_npz",
@@ -242,12 +244,46 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
 
 
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_orphan_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write_bytes` for ``path`` whose writer (a process on this
+    host) no longer runs: what a killed write leaves. Returns the files removed."""
+    path = Path(path)
+    head = f".{path.name}."
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            name = p.name
+            if not (name.startswith(head) and name.endswith(".tmp")):
+                continue
+            pid, at, rest = name[len(head):].partition("@")
+            if not (at and pid.isdigit()) or rest.rsplit(".", 2)[0] != _HOST or _pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically: a hidden temporary file in the same folder, fsync, rename.
 
-    A reader sees either the old file or the complete new one, never a part; an interrupted write leaves at
-    most a hidden ``.<name>.*.tmp`` file (removed on any exception). The folder is created if missing and the
-    file gets the usual mode (0666 less the umask).
+    A reader sees either the old file or the complete new one, never a part. The temporary file is removed on
+    any exception; one left by a killed process (its name ``.<name>.<pid>@<host>.*.tmp`` names the writer) is
+    removed by the next write of the same path once that process is gone. The folder is created if missing
+    and the file gets the usual mode (0666 less the umask).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "a" / "x.bin"
@@ -256,7 +292,8 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    remove_orphan_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:

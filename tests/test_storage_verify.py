@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from analyses import runner
+from gradflow import checks
 from gradflow.sweep import Grid, load_table, run_sweep
 from tests.test_storage import _fake, _truncate
 
@@ -125,3 +126,36 @@ def test_a_claim_of_a_dead_run_is_taken_over(tmp_path):
     table = run_sweep(_sq, GRID, store=store, chunk=2)
     np.testing.assert_array_equal(table["y"], ref["y"])
     assert not list(store.glob(".*")) and len(_chunks(store)) == 2
+
+
+# ------------------------------------------------------------------------------------- killed atomic writes
+
+
+KILLED_WRITER = """
+import os, sys, time
+from gradflow import checks
+os.fsync = lambda fd: time.sleep(60)  # stop between the temporary file's write and its rename
+checks.atomic_write_npz(sys.argv[1], {"step": __import__("numpy").arange(3)})
+"""
+
+
+def test_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    """A checkpoint write killed (SIGKILL) midway left a hidden .tmp file for good (train.py's checkpoints go
+    through checks.atomic_write_npz)."""
+    path = tmp_path / "ckpt.npz"
+    live = tmp_path / f".ckpt.npz.{os.getpid()}@{socket.gethostname()}.abc.tmp"  # a write of this (live) process
+    live.write_bytes(b"x")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=os.getcwd())
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(tmp_path.glob(".ckpt.npz.*.tmp"))) < 2:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [p for p in tmp_path.glob(".ckpt.npz.*.tmp") if p != live]
+    assert len(left) == 1 and not path.exists()  # what a kill leaves
+    checks.atomic_write_npz(path, {"step": np.arange(4)})
+    assert not left[0].exists() and live.exists()  # the dead writer's file only
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["step"], np.arange(4))

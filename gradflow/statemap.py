@@ -59,6 +59,10 @@ def resolve_mask(carry, wrt=None) -> tuple[bool, ...]:
     leaves = jax.tree_util.tree_leaves(carry)
     if not leaves:
         raise ValueError("carry has no array leaves")
+    bad = [x for x in leaves if not hasattr(x, "dtype") and not isinstance(x, int | float | complex)]
+    if bad:
+        raise ValueError(f"carry leaves must be arrays (or numbers), got a {type(bad[0]).__name__}: "
+                         f"{bad[0]!r}"[:200])
     inexact = [_is_inexact(x) for x in leaves]
     if wrt is None:
         mask = inexact

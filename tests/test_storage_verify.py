@@ -143,7 +143,7 @@ def test_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path)
     """A checkpoint write killed (SIGKILL) midway left a hidden .tmp file for good (train.py's checkpoints go
     through checks.atomic_write_npz)."""
     path = tmp_path / "ckpt.npz"
-    live = tmp_path / f".ckpt.npz.{os.getpid()}@{socket.gethostname()}.abc.tmp"  # a write of this (live) process
+    live = tmp_path / f".ckpt.npz.{os.getpid()}@{socket.gethostname()}.abc.tmp"  # this (live) process
     live.write_bytes(b"x")
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=os.getcwd())
     try:

@@ -349,3 +349,16 @@ def test_negative_step_counter_is_refused():
                  lambda: gf.unroll_cell(cell, v, carry0, xs)):
         with pytest.raises(ValueError, match=r"step counter carry\['t'\] must be >= 0"):
             call()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"k": "2"}, "k must be an int"),  # was TypeError: '<' not supported
+    ({"k": 2, "segments": 2.5}, "segments must satisfy"),  # was TypeError: float as an integer
+    ({"k": 2, "carry0": "abc"}, "carry leaves must be arrays"),  # was TypeError: data type 'abc'
+])
+def test_lyapunov_spectrum_wrong_types_are_value_errors(kw, match):
+    cell = gf.make_cell("tanh", 4, 2)
+    step = gf.as_step(cell, gf.init_cell(cell, 0))
+    carry0 = kw.pop("carry0", cell.initialize_carry(2))
+    with pytest.raises(ValueError, match=match):
+        gf.lyapunov_spectrum(step, carry0, jnp.ones((12, 2, 2)), **kw)

@@ -226,8 +226,8 @@ def plot(data: dict) -> dict:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks([0.25, 0.5, 1, 2, 4])
-        style.finish(ax, xlabel=style.GAIN, ylabel=style.LYAP, title=title,
-                      legend="lower right")
+        style.finish(ax, xlabel=style.GAIN, ylabel=style.LYAP, title=title,  # legend below: curves fill it
+                      legend="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=6.5)
     fig2.suptitle(f"Largest Lyapunov exponent against gain (d = {data['hidden']}, batch {data['batch']}, "
                   f"T = {data['T']}; markers ± s.e., lines: gradflow.theory mean field)", fontsize=9)
     return {"lyapunov_spectra": fig, "lyapunov_gain": fig2}

@@ -113,7 +113,11 @@ def test_the_checker_sees_overlaps():
     plt.close("all")
 
 
-@pytest.mark.parametrize("name, stem", [("decay", "decay"), ("lyapunov", "lyapunov_spectra")])
+@pytest.mark.parametrize("name, stem", [
+    ("decay", "decay"), ("lyapunov", "lyapunov_spectra"), ("lyapunov", "lyapunov_gain"),
+    ("batch_coupling", "batch_coupling"), ("training", "training_curves"),
+    ("cooijmans_fig1a", "cooijmans_fig1a_gain"),
+])
 def test_committed_figures_have_no_layout_faults(name, stem):
     if not (DATA / f"{name}.npz").exists():
         pytest.skip(f"no committed data for {name}")

@@ -129,13 +129,16 @@ def plot(data: dict) -> dict:
                   title=f"true vs frozen-statistics Jacobian (B = {Bs[jmid]})", legend="lower left",
                   fontsize=6.5)
     T = int(lags[-1])
-    style.note(a3, f"at lag {T}:\n" + "\n".join(
+    at_T = f"at lag {T}: " + ", ".join(
         f"{p} B={B}: {data['overstatement'][i, j, -1]:.3g}×" for i, p in enumerate(data["presets"])
-        for j, B in enumerate(Bs) if B == Bs[jmid]), loc="lower right")
+        for j, B in enumerate(Bs) if B == Bs[jmid])
     a1.set_yticks([0.25, 0.5, 1, 2, 4])
     style.plain_log_ticks(a1)
+    # the curves fill the panel: legend (with the lag-T numbers as its title) below it
     style.finish(a3, xlabel=style.LAG, ylabel="frozen / true diagonal-block spectral norm",
-                  title="overstatement by the frozen-statistics shortcut", legend="upper left", fontsize=6.5)
+                  title="overstatement by the frozen-statistics shortcut", legend=False)
+    a3.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=6.5, title=at_T,
+              title_fontsize=6.5)
     fig.suptitle(f"Train-mode BN couples the batch (d = {data['hidden']}, gain {data['gain']:g}, n = B·d, "
                  "at initialization, driven by N(0, 1) inputs)", fontsize=9)
     return {"batch_coupling": fig}

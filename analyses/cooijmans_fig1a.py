@@ -352,11 +352,13 @@ def _plot_gain(data):
             ax.plot(gam, ut[0].max(-1), "k--", lw=0.9, label="one-unit theory, slowest unit")
             ax.plot(gam, ut[0].mean(-1), "k:", lw=0.9, label="one-unit theory, unit mean")
         else:
-            style.note(ax, f"{hi - lo} steps: too short for the one-unit exponents (transient)", "upper left")
+            style.note(ax, f"{hi - lo} steps: too short for\nthe one-unit exponents\n(transient)",
+                       "lower left")
         ax.plot(gam, data["two_point"], "-", color="0.6", lw=1.2, label="no-input limit ln(2γ/sinh 2γ)")
         ax.axhline(0, color="0.8", lw=0.5)
         style.finish(ax, xlabel="γ", ylabel="log gain per step going back" if a == 0 else None,
-                     title=f"{inp}, steps {lo}..{hi}", legend="lower left" if a == 0 else False, fontsize=5)
+                     title=f"{inp}, steps {lo}..{hi}", legend="upper center" if a == 0 else False,
+                     fontsize=6.5, bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the curves fill the panel
     ax = axes[0, -1]
     inp = next((i for i in inputs if int(data[f"{i}_has_prefix"])), inputs[0])
     for i, kind in enumerate(cells):

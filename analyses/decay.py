@@ -121,7 +121,8 @@ def plot(data: dict) -> dict:
         ax.axhline(1.0, color="0.5", lw=0.6, ls=":")
         g_means = logs[i].mean(axis=1)  # (G, L)
         if len(gains) > 1 and float(np.max(np.ptp(g_means, axis=0))) < 0.05:
-            style.note(ax, "all gains coincide (W_hh's scale is normalized away)", loc="upper right")
+            # lower left: a decaying curve leaves it empty, and two short lines stay inside the panel
+            style.note(ax, "all gains coincide\n(W_hh's scale is\nnormalized away)", loc="lower left")
         style.finish(ax, xlabel=style.LAG if i >= len(presets) - cols else None,
                       ylabel=style.JNORM if i % cols == 0 else None, title=style.label(p),
                       legend="lower left" if i == 0 else False)
@@ -136,7 +137,9 @@ def plot(data: dict) -> dict:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     style.finish(ax, xlabel=style.GAIN, ylabel=style.RATE,
                   title=f"fitted rate, lags {data['fit_from']}–{data['T']}", legend=False)
-    ax.legend(fontsize=5.5, ncol=2, loc="best")
+    # the curves fill this panel: their legend goes below the figure, where it covers nothing
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(len(presets), 6),
+               fontsize=6.5, title="fitted-rate panel", title_fontsize=6.5)
     style.hide_unused(axes, n)
     mode = "train mode (batch statistics)" if data["train"] else "eval mode"
     fig.suptitle(f"Gradient decay at initialization: d = {data['hidden']}, batch {data['batch']}, {mode}, "

@@ -174,25 +174,31 @@ def plot(data: dict) -> dict:
            or gradflow.PRESETS[p].family == "rnn"]
     for ax, group, title in ((axes[0], rnn, "simple recurrences"),
                              (axes[1], [p for p in data["spectra_presets"] if p not in rnn], "gated cells")):
+        drawn = []
         for p in group:
             i = data["spectra_presets"].index(p)
             k, n = int(data["spectra_n"][i]), int(data["spectra_state"][i])
             lam = data["spectra"][i, :k]
             lab = style.label(p) + (f" (top {k}/{n}: dropout)" if k < n else "")
-            ax.plot((np.arange(k) + 0.5) / n, lam, "-", color=style.color(p, i), label=lab)
+            # a spectrum that coincides with one drawn before (bn_notanh and bn_tanh) is dashed on top of it
+            same = any(len(d) == len(lam) and float(np.quantile(np.abs(np.clip(d, -3, None)
+                                                                      - np.clip(lam, -3, None)), 0.9)) < 0.05
+                       for d in drawn)
+            ax.plot((np.arange(k) + 0.5) / n, lam, "--" if same else "-", color=style.color(p, i), label=lab,
+                    lw=1.6 if same else 1.2, zorder=3 if same else 2)
+            drawn.append(lam)
         ax.axhline(0.0, color="0.4", lw=0.7)
         lo = max(float(np.min(data["spectra"])), -3.0)
         ax.set_ylim(lo - 0.1, max(0.3, float(np.max(data["spectra"][:, 0])) + 0.1))
         style.finish(ax, xlabel="exponent index i / n (n = state size)", ylabel=style.LYAP, title=title,
                       legend=False)
-        if group:
-            ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        cut = (f"axis cut at −3: lower exponents (down to {float(np.min(data['spectra'])):.0f})\n"
+               "are directions BN/LN/dropout remove") if float(np.min(data["spectra"])) < -3.0 else None
+        if group:  # below the panel (the curves fill it); the axis-cut note as the legend's title
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, title=cut,
+                      title_fontsize=6.5)
         else:
             style.note(ax, "no cells of this kind in the configuration", loc="upper left")
-        if float(np.min(data["spectra"])) < -3.0:
-            style.note(ax, "axis cut at −3: lower exponents\n(down to "
-                        f"{float(np.min(data['spectra'])):.0f}) are directions BN/LN/dropout remove",
-                        loc="lower left")
     fig.suptitle(f"Full Lyapunov spectra at initialization (d = {data['spectra_hidden']}, batch "
                  f"{data['spectra_batch']}: n = batch·state, T = {data['spectra_T']}, train mode, driven)",
                  fontsize=9)
@@ -220,8 +226,8 @@ def plot(data: dict) -> dict:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks([0.25, 0.5, 1, 2, 4])
-        style.finish(ax, xlabel=style.GAIN, ylabel=style.LYAP, title=title,
-                      legend="lower right")
+        style.finish(ax, xlabel=style.GAIN, ylabel=style.LYAP, title=title,  # legend below: curves fill it
+                      legend="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=6.5)
     fig2.suptitle(f"Largest Lyapunov exponent against gain (d = {data['hidden']}, batch {data['batch']}, "
                   f"T = {data['T']}; markers ± s.e., lines: gradflow.theory mean field)", fontsize=9)
     return {"lyapunov_spectra": fig, "lyapunov_gain": fig2}

@@ -555,8 +555,7 @@ def _run_one(ctx: _RunContext, tag: str, name: str, mod: ModuleType) -> str:
     stem = ctx.out / "data" / name
     side, data = (None, None) if name in ctx.forced else cached_result(
         stem, dkey, lambda m: ctx.say(f"{tag}: {m}"))
-    if data is not None and side.get("plot_key") == pkey and all(
-            (ctx.out / f"{s}.png").exists() for s in side.get("figures", [])):
+    if data is not None and side.get("plot_key") == pkey and figures_intact(ctx.out, side, ctx.say, tag):
         ctx.say(f"{tag}: cached ({side.get('elapsed_s', 0):.1f}s when computed)")
         return "cached"
     status = "redrawn" if data is not None else "computed"
@@ -570,7 +569,7 @@ def _run_one(ctx: _RunContext, tag: str, name: str, mod: ModuleType) -> str:
     figs = _write_outputs(ctx.out, name, mod, data)
     meta = {"name": name, "mode": ctx.mode, "data_key": dkey, "plot_key": pkey, "config": cfg,
             "gradflow_version": _gradflow_version(), "elapsed_s": round(elapsed, 2), "figures": sorted(figs),
-            "depends": list(deps)}
+            "figure_sha256": figs, "depends": list(deps)}
     if status == "computed":
         save_data(stem, data, meta)
         shutil.rmtree(ctx.partial_root / name, ignore_errors=True)
@@ -589,8 +588,42 @@ def _compute(ctx: _RunContext, name: str, mod: ModuleType, cfg: dict, deps: tupl
     return mod.run(cfg, prog)
 
 
+def figures_intact(out: Path, side: dict, say: Callable[[str], None], tag: str) -> bool:
+    """Whether every figure the sidecar lists is there and readable: its SHA-256 equals the one recorded
+    when it was written (sidecars without one: the PNG decodes). A missing, truncated or altered figure is
+    named and the figures are redrawn from the cached data."""
+    shas = side.get("figure_sha256") or {}
+    for s in side.get("figures", []):
+        path = out / f"{s}.png"
+        if not path.exists():
+            say(f"{tag}: figure {path} is missing: redrawing")
+            return False
+        want = shas.get(s)
+        if want is not None and _sha(path.read_bytes()) != want:
+            say(f"{tag}: figure {path} differs from the one written (truncated or altered): redrawing")
+            return False
+        if want is None and not _png_decodes(path):
+            say(f"{tag}: figure {path} is unreadable (truncated?): redrawing")
+            return False
+    return True
+
+
+def _png_decodes(path: Path) -> bool:
+    import matplotlib.image
+
+    try:
+        matplotlib.image.imread(path)
+    except Exception:  # PIL / matplotlib raise several types for a damaged file
+        return False
+    return True
+
+
 def _write_outputs(out: Path, name: str, mod: ModuleType, data: dict) -> dict:
-    """The analysis' figures (PNG) and extra files (findings' Markdown / JSON), written atomically."""
+    """The analysis' figures (PNG) and extra files (findings' Markdown / JSON), written atomically.
+
+    Returns:
+        {stem: SHA-256 of the PNG written} (recorded in the sidecar, checked by :func:`figures_intact`).
+    """
     import matplotlib
 
     if os.environ.get("MPLBACKEND") is None:
@@ -600,16 +633,18 @@ def _write_outputs(out: Path, name: str, mod: ModuleType, data: dict) -> dict:
     figs = mod.plot(data)
     if not isinstance(figs, dict):
         raise ValueError(f"{name}.plot must return a dict of stem -> Figure, got {type(figs).__name__}")
+    shas = {}
     for s, fig in figs.items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI)
         plt.close(fig)
         atomic_write_bytes(out / f"{s}.png", buf.getvalue())
+        shas[s] = _sha(buf.getvalue())
     extra = getattr(mod, "write_extra", None)
     if extra is not None:
         for fname, text in extra(data).items():
             atomic_write_bytes(out / fname, text.encode())
-    return figs
+    return shas
 
 
 # ----------------------------------------------------------------------------------------------- README

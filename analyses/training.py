@@ -66,6 +66,9 @@ FULL = {
 }
 
 
+#: Legend keywords that put a legend below its panel (the training curves fill the panel).
+BELOW = {"bbox_to_anchor": (0.5, -0.22), "ncol": 2, "fontsize": 6.5}
+
 def _label(task: str, length) -> str:
     return task if length is None else f"{task} T={length}"
 
@@ -351,14 +354,15 @@ def _plot_curves(data):
             if data["diverged"][j]:
                 ax.plot(steps[ok][-1:], y[-1:], "x", color=style.color(p, i))
         if dataset:
-            style.finish(ax, xlabel="training step", ylabel="test accuracy", title=lab, legend=a == 0)
+            style.finish(ax, xlabel="training step", ylabel="test accuracy", title=lab,
+                          legend="upper center" if a == 0 else False, **BELOW)
         else:
             ax.set_yscale("log")
             thr = 0.01 if lab.startswith("adding") else 0.1
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
             ax.axhline(thr, color="0.3", lw=0.8, ls="--")
             style.finish(ax, xlabel="training step", ylabel="eval loss / memoryless baseline", title=lab,
-                          legend=a == 0)
+                          legend="upper center" if a == 0 else False, **BELOW)
     style.hide_unused(axes, len(labels))
     fig.suptitle("Learning curves (dotted: memoryless baseline; dashed: solved threshold; ×: diverged)",
                  fontsize=8.5)

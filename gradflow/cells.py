@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow import cache, stable
-from gradflow.checks import positive_int
+from gradflow.checks import positive_int, prng_key
 from gradflow.norm import BatchNorm, LayerNorm, batch_moments
 from gradflow.specs import (  # noqa: F401  (re-exported: gradflow.cells.CellSpec, ...)
     ACTIVATIONS,
@@ -496,6 +496,7 @@ def init_cell(cell: GradflowCell, key: jax.Array, batch_size: int = 1) -> dict:
     if not isinstance(cell, GradflowCell):
         raise ValueError(f"init_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     _check_positive_int("batch_size", batch_size)
+    key = prng_key("key", key, required=True)
     cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)
     # the variables do not depend on the batch size: one compiled init per cell configuration
     return cache.cached(("init_cell", cell), lambda: _jitted_init(cell))(key)

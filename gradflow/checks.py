@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,14 @@ __all__ = [
     "positive_float",
     "finite_float",
     "seed",
+    "flag",
+    "nonneg_float",
+    "prng_key",
+    "real_array",
+    "singular_values",
     "raise_if_nonfinite",
     "atomic_write_bytes",
+    "remove_orphan_temporaries",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_write_npz",
@@ -121,6 +128,90 @@ def seed(name: str, value: Any) -> int:
     return int(value)
 
 
+def flag(name: str, value: Any) -> bool:
+    """``bool(value)`` for a real bool (Python or NumPy); else ValueError (a string such as ``"False"`` is
+    truthy, so it is refused rather than read as True).
+
+    >>> flag("train", "False")
+    Traceback (most recent call last):
+    ...
+    ValueError: train must be True or False, got 'False'
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def nonneg_float(name: str, value: Any) -> float:
+    """``float(value)`` for a finite number >= 0 (Python or NumPy scalar, not bool); else ValueError."""
+    if not is_real(value) or not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def prng_key(name: str, value: Any, required: bool = False):
+    """A PRNG key from ``value``: a JAX key (``jax.random.key(s)`` or ``jax.random.PRNGKey(s)``) as is, an int
+    as a seed (``jax.random.PRNGKey(value)``, checked by :func:`seed`); None stays None unless ``required``.
+
+    Raises:
+        ValueError: None when ``required``, or anything else, saying what is accepted.
+
+    >>> prng_key("key", 3).tolist()
+    [0, 3]
+    >>> prng_key("key", None, required=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: key is required: pass a PRNG key (jax.random.key(0)) or an int seed, got None
+    """
+    import jax
+
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required: pass a PRNG key (jax.random.key(0)) or an int seed, "
+                             "got None")
+        return None
+    if is_int(value):
+        return jax.random.PRNGKey(seed(name, value))
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return value
+    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(value)[-1:] == (2,):
+        return value
+    raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) or an "
+                     "int "
+                     f"seed, got {type(value).__name__} {value!r}"[:300])
+
+
+def real_array(name: str, value: Any, min_ndim: int = 0) -> np.ndarray:
+    """``value`` as a float64 NumPy array: real numbers (ints or floats, any array type) with at least
+    ``min_ndim`` axes; else ValueError naming ``name`` (strings, None, bools, complex numbers, ragged lists).
+    """
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be an array of real numbers, got {type(value).__name__}: "
+                         f"{e}") from None
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{name} must be an array of real numbers, got {type(value).__name__} of dtype "
+                         f"{a.dtype}"[:300])
+    if a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} axes, got shape {a.shape}")
+    return a.astype(np.float64)
+
+
+def singular_values(name: str, value: Any) -> None:
+    """Check singular values (..., n): real, n >= 1, none negative (NaN allowed: an unresolved value gives a
+    NaN result); skipped under tracing."""
+    if is_traced(value):
+        return
+    a = real_array(name, value, min_ndim=1)
+    if a.shape[-1] == 0:
+        raise ValueError(f"{name} is empty: need at least one singular value on the last axis, got shape "
+                         f"{a.shape}")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be >= 0 (singular values), got a negative value {a[a < 0].min()}")
+
+
 def raise_if_nonfinite(flags, consequence: str = "the Jacobians are undefined") -> None:
     """Raise if a (T,) bool array of per-state finiteness flags has a False (no-op under tracing).
 
@@ -153,12 +244,46 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
 
 
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_orphan_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write_bytes` for ``path`` whose writer (a process on this
+    host) no longer runs: what a killed write leaves. Returns the files removed."""
+    path = Path(path)
+    head = f".{path.name}."
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            name = p.name
+            if not (name.startswith(head) and name.endswith(".tmp")):
+                continue
+            pid, at, rest = name[len(head):].partition("@")
+            if not (at and pid.isdigit()) or rest.rsplit(".", 2)[0] != _HOST or _pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically: a hidden temporary file in the same folder, fsync, rename.
 
-    A reader sees either the old file or the complete new one, never a part; an interrupted write leaves at
-    most a hidden ``.<name>.*.tmp`` file (removed on any exception). The folder is created if missing and the
-    file gets the usual mode (0666 less the umask).
+    A reader sees either the old file or the complete new one, never a part. The temporary file is removed on
+    any exception; one left by a killed process (its name ``.<name>.<pid>@<host>.*.tmp`` names the writer) is
+    removed by the next write of the same path once that process is gone. The folder is created if missing
+    and the file gets the usual mode (0666 less the umask).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "a" / "x.bin"
@@ -167,7 +292,8 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    remove_orphan_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow.checks import is_int, positive_int, raise_if_nonfinite
+from gradflow.checks import is_int, positive_int, prng_key, raise_if_nonfinite
 from gradflow.jacobians import plain_from_log, safe_log, warn_out_of_range
 from gradflow.reprs import short_repr
 from gradflow.statemap import StateMap, all_finite, validate_inputs
@@ -180,6 +180,7 @@ def top_singular_value(step, carry0, xs, lag, *, wrt=None, iters=100, key=None) 
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
     iters = positive_int("iters", iters)
+    key = prng_key("key", key)
     key = jax.random.PRNGKey(0) if key is None else key
     v0 = jax.random.normal(key, (smap.n,), smap.dtype)
     log_sigma, v, residual, flags = _power_jit(step, smap.mask, lag, iters, carry0, xs, v0)
@@ -222,6 +223,7 @@ def hutchinson_frobenius(step, carry0, xs, lag, *, key, probes=32, wrt=None) -> 
     smap, T = validate_inputs(step, carry0, xs, wrt)
     lag = _check_lag(lag, T)
     probes = positive_int("probes", probes)
+    key = prng_key("key", key, required=True)
     Z = jax.random.rademacher(key, (int(probes), smap.n), dtype=smap.dtype)
     log_f, rel_se, flags = _hutch_jit(step, smap.mask, lag, carry0, xs, Z)
     raise_if_nonfinite(flags, "the Frobenius norm is undefined")

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -30,9 +31,28 @@ from flax import nnx
 from gradflow import train as train_mod
 from gradflow.cells import GradflowCell
 from gradflow.specs import CellSpec
+from gradflow.step import check_finite
 from gradflow.tasks import Task
 
-__all__ = ["UserCell", "fit", "wrap_cell"]
+__all__ = ["FitResult", "UserCell", "fit", "wrap_cell"]
+
+
+@dataclasses.dataclass(repr=False)
+class FitResult(train_mod.TrainResult):
+    """What :func:`fit` returns: a ``gradflow.train.TrainResult`` whose repr is a short summary (the cell,
+    the task, steps, final evaluation, divergence) instead of every parameter, the Adam state and the
+    history."""
+
+    def __repr__(self) -> str:
+        loss, acc = self.final_eval if len(self.history.get("eval_loss", ())) else (float("nan"),) * 2
+        return (f"FitResult(cell={self.cell!r}, task={self.task.name!r} (T={self.task.seq_len}), "
+                f"steps_done={self.steps_done}, final_eval=(loss {loss:.4g}, accuracy {acc:.4g}), "
+                f"diverged={self.diverged}, elapsed_s={self.elapsed_s:.1f}; fields: "
+                f"{', '.join(f.name for f in dataclasses.fields(self))}, .variables)")
+
+    @classmethod
+    def of(cls, result: train_mod.TrainResult) -> FitResult:
+        return cls(**{f.name: getattr(result, f.name) for f in dataclasses.fields(result)})
 
 
 class UserCell(GradflowCell):
@@ -46,6 +66,12 @@ class UserCell(GradflowCell):
 
     inner: nn.Module = None
     layout: tuple = None
+
+    def __repr__(self) -> str:
+        # not flax's field dump: its ``spec`` is a placeholder (only its dtype is used), not the user's cell
+        inner = "an nnx cell" if isinstance(self.inner, _NNXState) else type(self.inner).__name__
+        return (f"UserCell(inner={inner}, state size n={self.hidden_size}, input_size={self.input_size}, "
+                f"dtype={self.spec.dtype})")
 
     def initialize_carry(self, batch_size: int) -> dict[str, jax.Array]:
         """Zero state: ``{"h": (B, n), "t": (B,) int32}``."""
@@ -123,6 +149,12 @@ def _zeros_state(template: tuple):
 
 
 def _nnx_carry(module, input_shape):
+    if not hasattr(module, "initialize_carry"):
+        raise ValueError(
+            f"{type(module).__name__} has no initialize_carry(input_shape, rngs): gradflow.fit cannot size "
+            "its "
+            "state; give the nnx cell an initialize_carry method (as nnx.LSTMCell has)"
+        )
     try:
         return module.initialize_carry(input_shape, nnx.Rngs(0))
     except TypeError:
@@ -132,6 +164,8 @@ def _nnx_carry(module, input_shape):
 def _from_nnx(cell: nnx.Module, input_size: int) -> tuple[UserCell, dict]:
     """An nnx cell instance as a :class:`UserCell`, and its current parameters as the variables to start
     from."""
+    if not hasattr(cell, "initialize_carry"):
+        _nnx_carry(cell, (1, input_size))  # raises the clear error
     graphdef, state = nnx.split(cell)
     flat = {path: jnp.asarray(v.get_value()) for path, v in nnx.to_flat_state(state)}
     template = tuple((path, tuple(a.shape), str(a.dtype)) for path, a in flat.items())
@@ -162,13 +196,23 @@ def fit(
         checkpoint, progress: as in ``gradflow.train.train``.
 
     Returns:
-        ``gradflow.train.TrainResult``; ``result.cell`` is the trained cell (a :class:`UserCell` for a user's
-        cell) and ``result.variables`` its variables, ready for ``gf.as_step(result.cell, result.variables)``.
+        :class:`FitResult` (a ``gradflow.train.TrainResult`` with a short repr); ``result.cell`` is the
+        trained cell (a :class:`UserCell` for a user's cell) and ``result.variables`` its variables, ready for
+        ``gf.as_step(result.cell, result.variables)``.
+
+    Raises:
+        ValueError: a task that is not a ``gradflow.tasks.Task``, a cell of another kind, an nnx cell without
+            ``initialize_carry``, non-finite starting variables.
     """
+    if not isinstance(task, Task):
+        raise ValueError(f"fit: task must be a gradflow.tasks.Task (e.g. gradflow.tasks.adding(50)), got "
+                         f"{type(task).__name__}")
     if isinstance(cell, GradflowCell):
-        return train_mod.train(
+        if variables is not None:
+            check_finite(variables, "the starting variables")
+        return FitResult.of(train_mod.train(
             cell, task, config, checkpoint=checkpoint, progress=progress, variables=variables
-        )
+        ))
     if isinstance(cell, nnx.Module):
         cell, own = _from_nnx(cell, task.input_size)
         variables = own if variables is None else {"params": {"inner": {"nnx": variables}}}
@@ -180,4 +224,7 @@ def fit(
         raise ValueError(f"fit: expected a gradflow, linen or nnx cell, got {type(cell).__name__}")
     if variables is not None:
         variables = jax.tree_util.tree_map(jnp.asarray, dict(variables))
-    return train_mod.train(cell, task, config, checkpoint=checkpoint, progress=progress, variables=variables)
+        check_finite(variables, "the starting variables")
+    return FitResult.of(
+        train_mod.train(cell, task, config, checkpoint=checkpoint, progress=progress, variables=variables)
+    )

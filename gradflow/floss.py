@@ -29,6 +29,7 @@ import optax
 
 from gradflow.cache import compiled
 from gradflow.cells import GradflowCell
+from gradflow.checks import nonneg_float, positive_float, positive_int, prng_key
 from gradflow.statemap import StateMap, validate_inputs
 from gradflow.step import as_step, check_finite
 
@@ -48,8 +49,14 @@ def floss_schedule(steps: int, peak: float = DEFAULT_LEARNING_RATE, final_fracti
     A large step early moves a strongly vanishing network (λ₁ ≈ −1) to the edge within a few dozen steps;
     the decay then lets a network that starts near the edge (λ₁ ≈ +0.2) settle there instead of oscillating
     around λ₁ = 0 at Adam's step size.
+
+    Raises:
+        ValueError: ``steps`` not a positive int, ``peak`` not > 0, ``final_fraction`` outside [0, 1].
     """
-    return optax.cosine_decay_schedule(peak, max(int(steps), 1), alpha=final_fraction)
+    steps, peak = positive_int("steps", steps), positive_float("peak", peak)
+    if nonneg_float("final_fraction", final_fraction) > 1:
+        raise ValueError(f"final_fraction must lie in [0, 1], got {final_fraction!r}")
+    return optax.cosine_decay_schedule(peak, steps, alpha=float(final_fraction))
 
 
 def _check_k(k: Any, n: int) -> int:
@@ -94,6 +101,7 @@ def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=
     if isinstance(transient, bool) or not isinstance(transient, (int, np.integer)) or not 0 <= transient < T:
         raise ValueError(f"transient must be an int with 0 <= transient < T = {T}, got {transient!r}")
     state_window = _check_window(state_window)
+    key = prng_key("key", key)
     key = jax.random.PRNGKey(0) if key is None else key
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (smap.n, k), smap.dtype))
     full = StateMap.from_carry(carry0)
@@ -176,8 +184,7 @@ def _check_window(state_window) -> int | None:
 def _floss_setup(cell, variables, xs, steps, learning_rate, carry0):
     """Eager checks of :func:`floss`; returns (xs (a first sequence), the sampler or None, carry0, the
     learning rate (float or schedule))."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = positive_int("steps", steps)
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
     check_finite(variables)
@@ -189,10 +196,9 @@ def _floss_setup(cell, variables, xs, steps, learning_rate, carry0):
         if not isinstance(cell, GradflowCell):
             raise ValueError("carry0 is required for a cell that is not one of gradflow's (make_cell)")
         carry0 = cell.initialize_carry(xs.shape[1])
-    lr = floss_schedule(int(steps)) if learning_rate is None else learning_rate
-    ok_number = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
-    if not (callable(lr) or ok_number):
-        raise ValueError(f"learning_rate must be a positive number or an optax schedule, got {lr!r}")
+    lr = floss_schedule(steps) if learning_rate is None else learning_rate
+    if not callable(lr):
+        lr = positive_float("learning_rate (a number, or an optax schedule)", lr)
     return xs, sample, carry0, lr
 
 
@@ -245,6 +251,7 @@ def floss(cell, variables, xs, *, k: int = 1, steps: int = 300, learning_rate=No
     """
     xs, sample, carry0, lr = _floss_setup(cell, variables, xs, steps, learning_rate, carry0)
     transient = xs.shape[0] // 10 if transient is None else transient
+    key = prng_key("key", key)
     key = jax.random.key(0) if key is None else key
     k_drop, k_q, k_x = jax.random.split(key, 3)
     has_key = isinstance(cell, GradflowCell) and train and cell.spec.dropout > 0

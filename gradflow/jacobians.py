@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.checks import positive_int, raise_if_nonfinite
+from gradflow.checks import flag, positive_int, raise_if_nonfinite
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import tick
 from gradflow.reprs import short_repr
@@ -421,7 +421,7 @@ def _result(matrices, log_s, log_f, T, spectral) -> JacobianResult:
 def run_engine(fn, step, carry0, xs, per_example):
     """``fn(carry0, xs)`` -> (..., flags), on the batch or (``per_example``) on each example alone; the
     non-finite check is applied to the flags (any example)."""
-    if per_example:
+    if flag("per_example", per_example):
         out = ExamplePlan.build(step, carry0, xs).vmap(fn, carry0, xs)
         flags = jnp.all(out[-1], axis=0)
     else:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow.checks import is_int, prng_key
 from gradflow.jacobians import run_engine, warn_neg_inf
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, tick
@@ -175,6 +176,7 @@ def qr_log_diagonals(
     smap, T = validate_inputs(step, carry0, xs)
     n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     k = _check_k(k, n)
+    key = prng_key("key", key)
     key = jax.random.PRNGKey(0) if key is None else key
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))
     every = resolve(progress, T, long=T * k * n >= 10**8)
@@ -277,8 +279,10 @@ def lyapunov_spectrum(
     if isinstance(transient, bool) or not isinstance(transient, (int, np.integer)) or not 0 <= transient < T:
         raise ValueError(f"transient must be an int with 0 <= transient < T = {T}, got {transient!r}")
     m = T - int(transient)
-    if not 2 <= segments <= m:
+    if not is_int(segments) or not 2 <= segments <= m:
         raise ValueError(f"segments must satisfy 2 <= segments <= T - transient = {m}, got {segments}")
+    if k is not None and not is_int(k):
+        raise ValueError(f"k must be an int (1 <= k <= the state size) or None, got {k!r}")
     n_state = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
     if interval is None:
         interval = "auto" if k is not None and k < n_state else 1

@@ -107,6 +107,9 @@ def batch_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
         [[-1.0], [1.0]]
     """
     _check_eps(eps)
+    if jnp.ndim(z) < 2:
+        raise ValueError(f"batch_norm expects z of shape (B, F) (statistics over the batch axis 0), got "
+                         f"shape {jnp.shape(z)}: for one example's features use layer_norm")
     out = scaled_statistics(z, 0, eps)[2] * scale
     return out if bias is None else out + bias
 

@@ -151,6 +151,8 @@ class CellSpec:
             v = getattr(self, f)
             if not is_real(v) or not math.isfinite(v):
                 out.append((f, "must be a finite number"))
+        if is_real(self.gain) and math.isfinite(self.gain) and self.gain <= 0:
+            out.append(("gain", "must be > 0 (the scale of W_hh's init; a negative one only flips its sign)"))
         if is_real(self.bn_momentum) and not 0.0 <= self.bn_momentum < 1.0:
             out.append(("bn_momentum", "must lie in [0, 1)"))
         for f in ("bn_eps", "ln_eps"):
@@ -169,7 +171,7 @@ class CellSpec:
         """(field, why) for the input path's options."""
         out = []
         g = self.input_gamma_init
-        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g)):
+        if g is not None and (not is_real(g) or not math.isfinite(g)):
             out.append(("input_gamma_init", "must be None or a finite number"))
         if self.input_stats not in INPUT_STATS:
             out.append(("input_stats", f"must be one of {INPUT_STATS}"))
@@ -182,7 +184,7 @@ class CellSpec:
         out = []
         for f in ("r_min", "r_max", "max_phase"):
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            if not is_real(v) or not math.isfinite(v):
                 return [(f, "must be a finite number")]
         if not 0.0 <= self.r_min < self.r_max <= 1.0:
             out.append(("r_min", f"the LRU ring needs 0 <= r_min < r_max <= 1 (r_max={self.r_max!r})"))
@@ -279,7 +281,18 @@ def _n(spec: CellSpec, where: str, inner: str) -> str:
 
 
 def describe(spec: str | CellSpec) -> str:
-    """Render the equation of a preset name or a `CellSpec`, with its shifts, γ inits and dropout.
+    """The equation of a preset name or a `CellSpec`, with its shifts, γ inits and dropout, as text.
+
+    It returns the text and prints nothing: ``print(describe(name))`` to read it.
+
+    Args:
+        spec: a name in `CELLS` or a `CellSpec`.
+
+    Returns:
+        The equation lines and a line of notes (str).
+
+    Raises:
+        ValueError: an unknown name, or neither a name nor a `CellSpec`.
 
     Example:
         >>> print(describe("bn_notanh").splitlines()[0])
@@ -289,6 +302,9 @@ def describe(spec: str | CellSpec) -> str:
     if isinstance(spec, str):
         name = spec
         spec = preset_spec(spec)
+    if not isinstance(spec, CellSpec):
+        raise ValueError(f"describe expects a cell name (one of {', '.join(CELLS)}) or a CellSpec, got "
+                         f"{type(spec).__name__} {spec!r}")
     s = spec
     if s.family == "lru":
         return _describe_lru(s, name)

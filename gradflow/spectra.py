@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow.checks import finite_float, real_array
+from gradflow.checks import singular_values as check_singular_values
 from gradflow.jacobians import (
     JacobianResult,
     plain_from_log,
@@ -94,17 +96,23 @@ class GrowthRate(NamedTuple):
 
 
 def effective_rank(singular_values):
-    """Roy–Vetterli effective rank exp(H(p)), p = s / sum(s), of singular values (..., n) -> (...)."""
+    """Roy–Vetterli effective rank exp(H(p)), p = s / sum(s), of singular values (..., n) -> (...).
+
+    NaN where a value is NaN (unresolved); ValueError for an empty, negative or non-numeric spectrum."""
+    check_singular_values("singular_values", singular_values)
     s = jnp.asarray(singular_values)
     p = s / jnp.sum(s, axis=-1, keepdims=True)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    return jnp.exp(-jnp.sum(plogp, axis=-1))
+    return jnp.where(jnp.any(jnp.isnan(s), axis=-1), jnp.nan, jnp.exp(-jnp.sum(plogp, axis=-1)))
 
 
 def condition_number(singular_values):
-    """s_max / s_min of singular values (..., n) sorted descending -> (...); inf where s_min is 0."""
+    """s_max / s_min of singular values (..., n) -> (...); inf where s_min is 0, NaN where a value is NaN
+    (unresolved). ValueError for an empty, negative or non-numeric spectrum."""
+    check_singular_values("singular_values", singular_values)
     s = jnp.asarray(singular_values)
-    return jnp.where(s[..., -1] > 0, s[..., 0] / jnp.where(s[..., -1] > 0, s[..., -1], 1.0), jnp.inf)
+    hi, lo = jnp.max(s, axis=-1), jnp.min(s, axis=-1)  # max/min propagate NaN
+    return jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1.0), jnp.where(jnp.isnan(lo), jnp.nan, jnp.inf))
 
 
 #: a singular value is resolved when it is at least this many times the rounding floor eps * sqrt(n) * s_1
@@ -273,21 +281,30 @@ def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
         log_norms: (T,) natural-log norms, or a result: a JacobianResult or BatchBlockNorms (its exact
             ``log_spectral_norms``, or ``log_frobenius_norms`` when the spectral ones are NaN; never the plain
             norms, which can under/overflow) or a StreamingResult (``log_spectral``, or ``log_frobenius``).
+            Per-example log norms (B, T) (``per_example=True`` results) are fitted row by row.
         lags: (T,) lags of ``log_norms`` (taken from the result when one is given).
         min_lag, max_lag: the fit window.
 
     Returns:
-        GrowthRate(rate, stderr, intercept, n_points).
+        GrowthRate(rate, stderr, intercept, n_points): floats, or (B,) arrays for per-example log norms.
 
     Raises:
         ValueError: fewer than 3 finite points in the window, or mismatched shapes.
     """
     if hasattr(log_norms, "lags"):
         lags, log_norms = log_norms.lags, _log_norms_of(log_norms)
-    y = np.asarray(log_norms, np.float64)
+    y = real_array("log_norms", log_norms, min_ndim=1)
     if lags is None:
-        lags = y.shape[0] - np.arange(y.shape[0])
-    x = np.asarray(lags, np.float64)
+        lags = y.shape[-1] - np.arange(y.shape[-1])
+    x = real_array("lags", lags, min_ndim=1)
+    finite_float("min_lag", min_lag)
+    if max_lag is not None:
+        finite_float("max_lag", max_lag)
+    if y.ndim == 2 and x.ndim == 2 and x.shape == y.shape and np.all(x == x[:1]):
+        x = x[0]  # per-example lags repeated per row
+    if y.ndim == 2 and x.ndim == 1 and y.shape[1] == x.shape[0]:  # per example (B, T): one fit per row
+        fits = [growth_rate(row, x, min_lag=min_lag, max_lag=max_lag) for row in y]
+        return GrowthRate(*(np.array(v) for v in zip(*fits, strict=True)))
     if y.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"log_norms and lags must be 1-D of equal length, got {y.shape} and {x.shape}")
     window = x >= min_lag

@@ -59,10 +59,18 @@ def resolve_mask(carry, wrt=None) -> tuple[bool, ...]:
     leaves = jax.tree_util.tree_leaves(carry)
     if not leaves:
         raise ValueError("carry has no array leaves")
+    bad = [x for x in leaves if not hasattr(x, "dtype") and not isinstance(x, int | float | complex)]
+    if bad:
+        raise ValueError(f"carry leaves must be arrays (or numbers), got a {type(bad[0]).__name__}: "
+                         f"{bad[0]!r}"[:200])
     inexact = [_is_inexact(x) for x in leaves]
     if wrt is None:
         mask = inexact
     else:
+        bad = [m for m in jax.tree_util.tree_leaves(wrt) if not isinstance(m, bool | np.bool_)]
+        if bad:
+            raise ValueError(f"wrt must be a pytree of True/False flags (a prefix of the carry's structure); "
+                             f"got the leaf {bad[0]!r} ({type(bad[0]).__name__})")
         try:
             full = jax.tree_util.tree_map(
                 lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), wrt, carry
@@ -274,6 +282,31 @@ def _time_major_hint(carry0, xs) -> str:
     return ""
 
 
+def check_state_dtypes(carry0, smap: StateMap) -> None:
+    """Refuse state leaves the engine cannot handle: it requires real float32 or float64 leaves (float16 /
+    bfloat16 lose the Jacobians to rounding, complex ones have no real norm here)."""
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(carry0)[0]]
+    for path, dt, sel in zip(paths, smap.dtypes, smap.mask, strict=True):
+        if sel and jnp.dtype(dt) not in (jnp.float32, jnp.float64):
+            hint = ("split it into real and imaginary parts ([Re h, Im h], as the LRU cell does)"
+                    if jnp.issubdtype(dt, jnp.complexfloating)
+                    else "use float32 (or float64 with jax_enable_x64)")
+            raise ValueError(
+                f"carry leaf {leaf_name('carry0', path)} is {jnp.dtype(dt)}: the engine requires real "
+                f"float32 or float64 state leaves; {hint} (or leave it out of the state with wrt=...)"
+            )
+
+
+def dtype_hint(a, b, xs) -> str:
+    """How to fix a carry whose dtype the step changes (float64 inputs into a float32 cell, under x64)."""
+    if a.shape != b.shape or a.dtype == b.dtype:
+        return ""
+    x_dtypes = {str(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(xs)}
+    return (f"; the inputs xs are {', '.join(sorted(x_dtypes))}: cast them to the carry's dtype "
+            f"(xs.astype(jnp.{a.dtype})), or build the cell and carry in {b.dtype} "
+            f"(gradflow.make_cell(..., dtype='{b.dtype}'); with jax_enable_x64 the presets stay float32)")
+
+
 def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[StateMap, int]:
     """Check that ``step``, ``carry0`` and ``xs`` fit together; return the StateMap and T.
 
@@ -298,6 +331,7 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
     if T == 0:
         raise ValueError("xs is empty: the sequence length T (leading axis of xs) must be > 0")
     smap = StateMap.from_carry(carry0, wrt)
+    check_state_dtypes(carry0, smap)
     x0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], jnp.result_type(x)), xs)
     c0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), carry0)
     try:
@@ -322,8 +356,10 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
             raise ValueError(
                 f"step changes carry leaf {leaf_name('carry0', path)}: carry0 has {a.dtype}{list(a.shape)}, "
                 f"step(carry0, xs[0]) returns {b.dtype}{list(b.shape)}{_time_major_hint(carry0, xs)}"
+                f"{dtype_hint(a, b, xs)}"
             )
     if check_values:
+        getattr(step, "check_carry", lambda c: None)(carry0)  # a step's own check (as_step: its counter)
         check_finite(carry0)
         check_finite_inputs(xs)
         warn_casts(carry0, "carry0")

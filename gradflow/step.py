@@ -18,8 +18,8 @@ from flax import nnx
 
 from gradflow import cache
 from gradflow.cells import GradflowCell, init_cell, with_sequence_stats
-from gradflow.checks import raise_if_nonfinite
-from gradflow.statemap import is_traced
+from gradflow.checks import flag, prng_key, raise_if_nonfinite
+from gradflow.statemap import dtype_hint, is_traced
 
 __all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
@@ -50,6 +50,7 @@ def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
     expected = _expected_shapes(cell)
+    _check_no_extra(expected, variables)
     for col, exp in expected.items():
         if col not in variables:
             raise ValueError(f"variables lack the {col!r} collection this cell needs")
@@ -69,6 +70,25 @@ def _check_shapes_against(cell: GradflowCell, variables: dict) -> None:
                 raise ValueError(
                     f"variables[{col!r}]{k} has shape {got[k]}, the cell expects {v.shape}{hint}"
                 )
+
+
+def _check_no_extra(expected: dict, variables: dict) -> None:
+    """Refuse variables this cell would ignore (another cell's variables: e.g. BN parameters given to a cell
+    without BN would be silently unused)."""
+    for col, tree in variables.items():
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        if col == "sequence_stats" or not leaves:  # BN_x's sequence statistics (with_sequence_stats)
+            continue
+        if col not in expected:
+            raise ValueError(f"variables have a {col!r} collection this cell does not use (variables of "
+                             "another "
+                             "cell? build them with gradflow.init_cell(cell, key))")
+        known = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(expected[col])[0]}
+        extra = [jax.tree_util.keystr(p) for p, _ in leaves if jax.tree_util.keystr(p) not in known]
+        if extra:
+            raise ValueError(f"variables[{col!r}] have entries this cell does not use: "
+                             f"{', '.join(extra[:6])} "
+                             "(variables of another cell? build them with gradflow.init_cell(cell, key))")
 
 
 def check_floating(tree: Any, what: str = "variables") -> None:
@@ -125,6 +145,8 @@ def as_step(cell: Any, variables: Any = None, train: bool = False, key: jax.Arra
         >>> step(cell.initialize_carry(5), jnp.ones((5, 2)))["h"].shape
         (5, 3)
     """
+    train = flag("train", train)
+    key = prng_key("key", key)
     if isinstance(cell, GradflowCell):
         return _gradflow_step(cell, variables, train, key)
     if isinstance(cell, nn.Module):
@@ -149,7 +171,21 @@ def _gradflow_step(cell: GradflowCell, variables: Any, train: bool, key) -> Step
         new_carry, _ = cell.apply(variables, carry, x, train=train, rngs=rngs)
         return new_carry
 
+    step.check_carry = check_step_counter  # called on a concrete carry0 by the engine and unroll
     return step
+
+
+def check_step_counter(carry: Any) -> None:
+    """Raise ValueError for a negative step counter ``carry["t"]`` of our cells (concrete values only): BN's
+    per-step statistics row min(t, t_max - 1) would wrap around to the last rows."""
+    t = carry.get("t") if isinstance(carry, dict) else None
+    if t is None or is_traced(t):
+        return
+    t = np.asarray(t)
+    if np.issubdtype(t.dtype, np.number) and np.any(t < 0):
+        raise ValueError(f"the step counter carry['t'] must be >= 0 (it picks BN's per-step statistics row "
+                         f"min(t, t_max - 1)), got a minimum of {t.min()}; start from "
+                         "cell.initialize_carry(B)")
 
 
 def _linen_step(cell: nn.Module, variables: Any, key) -> Step:
@@ -206,6 +242,8 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
         (7, 4, 3)
     """
     _check_sequence(carry0, xs)
+    _check_carry_kept(step, carry0, xs)
+    getattr(step, "check_carry", lambda c: None)(carry0)
 
     def body(carry, x):
         new = step(carry, x)
@@ -213,6 +251,20 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
 
     _, states = jax.lax.scan(body, carry0, xs)
     return states
+
+
+def _check_carry_kept(step: Step, carry0: Any, xs: Any) -> None:
+    """Raise ValueError when ``step`` changes a carry leaf's dtype (lax.scan's TypeError, with the fix)."""
+    x0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x)), xs)
+    c0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), carry0)
+    out = jax.eval_shape(step, c0, x0)
+    if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(c0):
+        return  # lax.scan names the structures
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(c0)[0], jax.tree_util.tree_leaves(out),
+                            strict=True):
+        if a.dtype != b.dtype and a.shape == b.shape:
+            raise ValueError(f"step changes carry leaf carry0{jax.tree_util.keystr(path)} from {a.dtype} to "
+                             f"{b.dtype}{dtype_hint(a, b, xs)}")
 
 
 def _check_sequence(carry0: Any, xs: Any) -> None:
@@ -276,6 +328,7 @@ def unroll_cell(
         raise ValueError(f"unroll_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     as_step(cell, variables, train=train, key=key)  # the same eager checks (shapes, finiteness, dropout key)
     _check_sequence(carry0, xs)
+    check_step_counter(carry0)
     check_finite(carry0, "carry0")
     check_finite(xs, "xs")
     rngs = {"dropout": key} if (train and cell.spec.dropout > 0) else {}

@@ -16,6 +16,13 @@ Spectral log-norms (``spectral=``):
     "auto" (default): "svd" when n <= 64, else "certified".
     None: skipped (NaN).
 With probe rows the spectral log-norm is not available (NaN).
+
+Cost: every step of the reverse pass is n vector-Jacobian products of the step (one per cotangent row,
+vmapped) plus the spectral reduction, so time grows as T·n·(cost of one vjp) + T·(spectral cost): with a
+whole-batch state n = B·d it grows fast. The README's quick-start line (BN cell, n = 8·64 = 512, T = 10^4,
+``spectral="auto"``) took about 15 minutes on 2 CPU cores in a user trial. To cut it: ``per_example=True``
+(n = d per example, for steps without batch coupling), ``probes=k`` (k rows instead of n: a Hutchinson
+estimate of the Frobenius norm), ``spectral=None``, or ``wrt=`` to select part of the state.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.checks import is_int, positive_int
+from gradflow.checks import is_int, positive_int, prng_key
 from gradflow.jacobians import reverse_pass, run_engine, spectral_init, spectral_reducer, warn_neg_inf
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve
@@ -135,7 +142,9 @@ def streaming_log_norms(
         if not is_int(probes) or probes < 1:
             raise ValueError(f"probes must be a positive int or None, got {probes!r}")
         if key is None:
-            raise ValueError("probes need an explicit PRNG key: pass key=jax.random.PRNGKey(...)")
+            raise ValueError("probes need an explicit PRNG key: pass key=jax.random.PRNGKey(...) or an int "
+                             "seed")
+        key = prng_key("key", key)
         P = jax.random.normal(key, (probes, n), smap.dtype)
         spectral = None
     elif spectral == "auto":

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import warnings
 
@@ -19,14 +20,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow.cells import make_cell
+from gradflow.checks import flag, int_at_least, nonneg_float, nonneg_int, positive_int, prng_key
 from gradflow.lyapunov import exponent_statistics, qr_log_diagonals
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, say
+from gradflow.specs import PRESETS
 from gradflow.spectra import SpectrumResult, growth_rate, spectra
-from gradflow.statemap import validate_inputs
+from gradflow.statemap import is_traced, validate_inputs
 from gradflow.streaming import streaming_log_norms
+from gradflow.theory import predict_rate
 
-__all__ = ["Summary", "summary", "verdict_of", "THRESHOLD"]
+__all__ = ["Summary", "summary", "verdict_of", "THRESHOLD", "PREDICTED", "NEEDS_INPUT_VARIANCE"]
+
+#: The presets :func:`gradflow.theory.predict_rate` has a mean-field prediction for.
+PREDICTED = ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh")
+#: Presets whose predicted rate depends on the variance of the input drive (``sigma_x2``).
+NEEDS_INPUT_VARIANCE = ("tanh", "ln_tanh")
 
 THRESHOLD = 0.01
 """ln/step: |rate| <= 0.01 is "neutral" (a norm changes by less than a factor e per 100 steps), as in the
@@ -190,16 +200,71 @@ def _lyapunov_part(step, carry0, xs, k, transient, per_example, key, segments=10
     return exps, se, np.stack([h1, h2]), converged
 
 
-def _prediction(preset, theory_options, hidden_size, batch_size):
+def _check_preset(preset, theory_options) -> dict:
+    """Refuse an unknown preset name or theory option up front (before any computation); the options."""
+    if preset is None:
+        if theory_options:
+            raise ValueError("summary: theory_options without preset=: name the preset the options are for")
+        return {}
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"summary: unknown preset {preset!r}; known cells: {', '.join(PRESETS)} "
+                         f"(the mean field covers {', '.join(PREDICTED)})")
+    if theory_options is None:
+        return {}
+    if not isinstance(theory_options, dict):
+        raise ValueError(f"summary: theory_options must be a dict, got {type(theory_options).__name__}")
+    allowed = set(inspect.signature(predict_rate).parameters) - {"name"}
+    unknown = sorted(set(theory_options) - allowed)
+    if unknown:
+        raise ValueError(f"summary: unknown theory_options {unknown}; predict_rate takes {sorted(allowed)}")
+    return dict(theory_options)
+
+
+def _inputs_nonzero(xs) -> bool:
+    """Whether any input is nonzero (eager; True when traced: the inputs cannot be looked at)."""
+    leaves = jax.tree_util.tree_leaves(xs)
+    if is_traced(*leaves):
+        return True
+    return any(bool(np.any(np.asarray(x) != 0)) for x in leaves)
+
+
+def _prediction(preset, opts, hidden_size, batch_size, has_input):
+    """(prediction or None, note). The input drive is taken into account: ``has_input`` follows ``xs``
+    unless given, and a preset whose rate depends on the input variance (tanh, ln_tanh) gets no prediction
+    (with a warning) for nonzero inputs unless ``sigma_x2`` is given."""
     if preset is None:
         return None, "no prediction: pass preset= (a gradflow.theory.predict_rate family) to get one"
+    if preset not in PREDICTED:
+        return None, f"no prediction: the mean field covers {', '.join(PREDICTED)}, not {preset!r}"
+    opts = {"hidden_size": hidden_size, "batch_size": batch_size, "has_input": has_input, **opts}
+    if preset in NEEDS_INPUT_VARIANCE and opts["has_input"] and "sigma_x2" not in opts:
+        why = (f"the inputs xs are nonzero and the {preset!r} mean field depends on their drive: pass "
+               "theory_options={'sigma_x2': Var[(W_xh x_t)_i]} (the variance of the input product per unit), "
+               "or has_input=False for the input-free rate")
+        warnings.warn(f"summary: no prediction: {why}", RuntimeWarning, stacklevel=3)
+        return None, f"no prediction: {why}"
     try:
-        from gradflow import theory
+        rate = float(predict_rate(preset, **opts))
+    except ValueError as e:  # a limit of the theory (e.g. BN in eval mode): the summary stands without it
+        return None, f"no prediction for {preset!r}: {e}"
+    return rate, f"gradflow.theory.predict_rate({preset!r}, {opts})"
 
-        opts = {"hidden_size": hidden_size, "batch_size": batch_size, **(theory_options or {})}
-        return float(theory.predict_rate(preset, **opts)), f"gradflow.theory.predict_rate({preset!r}, {opts})"
-    except Exception as e:  # the theory covers some presets only; a summary never fails because of it
-        return None, f"no prediction for {preset!r}: {type(e).__name__}: {e}"
+
+def _preset_mismatch(preset, carry0, hidden_size, coupled) -> str | None:
+    """Why ``preset`` does not describe a step with this carry (and batch coupling), or None."""
+    B = _batch_size(carry0)
+    ours = make_cell(preset, hidden_size, 1).initialize_carry(B)
+    want = sorted(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(ours)
+                  if jnp.issubdtype(jnp.result_type(x), jnp.floating))
+    got = sorted(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(carry0)
+                 if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+    if want != got:
+        return f"its state leaves have shapes {want}, the step's carry {got}"
+    if coupled is not None and coupled != PRESETS[preset].has_bn:
+        return ("it has batch normalization (train mode couples the examples of a batch) but the step treats "
+                "them independently" if PRESETS[preset].has_bn else
+                "the step couples the examples of the batch (batch statistics?) but the preset does not")
+    return None
 
 
 def _quiet_spectra(step, carry0, xs, lags, wrt, per_example):
@@ -209,19 +274,42 @@ def _quiet_spectra(step, carry0, xs, lags, wrt, per_example):
         return spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
 
 
-def _resolve_per_example(step, carry0, xs, per_example):
-    """(per_example, B): auto (None) is per-example when the batch has B > 1 uncoupled examples."""
-    if per_example is False:
-        return False, 1
+def _resolve_per_example(step, carry0, xs, per_example, need_coupling=False):
+    """(per_example, B, coupled): auto (None) is per-example when the batch has B > 1 uncoupled examples;
+    ``coupled`` says whether the step couples the examples (None when not looked at or B = 1)."""
+    if per_example is False and not need_coupling:
+        return False, 1, None
     try:
         plan = ExamplePlan.build(step, carry0, xs)
     except ValueError:
         if per_example:
             raise
-        return False, 1
-    if per_example is None and plan.B == 1:
-        return False, 1
-    return True, plan.B
+        return False, 1, (True if _batch_size(carry0) > 1 else None)
+    coupled = False if plan.B > 1 else None
+    if per_example is False or (per_example is None and plan.B == 1):
+        return False, 1, coupled
+    return True, plan.B, coupled
+
+
+def _check_arguments(T, k, transient, min_lag, segments, threshold, per_example):
+    """The checked (k, transient, min_lag, segments, threshold); ValueError naming a bad one."""
+    if per_example is not None:
+        flag("per_example", per_example)
+    k = positive_int("k", k)
+    transient = T // 10 if transient is None else nonneg_int("transient", transient)
+    if transient > T - 4:
+        raise ValueError(f"transient must leave at least 4 of the T = {T} steps for the exponents, got "
+                         f"{transient}")
+    min_lag = max(1, T // 10) if min_lag is None else positive_int("min_lag", min_lag)
+    if min_lag > T - 2:
+        raise ValueError(f"min_lag must leave at least 3 lags (<= T - 2 = {T - 2}) for the rate fit, got "
+                         f"{min_lag}")
+    steps = T - transient
+    segments = int_at_least("segments", segments, 2)
+    if segments > steps // 2:
+        raise ValueError(f"segments must be <= half the {steps} post-transient steps ({steps // 2}: each "
+                         f"half of them is cut into segments // 2 >= 1 parts), got {segments}")
+    return k, transient, min_lag, segments, nonneg_float("threshold", threshold)
 
 
 def _hidden_size(carry0, m):
@@ -246,9 +334,13 @@ def summary(
             False (the whole batch state, as the engine's default).
         segments: segments for the uncertainties when there is one example (and for the exponents).
         threshold: the verdict's threshold in ln/step (default 0.01, as in the analyses).
-        preset, theory_options: optional: a gradflow.theory.predict_rate family ("tanh", "bn_notanh", ...)
-            and its keyword options (gain, gamma, ...; hidden_size and batch_size default to the carry's).
-            Without them, or when the theory has no prediction, ``prediction`` is None.
+        preset, theory_options: optional: the preset the step is (a name in ``gradflow.CELLS``) and keyword
+            options of :func:`gradflow.theory.predict_rate` (gain, gamma, sigma_x2, ...; hidden_size and
+            batch_size default to the carry's, has_input to whether ``xs`` has a nonzero entry). An unknown
+            name or option raises; a preset whose state shapes or batch coupling differ from the step's
+            warns. Without a preset, or for a preset the theory does not cover, ``prediction`` is None; so
+            too (with a warning) for tanh / ln_tanh driven by nonzero inputs without ``sigma_x2``, whose
+            rate depends on the input variance.
         key: PRNG key for the Lyapunov start (default ``jax.random.PRNGKey(0)``).
         progress: None/"auto" (a line per stage when T >= 2000, and the streaming/Lyapunov lines of long
             runs), True, False, or a callable receiving the lines (see :mod:`gradflow.progress`).
@@ -256,16 +348,29 @@ def summary(
     Returns:
         :class:`Summary` (short repr, ``.to_dict()``, ``.plot()``).
 
+    Raises:
+        ValueError: T < 8; k, min_lag or segments not a positive int (segments >= 2 and at most half the
+            post-transient steps); transient outside [0, T - 4]; threshold negative or not finite;
+            per_example not None/True/False; an unknown preset or theory option; a bad key.
+
     Warns:
-        RuntimeWarning when the exponents of the two halves of the sequence disagree beyond their error bars.
+        RuntimeWarning when the exponents of the two halves of the sequence disagree beyond their error bars,
+        when ``preset`` does not match the step, or when a prediction needs ``sigma_x2``.
     """
     smap, T = validate_inputs(step, carry0, xs, wrt)
     if T < 8:
         raise ValueError(f"summary needs a sequence of at least 8 steps, got T = {T}")
-    per_example, B = _resolve_per_example(step, carry0, xs, per_example)
+    k, transient, min_lag, segments, threshold = _check_arguments(
+        T, k, transient, min_lag, segments, threshold, per_example)
+    opts = _check_preset(preset, theory_options)
+    key = prng_key("key", key)
+    per_example, B, coupled = _resolve_per_example(step, carry0, xs, per_example, preset is not None)
     m = smap.n // B
-    transient = T // 10 if transient is None else int(transient)
-    min_lag = max(1, T // 10) if min_lag is None else int(min_lag)
+    if preset is not None:
+        why = _preset_mismatch(preset, carry0, _hidden_size(carry0, m), coupled)
+        if why:
+            warnings.warn(f"summary: preset {preset!r} does not match the step: {why}; its prediction is "
+                          "not about this recurrence", RuntimeWarning, stacklevel=2)
     lags = sorted({1, max(1, T // 10), max(1, T // 2), T}) if lags is None else lags
     every = resolve(progress, T, long=T >= 2000)
     inner = progress if progress is not None else "auto"
@@ -278,13 +383,13 @@ def summary(
     rate, se, kind, units, intercept, window = _rate_part(log_f, lag_arr, min_lag, segments)
     with reporting(progress, "summary", every):
         say(f"rate {rate:+.4f} ± {se:.4f}; Lyapunov exponents")
-        k = min(int(k), smap.n // B if per_example else smap.n)
+        k = min(k, smap.n // B if per_example else smap.n)
         exps, exps_se, halves, converged = _lyapunov_part(
             step, carry0, xs, k, transient, per_example, key, segments, inner
         )
         sp = _quiet_spectra(step, carry0, xs, lags, wrt, per_example)
     batch = B if per_example else _batch_size(carry0)
-    pred, note = _prediction(preset, theory_options, _hidden_size(carry0, m), batch)
+    pred, note = _prediction(preset, opts, _hidden_size(carry0, m), batch, _inputs_nonzero(xs))
     verdict = verdict_of(rate, threshold)
     return Summary(
         rate, se, kind, units, intercept, window, verdict, float(threshold), exps, exps_se, halves, converged,

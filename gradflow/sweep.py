@@ -25,7 +25,12 @@ folder under a name derived from a hash of its configurations (the static config
 a user ``tag`` and the x64 flag). A killed sweep leaves only complete chunk files, so running it again
 computes only the missing chunks, and the results are those of an uninterrupted run. The chunk boundaries
 depend on ``chunk`` and the grid, not on the number of devices: a sweep started on one machine can be
-finished on another.
+finished on another. Each chunk records its own index, rows and key, and a chunk read back is checked against
+the key of its place (its configuration is hashed again), so a chunk file copied over another's is named, not
+trusted. Two runs on one store share the work: a run claims a chunk (a hidden ``.chunk-<key>.claim`` file
+created with O_EXCL, holding host, pid and time) before computing it, skips chunks another run has claimed and
+reads them once written; a claim whose process is gone (same host) or older than ``CLAIM_STALE_S`` (another
+host) is taken over.
 
 Several hosts: after ``jax.distributed.initialize()``, ``jax.devices()`` spans every host and the same call
 works unchanged: every process runs ``run_sweep`` with the same grid; which chunks are done is decided by
@@ -37,12 +42,14 @@ on one machine (CPU devices, gloo collectives), not yet across real hosts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -116,6 +123,14 @@ def _traced_axis(name: str, values) -> np.ndarray:
         raise ValueError(f"traced axis {name!r} has integers that do not fit in int32")
     if len(np.unique(arr)) != arr.size:
         raise ValueError(f"traced axis {name!r} has repeated values")
+    if arr.dtype.kind == "f":  # the values the sweep runs with: float32 unless x64 is on
+        dt = jax.dtypes.canonicalize_dtype(np.float64)
+        with np.errstate(over="ignore"):
+            cast = arr.astype(dt)
+        if not np.all(np.isfinite(cast)) or len(np.unique(cast)) != arr.size:
+            raise ValueError(f"traced axis {name!r}: values {arr.tolist()} overflow or collide once cast to "
+                             f"{np.dtype(dt).name} (the dtype the sweep computes in: {cast.tolist()}); use "
+                             "values that differ in that precision, or jax.enable_x64")
     return arr
 
 
@@ -198,11 +213,12 @@ def grid_sharding(devices: Sequence | None = None) -> NamedSharding:
     return NamedSharding(Mesh(np.array(devices), ("grid",)), P("grid"))
 
 
-def _chunk_key(tag: str, static_cfg: Mapping, cols: Mapping[str, np.ndarray]) -> str:
+def _chunk_key(tag: str, static_cfg: Mapping, cols: Mapping[str, np.ndarray],
+               x64: bool | None = None) -> str:
     payload = {
         "format": _FORMAT,
         "tag": tag,
-        "x64": bool(jax.config.jax_enable_x64),
+        "x64": bool(jax.config.jax_enable_x64) if x64 is None else bool(x64),
         "static": {k: static_cfg[k] for k in sorted(static_cfg)},
         "traced": {k: [str(cols[k].dtype), cols[k].tolist()] for k in cols},
     }
@@ -237,6 +253,21 @@ def _read_chunk(path: str) -> tuple[dict, dict[str, np.ndarray], dict[str, np.nd
             f"chunk file {path} is unreadable ({type(err).__name__}: {err}); delete it to recompute"
         ) from err
     return meta, cols, out
+
+
+def _verify_chunk(path: str, key: str, meta: dict, cols: Mapping[str, np.ndarray], rows=None) -> None:
+    """Raise ValueError when the chunk in ``path`` is not the chunk ``key`` names: its own configuration
+    (tag, static values, traced values) hashes to another key, or its recorded rows differ from ``rows``
+    (a chunk file copied or written over another's place would otherwise give wrong rows)."""
+    own = _chunk_key(meta.get("tag"), meta.get("static", {}), cols, meta.get("x64"))
+    recorded = meta.get("key", own)
+    if own != key or recorded != key or (rows is not None and list(meta.get("rows", rows)) != list(rows)):
+        raise ValueError(
+            f"chunk file {path} holds another chunk (its configuration's key is {own}, recorded key "
+            f"{recorded}, rows {meta.get('rows')}; this place is for key {key}"
+            + (f", rows {list(rows)}" if rows is not None else "")
+            + "): it was moved or overwritten; delete it to recompute"
+        )
 
 
 def _gather(x: jax.Array) -> np.ndarray:
@@ -370,14 +401,120 @@ def run_sweep(
             if run.done[i]:
                 start = time.perf_counter()
                 if run.writer:
-                    run.results[i] = _read_chunk(_chunk_path(run.store, run.plan[i][3]))[2]
+                    run.results[i] = _read_verified(run, i)
                 _report_chunk(run, i, False, time.perf_counter() - start)
         todo = [i for i in items if not run.done[i]]
-        if todo:
+        if todo and not _shares_store(run):
             compiled = _compiled_for(fn, scfg, run.cols, run.n_dev * run.chunk, run.sharding)
             for first in range(0, len(todo), run.n_dev):
                 _compute_step(run, compiled, scfg, todo[first:first + run.n_dev])
+        elif todo:
+            _compute_shared(run, fn, scfg, todo)
     return _table(grid, run) if run.writer else None
+
+
+# ------------------------------------------------------------------ claims: two runs on one store share it
+
+#: A claim older than this (seconds) whose holder cannot be checked (another host) is taken over.
+CLAIM_STALE_S = 3600.0
+#: How often (seconds) a run waiting for chunks claimed by another run looks again.
+CLAIM_POLL_S = 0.5
+
+
+def _shares_store(run: _Run) -> bool:
+    """Claims are used by single-process runs with a store (several hosts: process 0 decides alone)."""
+    return run.store is not None and jax.process_count() == 1
+
+
+def _claim_path(store: str, key: str) -> str:
+    return os.path.join(store, f".{_PREFIX}{key}.claim")
+
+
+def _claim(store: str, key: str) -> bool:
+    """Claim chunk ``key`` for this process (an O_EXCL claim file holding host, pid and time); True when
+    claimed. A claim whose holder is gone (same host, pid not running) or older than CLAIM_STALE_S is
+    removed and claimed anew."""
+    path = _claim_path(store, key)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            if not _claim_is_stale(path):
+                return False
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
+        return True
+    return False
+
+
+def _claim_is_stale(path: str) -> bool:
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        host, pid, t = info["host"], int(info["pid"]), float(info["time"])
+    except FileNotFoundError:
+        return False  # released meanwhile: the next O_EXCL decides
+    except (OSError, ValueError, KeyError, TypeError):  # a claim killed while being written
+        with contextlib.suppress(OSError):
+            return time.time() - os.path.getmtime(path) > 60.0
+        return False
+    if host == socket.gethostname():
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return time.time() - t > CLAIM_STALE_S
+
+
+def _release(store: str, key: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_claim_path(store, key))
+
+
+def _compute_shared(run: _Run, fn, scfg: dict, todo: list[int]) -> None:
+    """Compute the chunks in ``todo`` that no other run has claimed, and wait for (then read) those another
+    run computes; a claim whose holder died is taken over."""
+    compiled = None
+    while todo:
+        mine, waiting = [], []
+        for i in todo:
+            key = run.plan[i][3]
+            if os.path.exists(_chunk_path(run.store, key)):
+                start = time.perf_counter()
+                run.results[i] = _read_verified(run, i)
+                _report_chunk(run, i, False, time.perf_counter() - start)
+            elif len(mine) < run.n_dev and _claim(run.store, key):
+                mine.append(i)
+            else:
+                waiting.append(i)
+        if mine:
+            try:
+                if compiled is None:
+                    compiled = _compiled_for(fn, scfg, run.cols, run.n_dev * run.chunk, run.sharding)
+                _compute_step(run, compiled, scfg, mine)
+            finally:
+                for i in mine:
+                    _release(run.store, run.plan[i][3])
+        elif waiting:
+            time.sleep(CLAIM_POLL_S)
+        todo = [i for i in todo if run.results[i] is None]
+
+
+def _read_verified(run: _Run, i: int) -> dict[str, np.ndarray]:
+    """The results of stored chunk ``i``, after checking that the file holds that chunk."""
+    _, s, e, key = run.plan[i]
+    path = _chunk_path(run.store, key)
+    meta, cols, out = _read_chunk(path)
+    _verify_chunk(path, key, meta, cols, (s, e))
+    return out
 
 
 def _check_sweep_args(fn, grid, chunk, tag, progress) -> None:
@@ -466,7 +603,8 @@ def _compute_step(run: _Run, compiled, scfg: dict, step: list[int]) -> None:
         if run.writer:
             if run.store is not None:
                 meta = {"format": _FORMAT, "tag": run.tag, "static": scfg, "static_names": list(scfg),
-                        "traced_names": list(run.cols), "result_names": list(res), "rows": [s, e]}
+                        "traced_names": list(run.cols), "result_names": list(res), "rows": [s, e],
+                        "index": i, "key": key, "x64": bool(jax.config.jax_enable_x64)}
                 _write_chunk(run.store, key, meta, {k: v[s:e] for k, v in run.cols.items()}, res)
             run.results[i] = res
         _report_chunk(run, i, True, seconds)
@@ -547,6 +685,8 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
     rows: dict[tuple, tuple[dict, dict]] = {}
     layout = None
     chunks = [_read_chunk(os.path.join(store, fname)) for fname in files]
+    for fname, (meta, cols, _) in zip(files, chunks, strict=True):
+        _verify_chunk(os.path.join(store, fname), fname[len(_PREFIX):-len(_SUFFIX)], meta, cols)
     _check_one_tag(store, {meta["tag"] for meta, _, _ in chunks}, tag)
     for meta, cols, out in chunks:
         if tag is not None and meta["tag"] != tag:

@@ -23,12 +23,13 @@ The measurements these predictions are held against (an engine-independent jvp t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import numpy as np
 
-from gradflow.checks import is_int
+from gradflow.checks import flag, is_int, positive_int
 from gradflow.specs import CELLS, PRESETS
 
 __all__ = [
@@ -73,7 +74,7 @@ def _phi(activation: str) -> tuple[Callable, Callable]:
     if activation == "linear" or activation == "identity":
         return (lambda a: a), (lambda a: np.ones_like(a))
     if activation == "tanh":
-        return np.tanh, (lambda a: 1.0 / np.cosh(a) ** 2)
+        return np.tanh, _sech2
     raise ValueError(f"unknown activation {activation!r}; choose from {ACTIVATIONS}")
 
 
@@ -88,6 +89,42 @@ def _check_number(name: str, v, *, positive: bool = False, nonneg: bool = False)
     if nonneg and v < 0:
         raise ValueError(f"{name} must be >= 0, got {v}")
     return v
+
+
+def _sech2(a):
+    """sech²(a) = tanh'(a) without overflow: (2 e^{-|a|} / (1 + e^{-2|a|}))²."""
+    e = np.exp(-np.abs(a))
+    return (2.0 * e / (1.0 + e * e)) ** 2
+
+
+def _sech4(a):
+    """sech⁴(a) without overflow."""
+    return _sech2(a) ** 2
+
+
+def _half_log(chi: float, what: str) -> float:
+    """½ ln χ (a norm rate from a squared-norm growth χ); χ = 0 (an exactly zero Jacobian: γ = 0 or g = 0)
+    gives its exact limit -inf."""
+    if chi == 0.0:
+        return -math.inf
+    if not chi > 0.0:
+        raise ValueError(f"{what}: the mean field gives χ = {chi!r} (not > 0): no rate")
+    return 0.5 * math.log(chi)
+
+
+def _in_float64(fn: Callable) -> Callable:
+    """Turn an OverflowError of the float64 arithmetic into a ValueError naming the function."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            with np.errstate(over="raise"):
+                return fn(*args, **kwargs)
+        except (OverflowError, FloatingPointError):
+            raise ValueError(f"{fn.__name__}{args}: the arguments overflow float64 arithmetic (a gain or γ "
+                             "above ~1e150?); no prediction") from None
+
+    return wrapped
 
 
 def _check_rate_p(p) -> float:
@@ -216,9 +253,10 @@ def tanh_chi1(gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0, *, drop
     """
     g = effective_gain(gain, dropout)
     q = tanh_fixed_point(gain, sigma_x2, sigma_b2, dropout=dropout)
-    return g**2 * gauss_expectation(lambda a: 1.0 / np.cosh(a) ** 4, q)
+    return g**2 * gauss_expectation(_sech4, q)
 
 
+@_in_float64
 def tanh_rnn_rate(
     gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0, *, dropout: float = 0.0
 ) -> float:
@@ -228,7 +266,12 @@ def tanh_rnn_rate(
     2020). Where the zero fixed point is stable (no drive, g ≤ 1) the Jacobian is W_hh itself and the exact
     exponent is ln ρ(W_hh) (`linear_lyapunov_spectrum`), whose large-d limit is ln g = ½ ln χ₁ (circular law).
     """
-    return 0.5 * math.log(tanh_chi1(gain, sigma_x2, sigma_b2, dropout=dropout))
+    g = effective_gain(gain, dropout)
+    if g == 0.0:  # W_hh = 0: the Jacobian is exactly 0
+        return -math.inf
+    q = tanh_fixed_point(gain, sigma_x2, sigma_b2, dropout=dropout)
+    # ½ ln χ₁ = ln g_eff + ½ ln E[sech⁴]: no g² to under/overflow
+    return math.log(g) + _half_log(gauss_expectation(_sech4, q), "tanh_rnn_rate")
 
 
 def input_drive_variance(W_xh, x_second_moment: float = 1.0, gates: int = 1) -> float:
@@ -423,6 +466,8 @@ def bn_train_chi(
     b = _check_number("bias", bias)
     _check_rate_p(dropout)
     phi, dphi = _phi(activation)
+    if gh == 0.0:  # γ_h = 0: h_t does not depend on h_{t-1}, the Jacobian is exactly 0
+        return 0.0
     m = _bn_bracket(dphi, phi, gh, gx, b, B, B if gx != 0.0 else None)
     var_phi = m["phi2"] - m["phi"] ** 2
     resid = var_phi - m["uphi"] ** 2 - m["wphi"] ** 2
@@ -431,10 +476,11 @@ def bn_train_chi(
     return gh**2 * (B - 1) / ((B - 3) * v) * bracket
 
 
+@_in_float64
 def bn_train_rate(gamma_h, gamma_x=0.0, batch_size=32, activation="linear", bias=0.0, dropout=0.0) -> float:
     """½ ln `bn_train_chi`: predicted top Lyapunov exponent of a BN(train)-recurrent cell (norm, per
     step)."""
-    return 0.5 * math.log(bn_train_chi(gamma_h, gamma_x, batch_size, activation, bias, dropout))
+    return _half_log(bn_train_chi(gamma_h, gamma_x, batch_size, activation, bias, dropout), "bn_train_rate")
 
 
 def bn_feedforward_rate(batch_size: int, activation: str = "linear") -> float:
@@ -479,15 +525,18 @@ def ln_chi(
     b = _check_number("bias", bias)
     _check_rate_p(dropout)
     phi, dphi = _phi(activation)
+    if gh == 0.0:  # γ_h = 0: h_t does not depend on h_{t-1}, the Jacobian is exactly 0
+        return 0.0
     m = _bn_bracket(dphi, phi, gh, gx, b, d, None)
     if d is None:
         return gh**2 * m["dphi2"] / m["phi2"]
     return gh**2 / m["phi2"] * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
 
 
+@_in_float64
 def ln_rate(gamma_h, gamma_x=0.0, hidden_size=None, activation="linear", bias=0.0, dropout=0.0) -> float:
     """½ ln `ln_chi` (norm growth rate per step)."""
-    return 0.5 * math.log(ln_chi(gamma_h, gamma_x, hidden_size, activation, bias, dropout))
+    return _half_log(ln_chi(gamma_h, gamma_x, hidden_size, activation, bias, dropout), "ln_rate")
 
 
 def ln_sum_chi(
@@ -515,6 +564,8 @@ def ln_sum_chi(
     sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
     b = _check_number("bias", bias)
     phi, dphi = _phi(activation)
+    if gm == 0.0 or g2 == 0.0:  # γ = 0 or W_hh = 0: h_t does not depend on h_{t-1}, the Jacobian is 0
+        return 0.0
     m = _bn_bracket(dphi, phi, gm, 0.0, b, d, None)
     pref = gm**2 * g2 / (g2 * m["phi2"] + sx)
     if d is None:
@@ -522,11 +573,12 @@ def ln_sum_chi(
     return pref * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
 
 
+@_in_float64
 def ln_sum_rate(
     gamma, gain, sigma_x2=0.0, hidden_size=None, activation="linear", bias=0.0, dropout=0.0
 ) -> float:
     """½ ln `ln_sum_chi` (norm growth rate per step)."""
-    return 0.5 * math.log(ln_sum_chi(gamma, gain, sigma_x2, hidden_size, activation, bias, dropout))
+    return _half_log(ln_sum_chi(gamma, gain, sigma_x2, hidden_size, activation, bias, dropout), "ln_sum_rate")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -566,13 +618,15 @@ def predict_rate(
     """
     if name not in ("tanh", "linear", "bn_notanh", "bn_tanh", "ln_notanh", "ln_tanh"):
         raise ValueError(f"no mean-field prediction for {name!r}")
+    hidden_size, batch_size = positive_int("hidden_size", hidden_size), positive_int("batch_size", batch_size)
+    has_input, train = flag("has_input", has_input), flag("train", train)
     spec = PRESETS[name]
     p = dropout if train else 0.0
     sx = sigma_x2 if has_input else 0.0
     if name == "tanh":
         return tanh_rnn_rate(gain, sx, 0.0, dropout=p)
     if name == "linear":
-        return math.log(effective_gain(gain, p))
+        return _half_log(effective_gain(gain, p) ** 2, "predict_rate('linear')")
     if name in ("bn_notanh", "bn_tanh"):
         if not train:
             raise ValueError("BN in eval mode is exact: use cell_eval_matrix + linear_lyapunov_spectrum")

@@ -82,10 +82,10 @@ def test_theory_prediction_repr_to_dict_plot():
     variables = gf.init_cell(cell, jax.random.PRNGKey(0), batch_size=B)
     step = gf.as_step(cell, variables)
     carry0, xs = cell.initialize_carry(B), rand(6, (T, B, 4))
-    s = summary(step, carry0, xs, k=3, preset="tanh", theory_options={"gain": 1.2})
-    assert s.prediction == gf.theory.predict_rate("tanh", hidden_size=d, batch_size=B, gain=1.2)
-    bad = summary(step, carry0, xs, k=3, preset="no-such-cell")
-    assert bad.prediction is None and "no-such-cell" in bad.prediction_note
+    s = summary(step, carry0, xs, k=3, preset="tanh", theory_options={"gain": 1.2, "sigma_x2": 1.0})
+    assert s.prediction == gf.theory.predict_rate("tanh", hidden_size=d, batch_size=B, gain=1.2, sigma_x2=1.0)
+    with pytest.raises(ValueError, match="unknown preset 'no-such-cell'"):
+        summary(step, carry0, xs, k=3, preset="no-such-cell")
     text = repr(s)
     assert len(text) < 400 and "verdict=" in text and "±" in text
     d_ = s.to_dict()

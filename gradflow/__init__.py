@@ -23,6 +23,7 @@ from gradflow.batch import (  # noqa: E402,F401
 from gradflow.estimators import HutchinsonResult, PowerResult, hutchinson_frobenius, top_singular_value  # noqa: E402,F401
 from gradflow.jacobians import JacobianResult, jacobian_norms, jacobians, step_jacobians  # noqa: E402,F401
 from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum  # noqa: E402,F401
+from gradflow.sensitivity import ParamSensitivity, param_sensitivity, param_step  # noqa: E402,F401
 from gradflow.spectra import (  # noqa: E402,F401
     GrowthRate,
     SpectrumResult,
@@ -67,6 +68,7 @@ __all__ = [
     "top_singular_value", "hutchinson_frobenius", "PowerResult", "HutchinsonResult",
     "batch_blocks", "batch_block_norms", "frozen_statistics_comparison",
     "BatchBlockNorms", "FrozenComparison",
+    "param_step", "param_sensitivity", "ParamSensitivity",
     # sweeps
     "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
     # modules

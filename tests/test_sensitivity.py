@@ -1,0 +1,202 @@
+"""Parameter sensitivity: every cell kind against jax.jacrev of the unrolled function with per-step parameter
+copies (float64), the log scale at long T, per example, the Hutchinson estimate, and argument errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import gradflow
+from gradflow.sensitivity import param_groups, param_sensitivity, param_step, unrolled_final
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+def _flat_state(carry):
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(carry)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)])
+
+
+def reference(pstep, params, carry0, xs, groups="top"):
+    """(per-step contributions (T, G), totals (G,), ||h_T||) from jax.jacrev of h_T with respect to one
+    copy of the params per step (stacked on a leading T axis) and of the plain unrolled function."""
+    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    names, leaf_group = param_groups(params, groups)
+    stack = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (T, *jnp.shape(p))), params)
+
+    def final(stacked):
+        body = lambda h, px: (pstep(px[0], h, px[1]), None)  # noqa: E731
+        return _flat_state(jax.lax.scan(body, carry0, (stacked, xs))[0])
+
+    jac = jax.jacrev(final)(stack)  # leaves (n, T, *shape)
+    tot = jax.jacrev(lambda p: _flat_state(unrolled_final(pstep, p, carry0, xs)))(params)
+    G = len(names)
+    contrib, total = np.zeros((T, G)), np.zeros(G)
+    leaves = zip(jax.tree_util.tree_leaves(jac), jax.tree_util.tree_leaves(tot), leaf_group, strict=True)
+    for J, Jt, g in leaves:
+        J = np.asarray(J, np.float64)
+        contrib[:, g] += np.sum(np.square(np.moveaxis(J, 1, 0).reshape(T, -1)), axis=1)
+        total[g] += np.sum(np.square(np.asarray(Jt, np.float64)))
+    h_T = np.linalg.norm(np.asarray(_flat_state(unrolled_final(pstep, params, carry0, xs))))
+    return np.sqrt(contrib), np.sqrt(total), h_T
+
+
+def _check_against_reference(pstep, params, carry0, xs, groups="top"):
+    r = param_sensitivity(pstep, params, carry0, xs, groups=groups)
+    c, t, h = reference(pstep, params, carry0, xs, groups)
+    got_c, got_t = np.exp(np.asarray(r.log_contributions)), np.exp(np.asarray(r.log_total))
+    assert np.all(c > 0), "test setting must have non-zero contributions"
+    err = max(np.max(np.abs(got_c / c - 1)), np.max(np.abs(got_t / t - 1)),
+              abs(float(np.exp(r.log_state_norm)) / h - 1))
+    all_c = np.sqrt(np.sum(c**2, axis=1))
+    err = max(err, np.max(np.abs(np.exp(np.asarray(r.log_contribution_all)) / all_c - 1)),
+              abs(float(np.exp(r.log_total_all)) / np.sqrt(np.sum(t**2)) - 1))
+    assert err < 1e-6, f"max relative error {err:.3g}"
+    print(f"max relative error {err:.3g}")
+    assert list(np.asarray(r.lags)) == list(range(len(c), 0, -1))
+    return r, err
+
+
+def _xs(T, B, m, seed=1, dtype=jnp.float64):
+    return jax.random.normal(jax.random.key(seed), (T, B, m), dtype)
+
+
+# ------------------------------------------------------------------------------------------- cell kinds
+
+
+@pytest.mark.parametrize("preset", ["tanh", "lstm"])
+def test_our_cells_match_jacrev(x64, preset):
+    cell = gradflow.make_cell(preset, 4, 3, dtype="float64")
+    v = gradflow.init_cell(cell, jax.random.key(0))
+    pstep, params = param_step(cell, v)
+    carry0 = {**cell.initialize_carry(2), "h": 0.5 * jnp.ones((2, 4))}
+    r, _ = _check_against_reference(pstep, params, carry0, _xs(7, 2, 3))
+    assert r.groups == tuple(sorted(params))
+    if preset == "lstm":
+        _check_against_reference(pstep, params, carry0, _xs(7, 2, 3), groups="leaves")
+
+
+def test_linen_gru_matches_jacrev(x64):
+    cell = nn.GRUCell(features=4, param_dtype=jnp.float64)
+    carry0 = 0.3 * jnp.ones((2, 4))
+    v = cell.init(jax.random.key(0), carry0, jnp.ones((2, 3)))
+    pstep, params = param_step(cell, v)
+    r, _ = _check_against_reference(pstep, params, carry0, _xs(6, 2, 3))
+    assert set(r.groups) == {"hn", "hr", "hz", "in", "ir", "iz"}
+
+
+def test_nnx_cell_matches_jacrev(x64):
+    cell = nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    carry0 = (0.2 * jnp.ones((2, 4)), -0.1 * jnp.ones((2, 4)))
+    pstep, params = param_step(cell)
+    r, _ = _check_against_reference(pstep, params, carry0, _xs(6, 2, 3))
+    assert "hf" in r.groups and "ii" in r.groups
+
+
+def test_pure_function_matches_jacrev_and_closed_form(x64):
+    k = jax.random.split(jax.random.key(3), 3)
+    params = {"W": 0.5 * jax.random.normal(k[0], (4, 4), jnp.float64),
+              "U": jax.random.normal(k[1], (4, 2), jnp.float64), "lam": jnp.float64(0.9)}
+
+    def pstep(p, h, x):
+        return p["lam"] * h + jnp.tanh(h @ p["W"].T + x @ p["U"].T)
+
+    pstep_, params_ = param_step(pstep, params)
+    assert pstep_ is pstep
+    _check_against_reference(pstep, params, jnp.ones((3, 4)), _xs(8, 3, 2))
+    # 1-D linear recurrence: ∂h_T/∂λ contributions λ^(T-t-1) h_t, by hand
+    lam, T = 0.8, 6
+    xs = _xs(T, 1, 1)
+    r = param_sensitivity(lambda a, h, x: a * h + x, jnp.float64(lam), jnp.zeros((1, 1)), xs)
+    h = np.zeros(T + 1)
+    for t in range(T):
+        h[t + 1] = lam * h[t] + float(xs[t, 0, 0])
+    expect = np.abs(lam ** (T - 1 - np.arange(T)) * h[:T])
+    np.testing.assert_allclose(np.exp(np.asarray(r.log_contributions[1:, 0])), expect[1:], rtol=1e-12)
+    assert np.isneginf(float(r.log_contributions[0, 0]))  # h_0 = 0: the first step's λ h_0 is exactly 0
+    total = abs(sum(lam ** (T - 1 - t) * h[t] for t in range(T)))
+    np.testing.assert_allclose(float(np.exp(r.log_total[0])), total, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- log scale
+
+
+def test_log_scale_exact_at_long_T_in_float32():
+    """λ = 0.5, T = 400: contributions 0.5^(T-t-1) h_t underflow float32 (below 1e-45 after ~150 lags) but
+    their logs are exact; against a float64 NumPy loop."""
+    lam, T = 0.5, 400
+    xs = jnp.ones((T, 1, 1), jnp.float32)
+    r = param_sensitivity(lambda a, h, x: a * h + x, jnp.float32(lam), jnp.ones((1, 1), jnp.float32), xs)
+    h = np.ones(T + 1)
+    for t in range(T):
+        h[t + 1] = lam * h[t] + 1.0
+    expect = (T - 1 - np.arange(T)) * np.log(lam) + np.log(h[:T])
+    got = np.asarray(r.log_contributions[:, 0], np.float64)
+    assert np.all(np.isfinite(got)) and expect.min() < -200
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- per example
+
+
+def test_per_example_equals_each_example_alone(x64):
+    cell = gradflow.make_cell("tanh", 3, 2, dtype="float64")
+    pstep, params = param_step(cell, gradflow.init_cell(cell, jax.random.key(1)))
+    carry0 = {**cell.initialize_carry(3), "h": jax.random.normal(jax.random.key(2), (3, 3), jnp.float64)}
+    xs = _xs(5, 3, 2)
+    r = param_sensitivity(pstep, params, carry0, xs, per_example=True)
+    assert r.log_contributions.shape == (3, 5, 3) and r.log_total.shape == (3, 3)
+    for b in range(3):
+        one = jax.tree_util.tree_map(lambda a, b=b: a[b:b + 1], carry0)
+        c, t, h = reference(pstep, params, one, xs[:, b:b + 1])
+        np.testing.assert_allclose(np.exp(np.asarray(r.log_contributions[b])), c, rtol=1e-9)
+        np.testing.assert_allclose(np.exp(np.asarray(r.log_total[b])), t, rtol=1e-9)
+        np.testing.assert_allclose(float(np.exp(r.log_state_norm[b])), h, rtol=1e-9)
+
+
+def test_per_example_refuses_a_batch_coupled_step():
+    cell = gradflow.make_cell("bn_notanh", 3, 2)
+    pstep, params = param_step(cell, gradflow.init_cell(cell, jax.random.key(0)), train=True)
+    carry0 = {**cell.initialize_carry(4), "h": jax.random.normal(jax.random.key(1), (4, 3))}
+    with pytest.raises(ValueError, match="couples the examples"):
+        param_sensitivity(pstep, params, carry0, _xs(3, 4, 2, dtype=jnp.float32), per_example=True)
+
+
+# ------------------------------------------------------------------------------------------- Hutchinson
+
+
+def test_hutchinson_estimate_within_its_standard_errors(x64):
+    cell = gradflow.make_cell("tanh", 6, 3, dtype="float64")
+    pstep, params = param_step(cell, gradflow.init_cell(cell, jax.random.key(0)))
+    carry0 = {**cell.initialize_carry(2), "h": 0.5 * jnp.ones((2, 6))}
+    xs = _xs(10, 2, 3)
+    exact = param_sensitivity(pstep, params, carry0, xs)
+    est = param_sensitivity(pstep, params, carry0, xs, probes=256, key=jax.random.key(7))
+    assert est.contribution_se.shape == exact.log_contributions.shape and exact.contribution_se is None
+    z_c = (np.asarray(est.log_contributions) - np.asarray(exact.log_contributions)) / np.asarray(
+        est.contribution_se)
+    z_t = (np.asarray(est.log_total) - np.asarray(exact.log_total)) / np.asarray(est.total_se)
+    assert np.max(np.abs(z_t)) < 4.5 and np.mean(np.abs(z_c) < 3) > 0.9, (z_t, z_c)
+    assert 0 < np.max(np.asarray(est.total_se)) < 0.2  # 256 probes: a few percent
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_bad_arguments_are_named():
+    pstep = lambda a, h, x: a * h + x  # noqa: E731
+    h0, xs = jnp.zeros((1, 1)), jnp.ones((3, 1, 1))
+    with pytest.raises(ValueError, match="groups must be one of"):
+        param_sensitivity(pstep, jnp.float32(0.5), h0, xs, groups="rows")
+    with pytest.raises(ValueError, match="needs key"):
+        param_sensitivity(pstep, jnp.float32(0.5), h0, xs, probes=4)
+    with pytest.raises(ValueError, match="floating"):
+        param_sensitivity(pstep, jnp.int32(1), h0, xs)
+    with pytest.raises(ValueError, match="non-finite"):
+        param_sensitivity(pstep, jnp.float32(np.nan), h0, xs)
+    with pytest.raises(ValueError, match="non-finite state"):
+        param_sensitivity(pstep, jnp.float32(1e30), jnp.ones((1, 1)), jnp.ones((5, 1, 1)))
+    with pytest.raises(ValueError, match="unsupported cell type"):
+        param_step(3, {})

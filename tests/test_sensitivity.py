@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 import gradflow
+from gradflow import theory as th
 from gradflow.sensitivity import param_groups, param_sensitivity, param_step, unrolled_final
 
 # ------------------------------------------------------------------------------------------- reference
@@ -200,3 +201,55 @@ def test_bad_arguments_are_named():
         param_sensitivity(pstep, jnp.float32(1e30), jnp.ones((1, 1)), jnp.ones((5, 1, 1)))
     with pytest.raises(ValueError, match="unsupported cell type"):
         param_step(3, {})
+
+
+# ------------------------------------------------------------------------------------------- 1-D closed forms
+
+
+def test_memory_closed_forms_equal_their_double_sums():
+    """E[h²] = Σ λ^{k+l} ρ^|k−l| and E[(∂h/∂λ)²] = Σ k l λ^{k+l−2} ρ^|k−l| (truncated where λ^k < 1e-300)."""
+    for lam, rho in [(0.5, 0.0), (0.8, 0.7), (0.95, -0.4)]:
+        k = np.arange(2000.0)
+        M = rho ** np.abs(k[:, None] - k[None, :])
+        a, b = lam**k, k * lam ** (k - 1)
+        np.testing.assert_allclose(th.memory_state_moment(lam, rho), a @ M @ a, rtol=1e-12)
+        np.testing.assert_allclose(th.memory_sensitivity_moment(lam, rho), b @ M @ b, rtol=1e-12)
+    with pytest.raises(ValueError, match="lam must lie"):
+        th.memory_state_moment(1.0)
+    with pytest.raises(ValueError, match="rho must lie"):
+        th.memory_sensitivity_moment(0.5, 1.0)
+
+
+def monte_carlo_moments(lam, rhos, chains, seed):
+    """E[h²] and E[(∂h/∂λ)²] with their standard errors from independent chains (float64 NumPy): AR(1)
+    inputs of unit variance started stationary, h and d = ∂h/∂λ (d_t = λ d_{t−1} + h_{t−1}) from 0, burn-in
+    10/(1 − λ) steps (the transient's share of E[d²] is then below 1e-6), one sample per chain."""
+    rng = np.random.default_rng(seed)
+    rhos = np.asarray(rhos, np.float64)[:, None]
+    x = rng.standard_normal((len(rhos), chains))
+    h, d = np.zeros_like(x), np.zeros_like(x)
+    s = np.sqrt(1 - rhos**2)
+    for _ in range(int(np.ceil(10 / (1 - lam)))):
+        d = lam * d + h
+        h = lam * h + x
+        x = rhos * x + s * rng.standard_normal(x.shape)
+    out = []
+    for v in (h**2, d**2):
+        out.append((v.mean(axis=1), v.std(axis=1, ddof=1) / np.sqrt(chains)))
+    return out
+
+
+def test_memory_closed_forms_hold_in_monte_carlo():
+    rhos = (0.0, 0.5, 0.9)
+    lines = []
+    for i, lam in enumerate((0.9, 0.99, 0.999)):
+        (mh, sh), (md, sd) = monte_carlo_moments(lam, rhos, chains=8000, seed=i)
+        for j, rho in enumerate(rhos):
+            for what, mc, se, f in (("E[h²]", mh[j], sh[j], th.memory_state_moment),
+                                    ("E[(∂h/∂λ)²]", md[j], sd[j], th.memory_sensitivity_moment)):
+                theory = f(lam, rho)
+                z = (mc - theory) / se
+                lines.append(f"λ={lam} ρ={rho} {what}: mc {mc:.6g} theory {theory:.6g} se {se:.3g} "
+                             f"({se / theory:.2%}) z {z:+.2f}")
+                assert abs(z) < 4, lines[-1]
+    print("\n".join(lines))

@@ -69,6 +69,9 @@ class ParamSensitivity(NamedTuple):
         log_total: (G,) ln ||∂h_T/∂θ||_F per group (the norm of the sum over steps, not a sum of norms).
         log_total_all: () the same over all parameters.
         log_state_norm: () ln ||h_T||_F of the selected state (to express sensitivity relative to the state).
+        log_state_jacobian: (T,) ln ||∂h_T/∂h_t||_F (rows: the selected h_T, columns: the whole state h_t),
+            the state Jacobian of the same pass (= `gradflow.jacobian_norms`' ``log_frobenius_norms`` for
+            ``wrt=None``); with ``probes`` its Hutchinson estimate.
         lags: (T,) int, T - t.
         contribution_se: with ``probes``: (T, G) standard error of ``log_contributions`` (delta method: the
             relative standard error of the Frobenius estimate); None when exact.
@@ -83,6 +86,7 @@ class ParamSensitivity(NamedTuple):
     log_total: jax.Array
     log_total_all: jax.Array
     log_state_norm: jax.Array
+    log_state_jacobian: jax.Array
     lags: jax.Array
     contribution_se: jax.Array | None = None
     total_se: jax.Array | None = None
@@ -277,11 +281,13 @@ def _sensitivity_jit(pstep, mask, leaf_group, n_groups, probes, params, carry0, 
         sq = _group_sums(C, leaf_group, n_groups, keep_rows=probes)
         S, sig = _accumulate(S, sig, C, s)
         G_prev, s_new, c = renormalize(G_prev, s, c)
-        return (G_prev, s_new, c, S, sig), (s, sq)
+        return (G_prev, s_new, c, S, sig), (s, s_new, sq)
 
     zero = jnp.zeros((), full.dtype)
     init = (G0, zero, zero, S0, jnp.full((), -jnp.inf, full.dtype))
-    (_, _, _, S, sig), (scales, sqs) = jax.lax.scan(body, init, (prev, xs), reverse=True)
+    (_, _, _, S, sig), (scales, log_state_jac, sqs) = jax.lax.scan(body, init, (prev, xs), reverse=True)
+    if probes:  # ||Z^T M||_F^2 / k estimates ||M||_F^2
+        log_state_jac = log_state_jac - 0.5 * jnp.log(jnp.asarray(k, full.dtype))
     sq_tot = _group_sums(S, leaf_group, n_groups, keep_rows=probes)
     log_c, se_c = _log_frob(jnp.moveaxis(sqs, 0, -2) if probes else sqs, probes)  # probes: (k, T, G)
     log_c = log_c + scales[:, None]
@@ -290,7 +296,7 @@ def _sensitivity_jit(pstep, mask, leaf_group, n_groups, probes, params, carry0, 
     sq_all = jnp.sum(sqs, axis=-1)
     log_ca, _ = _log_frob(jnp.moveaxis(sq_all, 0, -1) if probes else sq_all, probes)
     log_ta, _ = _log_frob(jnp.sum(sq_tot, axis=-1), probes)
-    return log_c, log_ca + scales, log_t, log_ta + sig, log_state, se_c, se_t, flags
+    return log_c, log_ca + scales, log_t, log_ta + sig, log_state, log_state_jac, se_c, se_t, flags
 
 
 def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=None, groups: str = "top",
@@ -352,8 +358,8 @@ def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=No
         out = fn(carry0, xs, rows)
         flags = out[-1]
     raise_if_nonfinite(flags, "the parameter sensitivity is undefined")
-    log_c, log_ca, log_t, log_ta, log_state, se_c, se_t = out[:-1]
-    return ParamSensitivity(leaf_group_names, log_c, log_ca, log_t, log_ta, log_state,
+    log_c, log_ca, log_t, log_ta, log_state, log_jac, se_c, se_t = out[:-1]
+    return ParamSensitivity(leaf_group_names, log_c, log_ca, log_t, log_ta, log_state, log_jac,
                             T - jnp.arange(T), se_c, se_t)
 
 

@@ -57,6 +57,9 @@ def _check_against_reference(pstep, params, carry0, xs, groups="top"):
     assert err < 1e-6, f"max relative error {err:.3g}"
     print(f"max relative error {err:.3g}")
     assert list(np.asarray(r.lags)) == list(range(len(c), 0, -1))
+    step = lambda h, x: pstep(params, h, x)  # noqa: E731
+    ref = gradflow.jacobian_norms(step, carry0, xs, spectral=None).log_frobenius_norms
+    np.testing.assert_allclose(np.asarray(r.log_state_jacobian), np.asarray(ref), rtol=1e-10, atol=1e-10)
     return r, err
 
 
@@ -181,6 +184,9 @@ def test_hutchinson_estimate_within_its_standard_errors(x64):
     z_t = (np.asarray(est.log_total) - np.asarray(exact.log_total)) / np.asarray(est.total_se)
     assert np.max(np.abs(z_t)) < 4.5 and np.mean(np.abs(z_c) < 3) > 0.9, (z_t, z_c)
     assert 0 < np.max(np.asarray(est.total_se)) < 0.2  # 256 probes: a few percent
+    # the state Jacobian's Frobenius estimate: relative sd of ||M||_F at most sqrt(2/256)/2 = 4.4%
+    d = np.asarray(est.log_state_jacobian) - np.asarray(exact.log_state_jacobian)
+    assert np.max(np.abs(d)) < 0.2, d
 
 
 # ------------------------------------------------------------------------------------------- errors

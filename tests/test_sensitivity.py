@@ -259,3 +259,23 @@ def test_memory_closed_forms_hold_in_monte_carlo():
                              f"({se / theory:.2%}) z {z:+.2f}")
                 assert abs(z) < 4, lines[-1]
     print("\n".join(lines))
+
+
+def test_memory_analysis_knobs():
+    """The analysis' γ_x(λ) reaches theory.critical_input_gamma at λ = 1 and gives the mean-field rate ln λ;
+    its two-column 1-D step gives ∂h/∂λ and ∂h/∂ν = λ ln λ · ∂h/∂λ in one pass."""
+    from analyses import memory
+
+    for n in (5, 8, 16):
+        critical = th.critical_input_gamma("bn_notanh", batch_size=n)
+        assert memory.gamma_x_for_rate(n, 1.0) == pytest.approx(critical)
+        for lam in (0.5, 0.9):
+            g = memory.gamma_x_for_rate(n, lam)
+            assert th.bn_train_rate(1.0, g, batch_size=n) == pytest.approx(np.log(lam), rel=1e-9)
+    lam = 0.7
+    p = {"lam": jnp.float32(lam), "nu": jnp.float32(np.log(-np.log(lam)))}
+    r = param_sensitivity(memory.pair_step, p, jnp.zeros((1, 2)), jnp.ones((4, 1, 1)))
+    t = np.exp(np.asarray(r.log_total))
+    dl = sum(lam ** (3 - t_) * (1 - lam**t_) / (1 - lam) for t_ in range(4))  # Σ λ^(T-1-t) h_t, h_t = Σ λ^k
+    np.testing.assert_allclose(t[r.groups.index("lam")], dl, rtol=1e-5)
+    np.testing.assert_allclose(t[r.groups.index("nu")], abs(lam * np.log(lam)) * dl, rtol=1e-5)

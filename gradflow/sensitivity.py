@@ -301,7 +301,7 @@ def _sensitivity_jit(pstep, mask, leaf_group, n_groups, probes, params, carry0, 
 
 def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=None, groups: str = "top",
                       per_example: bool = False, probes: int | None = None,
-                      key: jax.Array | None = None) -> ParamSensitivity:
+                      key: jax.Array | None = None, cotangent: Any = None) -> ParamSensitivity:
     """Per-lag contributions ||∂h_T/∂h_{t+1} · ∂h_{t+1}/∂θ||_F and the total ||∂h_T/∂θ||_F, per group.
 
     One forward scan stores h_0..h_{T-1}; one reverse scan carries the rows of ∂h_T/∂h_{t+1} at unit norm
@@ -323,6 +323,11 @@ def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=No
         probes: None (exact: n rows) or k >= 2: Hutchinson estimate from k Rademacher rows (memory k × |θ|
             instead of n × |θ|), with standard errors.
         key: PRNG key for the probes (required with ``probes``).
+        cotangent: optional ∂L/∂h_T of a loss L(h_T), a pytree with the carry's structure (its selected
+            leaves are used, e.g. ``jax.grad(loss)(h_T)``): the rows become this one vector, so
+            ``log_contributions[t]`` is ln ||∂L/∂h_T · C_t|| (the loss gradient's share from step t+1, per
+            group) and ``log_total`` ln ||∂L/∂θ||; ``log_state_jacobian`` is then ln ||∂L/∂h_t||.
+            Not with ``probes`` or ``per_example``.
 
     Returns:
         :class:`ParamSensitivity`.
@@ -343,6 +348,15 @@ def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=No
             raise ValueError(f"probes must be >= 2 for a standard error, got {probes!r}")
         if key is None:
             raise ValueError("param_sensitivity(probes=...) needs key=... for the Rademacher probes")
+    if cotangent is not None:
+        if probes is not None or per_example:
+            raise ValueError("cotangent=... is one row over the whole batch: not with probes or per_example")
+        try:
+            rows = smap.flatten(cotangent)[None, :]
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"cotangent must have the carry's structure and shapes (∂L/∂h_T): {e}") from None
+        if rows.shape[1] != smap.n:
+            raise ValueError(f"cotangent's selected leaves hold {rows.shape[1]} numbers; the state {smap.n}")
     fn = functools.partial(_sensitivity_jit, pstep, smap.mask, leaf_group, len(leaf_group_names),
                            probes is not None, params)
     if per_example:

@@ -20,11 +20,11 @@ def _flat_state(carry):
                             if jnp.issubdtype(x.dtype, jnp.inexact)])
 
 
-def reference(pstep, params, carry0, xs, groups="top"):
-    """(per-step contributions (T, G), totals (G,), ||h_T||) from jax.jacrev of h_T with respect to one
-    copy of the params per step (stacked on a leading T axis) and of the plain unrolled function."""
+def reference_leaves(pstep, params, carry0, xs):
+    """(per-step squared contributions (T, L) per params leaf, squared totals (L,), ||h_T||) from jax.jacrev
+    of h_T with respect to one copy of the params per step (stacked on a leading T axis), and of the plain
+    unrolled function."""
     T = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    names, leaf_group = param_groups(params, groups)
     stack = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (T, *jnp.shape(p))), params)
 
     def final(stacked):
@@ -33,33 +33,40 @@ def reference(pstep, params, carry0, xs, groups="top"):
 
     jac = jax.jacrev(final)(stack)  # leaves (n, T, *shape)
     tot = jax.jacrev(lambda p: _flat_state(unrolled_final(pstep, p, carry0, xs)))(params)
-    G = len(names)
-    contrib, total = np.zeros((T, G)), np.zeros(G)
-    leaves = zip(jax.tree_util.tree_leaves(jac), jax.tree_util.tree_leaves(tot), leaf_group, strict=True)
-    for J, Jt, g in leaves:
-        J = np.asarray(J, np.float64)
-        contrib[:, g] += np.sum(np.square(np.moveaxis(J, 1, 0).reshape(T, -1)), axis=1)
-        total[g] += np.sum(np.square(np.asarray(Jt, np.float64)))
+    sq = np.stack([np.sum(np.square(np.moveaxis(np.asarray(J, np.float64), 1, 0).reshape(T, -1)), axis=1)
+                   for J in jax.tree_util.tree_leaves(jac)], axis=1)
+    sq_t = np.array([np.sum(np.square(np.asarray(J, np.float64))) for J in jax.tree_util.tree_leaves(tot)])
     h_T = np.linalg.norm(np.asarray(_flat_state(unrolled_final(pstep, params, carry0, xs))))
-    return np.sqrt(contrib), np.sqrt(total), h_T
+    return sq, sq_t, h_T
 
 
-def _check_against_reference(pstep, params, carry0, xs, groups="top"):
-    r = param_sensitivity(pstep, params, carry0, xs, groups=groups)
-    c, t, h = reference(pstep, params, carry0, xs, groups)
-    got_c, got_t = np.exp(np.asarray(r.log_contributions)), np.exp(np.asarray(r.log_total))
-    assert np.all(c > 0), "test setting must have non-zero contributions"
-    err = max(np.max(np.abs(got_c / c - 1)), np.max(np.abs(got_t / t - 1)),
-              abs(float(np.exp(r.log_state_norm)) / h - 1))
-    all_c = np.sqrt(np.sum(c**2, axis=1))
-    err = max(err, np.max(np.abs(np.exp(np.asarray(r.log_contribution_all)) / all_c - 1)),
-              abs(float(np.exp(r.log_total_all)) / np.sqrt(np.sum(t**2)) - 1))
-    assert err < 1e-6, f"max relative error {err:.3g}"
-    print(f"max relative error {err:.3g}")
+def reference(pstep, params, carry0, xs, groups="top", leaves=None):
+    """(per-step contributions (T, G), totals (G,), ||h_T||) of :func:`reference_leaves` summed by group."""
+    sq, sq_t, h_T = reference_leaves(pstep, params, carry0, xs) if leaves is None else leaves
+    names, leaf_group = param_groups(params, groups)
+    onehot = np.eye(len(names))[list(leaf_group)]  # (L, G)
+    return np.sqrt(sq @ onehot), np.sqrt(sq_t @ onehot), h_T
+
+
+def _check_against_reference(pstep, params, carry0, xs, groupings=("top",), check_state=False):
+    leaves = reference_leaves(pstep, params, carry0, xs)
+    for groups in groupings:
+        r = param_sensitivity(pstep, params, carry0, xs, groups=groups)
+        c, t, h = reference(pstep, params, carry0, xs, groups, leaves)
+        got_c, got_t = np.exp(np.asarray(r.log_contributions)), np.exp(np.asarray(r.log_total))
+        assert np.all(c > 0), "test setting must have non-zero contributions"
+        err = max(np.max(np.abs(got_c / c - 1)), np.max(np.abs(got_t / t - 1)),
+                  abs(float(np.exp(r.log_state_norm)) / h - 1))
+        all_c = np.sqrt(np.sum(c**2, axis=1))
+        err = max(err, np.max(np.abs(np.exp(np.asarray(r.log_contribution_all)) / all_c - 1)),
+                  abs(float(np.exp(r.log_total_all)) / np.sqrt(np.sum(t**2)) - 1))
+        assert err < 1e-6, f"max relative error {err:.3g}"
+        print(f"max relative error {err:.3g}")
     assert list(np.asarray(r.lags)) == list(range(len(c), 0, -1))
-    step = lambda h, x: pstep(params, h, x)  # noqa: E731
-    ref = gradflow.jacobian_norms(step, carry0, xs, spectral=None).log_frobenius_norms
-    np.testing.assert_allclose(np.asarray(r.log_state_jacobian), np.asarray(ref), rtol=1e-10, atol=1e-10)
+    if check_state:  # the state Jacobian of the same pass: the engine's log Frobenius norms
+        step = lambda h, x: pstep(params, h, x)  # noqa: E731
+        ref = gradflow.jacobian_norms(step, carry0, xs, spectral=None).log_frobenius_norms
+        np.testing.assert_allclose(np.asarray(r.log_state_jacobian), np.asarray(ref), rtol=1e-10, atol=1e-10)
     return r, err
 
 
@@ -76,10 +83,9 @@ def test_our_cells_match_jacrev(x64, preset):
     v = gradflow.init_cell(cell, jax.random.key(0))
     pstep, params = param_step(cell, v)
     carry0 = {**cell.initialize_carry(2), "h": 0.5 * jnp.ones((2, 4))}
-    r, _ = _check_against_reference(pstep, params, carry0, _xs(7, 2, 3))
+    groupings = ("leaves", "top") if preset == "lstm" else ("top",)
+    r, _ = _check_against_reference(pstep, params, carry0, _xs(7, 2, 3), groupings, check_state=True)
     assert r.groups == tuple(sorted(params))
-    if preset == "lstm":
-        _check_against_reference(pstep, params, carry0, _xs(7, 2, 3), groups="leaves")
 
 
 def test_linen_gru_matches_jacrev(x64):
@@ -187,6 +193,37 @@ def test_hutchinson_estimate_within_its_standard_errors(x64):
     # the state Jacobian's Frobenius estimate: relative sd of ||M||_F at most sqrt(2/256)/2 = 4.4%
     d = np.asarray(est.log_state_jacobian) - np.asarray(exact.log_state_jacobian)
     assert np.max(np.abs(d)) < 0.2, d
+
+
+# ------------------------------------------------------------------------------------------- loss gradient
+
+
+def test_cotangent_gives_the_loss_gradient_per_step(x64):
+    """L = Σ w ⊙ h_T: contributions ||∂L/∂θ_t|| per step and group against jax.grad with per-step copies."""
+    cell = gradflow.make_cell("lstm", 3, 2, dtype="float64")
+    pstep, params = param_step(cell, gradflow.init_cell(cell, jax.random.key(4)))
+    carry0 = {**cell.initialize_carry(2), "h": 0.3 * jnp.ones((2, 3))}
+    xs, T = _xs(6, 2, 2), 6
+    w = jax.random.normal(jax.random.key(5), (2, 3), jnp.float64)
+    cot = {"h": w, "c": jnp.zeros((2, 3)), "t": jnp.zeros((2,), jnp.int32)}
+    r = param_sensitivity(pstep, params, carry0, xs, cotangent=cot)
+    stack = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (T, *p.shape)), params)
+
+    def loss(stacked):
+        hT = jax.lax.scan(lambda h, px: (pstep(px[0], h, px[1]), None), carry0, (stacked, xs))[0]
+        return jnp.sum(w * hT["h"])
+
+    g = jax.grad(loss)(stack)
+    names, _ = param_groups(params)
+    for j, name in enumerate(names):
+        ref = np.sqrt(sum(np.sum(np.square(np.asarray(x).reshape(T, -1)), axis=1)
+                          for x in jax.tree_util.tree_leaves(g[name])))
+        np.testing.assert_allclose(np.exp(np.asarray(r.log_contributions[:, j])), ref, rtol=1e-9)
+        leaves = jax.tree_util.tree_leaves(g[name])
+        tot = np.sqrt(sum(np.sum(np.square(np.asarray(x).sum(0))) for x in leaves))
+        np.testing.assert_allclose(float(np.exp(r.log_total[j])), tot, rtol=1e-9)
+    with pytest.raises(ValueError, match="not with probes"):
+        param_sensitivity(pstep, params, carry0, xs, cotangent=cot, per_example=True)
 
 
 # ------------------------------------------------------------------------------------------- errors

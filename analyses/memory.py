@@ -330,8 +330,9 @@ def _plot_families(ax, data, key, ylabel, title):
 def plot(data: dict) -> dict:
     """(a) the 1-D closed forms vs measurement; (b) relative sensitivity of θ_rec against memory per family
     (legend: growth exponent), the state Jacobian's rate at the same knob, the LRUs' magnitude vs phase
-    groups, and the per-lag contributions at the largest λ."""
-    fig, axes = style.figure(2, 3, width=11.0, height=6.2, squeeze=False)
+    groups, the per-lag contributions at the largest λ, and the relative sensitivity against the measured
+    memory −1/rate."""
+    fig, axes = style.figure(2, 4, width=13.0, height=6.2, squeeze=False)
     ax = axes.ravel()
     _plot_one_d(ax[0], data)
     _plot_families(ax[1], data, "rel_rec", "‖∂h_T/∂θ_rec‖_F / ‖h_T‖_F", "cells: recurrent parameters")
@@ -359,6 +360,14 @@ def plot(data: dict) -> dict:
     for i, f in enumerate(data["families"]):
         ax[5].semilogy(lags, style.log_from_ln(data["curve"][i]), "-", color=_color(f, i), lw=1, label=f)
     ax[5].set_ylim(math.exp(top) * 1e-8, math.exp(top) * 3)
+    for i, f in enumerate(data["families"]):  # against the measured memory −1/rate
+        tau = -1.0 / np.minimum(data["rate"][i].mean(axis=1), -1.0 / data["T"])
+        ax[6].loglog(tau, data["rel_rec"][i].mean(axis=1), "-", marker=style.marker(f), color=_color(f, i),
+                     mfc="none", label=f)
+    _memory_axis(ax[6])
+    style.finish(ax[6], xlabel="measured memory −1/rate (steps, ≤ T)", ylabel="‖∂h_T/∂θ_rec‖_F / ‖h_T‖_F",
+                 title="against the state Jacobian's memory", legend=False)
+    ax[7].set_visible(False)
     style.finish(ax[5], xlabel=style.LAG, ylabel="‖C_t(θ_rec)‖_F / ‖h_T‖_F",
                  title=f"per-lag contributions, λ = {data['lams'][-1]:g}", legend=False)
     fig.suptitle(f"The curse of memory: parameter sensitivity as memory grows (d = {data['hidden']}, batch "
@@ -369,13 +378,22 @@ def plot(data: dict) -> dict:
 
 def write_extra(data: dict) -> dict:
     """``memory.md``: the growth exponent of each family's relative sensitivity and the 1-D check."""
-    lines = ["| family | ‖∂h_T/∂θ_rec‖/‖h_T‖ at λ = "
-             f"{data['lams'][0]:g} | at λ = {data['lams'][-1]:g} | growth exponent vs 1/(1 − λ) | "
-             "state rate at the largest λ (ln/step) |", "| --- | --- | --- | --- | --- |"]
+    lo, hi = f"{data['lams'][0]:g}", f"{data['lams'][-1]:g}"
+    lines = [f"| family | ‖∂h_T/∂θ_rec‖/‖h_T‖ at λ = {lo} | at λ = {hi} | growth exponent vs 1/(1 − λ) | "
+             f"‖∂h_T/∂θ_rec‖/√(Bd) at λ = {hi} | ‖h_T‖/√(Bd) at λ = {hi} | state rate at λ = {hi} "
+             "(ln/step) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for i, f in enumerate(data["families"]):
         rel = data["rel_rec"][i].mean(axis=1)
         lines.append(f"| `{f}` | {rel[0]:.3g} | {rel[-1]:.3g} | {data['slope_rec'][i]:+.2f} | "
+                     f"{data['abs_rec'][i].mean(axis=1)[-1]:.3g} | {data['rms'][i].mean(axis=1)[-1]:.3g} | "
                      f"{data['rate'][i].mean(axis=1)[-1]:+.4f} |")
+    for j, f in enumerate(data["lru_families"]):
+        mag, ph = data["lru_mag"][j].mean(axis=1), data["lru_phase"][j].mean(axis=1)
+        lines += ["" if j == 0 else None,
+                  f"- `{f}`: ‖∂h_T/∂θ‖/‖h_T‖ of the eigenvalue magnitudes {mag[0]:.3g} → {mag[-1]:.3g}, "
+                  f"of the phases {ph[0]:.3g} → {ph[-1]:.3g} (λ = {lo} → {hi})."]
+    lines = [ln for ln in lines if ln is not None]
     z = np.abs(data["a_d2"] - data["a_th_d2"]) / data["a_d2_se"]
     rhos = ", ".join(f"{r:g}" for r in data["rhos"])
     lines += ["", f"1-D closed forms (h_t = λ h_{{t−1}} + x_t, AR(1) inputs, {data['chains']} chains): "

@@ -91,6 +91,7 @@ ANALYSES: tuple[str, ...] = (
     "training",
     "cures",
     "training_study",
+    "memory",
     "findings",
 )
 

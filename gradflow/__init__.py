@@ -28,6 +28,7 @@ from gradflow.lyapunov import (  # noqa: E402,F401
     lyapunov_spectrum,
     lyapunov_statistics,
 )
+from gradflow.sensitivity import ParamSensitivity, param_sensitivity, param_step  # noqa: E402,F401
 from gradflow.spectra import (  # noqa: E402,F401
     GrowthRate,
     SpectrumResult,
@@ -72,6 +73,7 @@ __all__ = [
     "top_singular_value", "hutchinson_frobenius", "PowerResult", "HutchinsonResult",
     "batch_blocks", "batch_block_norms", "frozen_statistics_comparison",
     "BatchBlockNorms", "FrozenComparison",
+    "param_step", "param_sensitivity", "ParamSensitivity",
     # sweeps
     "Grid", "run_sweep", "load_table", "pivot", "to_dataframe",
     # modules

@@ -61,6 +61,8 @@ __all__ = [
     "relu_rate_bound",
     "critical_input_gamma",
     "input_variance_share",
+    "memory_state_moment",
+    "memory_sensitivity_moment",
 ]
 
 ACTIVATIONS = ("linear", "tanh")
@@ -802,3 +804,53 @@ def critical_input_gamma(name: str, *, batch_size=None, hidden_size=None, gamma_
             "negative there, so no input γ_x makes the rate zero"
         )
     return gh / math.sqrt(n - 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the curse of memory (Zucchet & Orvieto, NeurIPS 2024): the 1-D linear recurrence h_t = λ h_{t−1} + x_t
+# driven by stationary inputs with unit variance and autocorrelation E[x_t x_{t−Δ}] = ρ^|Δ|
+
+
+def _memory_args(lam, rho) -> tuple[float, float]:
+    lam = _check_number("lam", lam)
+    rho = _check_number("rho", rho)
+    if not -1.0 < lam < 1.0:
+        raise ValueError(f"lam must lie in (-1, 1) (a stable recurrence; else E[h²] is infinite), got {lam}")
+    if not -1.0 < rho < 1.0:
+        raise ValueError(f"rho must lie in (-1, 1) (a stationary input autocorrelation ρ^|Δ|), got {rho}")
+    return lam, rho
+
+
+def memory_state_moment(lam: float, rho: float = 0.0) -> float:
+    """E[h²] of h_t = λ h_{t−1} + x_t in its stationary state, inputs of unit variance and autocorrelation ρ.
+
+    h_t = Σ_k λ^k x_{t−k}, so E[h²] = Σ_{k,l} λ^{k+l} ρ^{|k−l|} = (1 + ρλ) / ((1 − ρλ)(1 − λ²))
+    (white noise, ρ = 0: 1/(1 − λ²)).
+
+    Example:
+        >>> round(memory_state_moment(0.9), 6), round(memory_state_moment(0.9, 0.5), 6)
+        (5.263158, 13.875598)
+    """
+    lam, rho = _memory_args(lam, rho)
+    return (1.0 + rho * lam) / ((1.0 - rho * lam) * (1.0 - lam**2))
+
+
+def memory_sensitivity_moment(lam: float, rho: float = 0.0) -> float:
+    """E[(∂h/∂λ)²] of h_t = λ h_{t−1} + x_t, stationary (Zucchet & Orvieto 2024: the curse of memory).
+
+    ∂h_t/∂λ = Σ_k k λ^{k−1} x_{t−k} (the recursion d_t = λ d_{t−1} + h_{t−1}), so
+    E[(∂h/∂λ)²] = Σ_{k,l} k l λ^{k+l−2} ρ^{|k−l|}
+               = [(1 + λ²)(1 − λ²ρ²) + 2λρ(1 − λ²)] / [(1 − λ²)³ (1 − λρ)²]
+    (white noise: (1 + λ²)/(1 − λ²)³). It grows like (1 − λ)^−3 as λ → 1, faster than E[h²] ~ (1 − λ)^−1:
+    the relative sensitivity E[(∂h/∂λ)²]/E[h²] grows like (1 − λ)^−2 while ∂h_t/∂h_0 = λ^t neither explodes
+    nor vanishes. Under λ = exp(−e^ν) (the LRU's parametrization) ∂λ/∂ν = λ ln λ, which cancels it:
+    E[(∂h/∂ν)²]/E[h²] = (λ ln λ)² · E[(∂h/∂λ)²]/E[h²] stays bounded (→ 1/2 for white noise).
+
+    Example:
+        >>> round(memory_sensitivity_moment(0.9), 4)  # (1 + 0.81) / 0.19**3
+        263.8869
+    """
+    lam, rho = _memory_args(lam, rho)
+    num = (1.0 + lam**2) * (1.0 - lam**2 * rho**2) + 2.0 * lam * rho * (1.0 - lam**2)
+    return num / ((1.0 - lam**2) ** 3 * (1.0 - lam * rho) ** 2)
+

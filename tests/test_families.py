@@ -4,6 +4,7 @@ diag(Π a_s) of the diagonal linear recurrences, and the generic paths (make_cel
 describe, summary). Adding a family = its module, its name in gradflow.families.NAMES, one row in ROWS."""
 
 import dataclasses
+import math
 import pkgutil
 import warnings
 
@@ -173,6 +174,13 @@ def test_family_option_and_size_errors():
         gradflow.make_cell("rglru", 4, 3, a_min=0.99, a_max=0.9)
     with pytest.raises(ValueError, match="registry family"):
         gradflow.specs.preset_spec("rglru")
+    with pytest.raises(ValueError, match="unknown cell family"):
+        families.get("tanh")
+
+
+def test_predicted_rate_is_none_without_a_rate():
+    rate, kind = families.predicted_rate("mingru", {})
+    assert math.isnan(rate) and kind == "none"
 
 
 def test_initializations_follow_the_papers():

@@ -35,7 +35,7 @@ NORMS = ("ln", None)
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(base.FamilyOptions):
+class LRUStackOptions(base.FamilyOptions):
     """Deep-LRU options.
 
     Attributes:
@@ -137,7 +137,7 @@ def _layer_norm(z, P):
     return P["scale"] * (z - mu) / np.sqrt(var + 1e-5) + P["bias"]
 
 
-def reference_step(P, h, x, o: Options):
+def reference_step(P, h, x, o: LRUStackOptions):
     """NumPy float64 step, complex arithmetic for each LRU: (h_new, o^L)."""
     L = o.layers
     out = x @ P["W_enc"].T + P["b_enc"]
@@ -160,13 +160,13 @@ def reference_step(P, h, x, o: Options):
     return np.concatenate(new, axis=-1), out
 
 
-def rate(params, o: Options):
+def rate(params, o: LRUStackOptions):
     """ln max_{l,j} |λ^l_j|: the asymptotic rate of ‖∂h_T/∂h_t‖₂ (block-triangular Jacobian)."""
     nus = [np.exp(np.asarray(params[f"lru_{k}"]["nu_log"], np.float64)) for k in range(o.layers)]
     return float(-min(v.min() for v in nus)), "asymptotic"
 
 
-def equations(o: Options):
+def equations(o: LRUStackOptions):
     norm = "LN_l(o^{l-1}_t)" if o.norm == "ln" else "o^{l-1}_t"
     mix = ("(W_1 g_t + b_1) ⊙ σ(W_2 g_t + b_2)" if o.mixing == "glu" else "W_2 GELU(W_1 g_t + b_1) + b_2")
     lines = [f"o^0_t = W_enc x_t + b_enc;  per layer l = 1..{o.layers}: z_t = {norm}",
@@ -177,5 +177,5 @@ def equations(o: Options):
     return lines, notes
 
 
-FAMILY = base.Family(options=Options, cell=LRUStackCell, citation="Orvieto et al. 2023, deep LRU",
+FAMILY = base.Family(options=LRUStackOptions, cell=LRUStackCell, citation="Orvieto et al. 2023, deep LRU",
                      equations=equations, reference_step=reference_step, rate=rate)

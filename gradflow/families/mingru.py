@@ -23,7 +23,7 @@ CANDIDATES = ("linear", "g")
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(base.FamilyOptions):
+class MinGRUOptions(base.FamilyOptions):
     """minGRU options.
 
     Attributes:
@@ -73,7 +73,7 @@ def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def reference_step(P, h, x, o: Options):
+def reference_step(P, h, x, o: MinGRUOptions):
     """NumPy float64 step: (h_new, out)."""
     k = x @ P["W_h"].T + P["b_h"]
     cand = np.asarray(base.g_positive(k)) if o.candidate == "g" else k
@@ -82,12 +82,12 @@ def reference_step(P, h, x, o: Options):
     return h_new, h_new
 
 
-def decay(P, xs, o: Options):
+def decay(P, xs, o: MinGRUOptions):
     """(T, B, d): the diagonal 1 − z_t of ∂h_t/∂h_{t−1}."""
     return 1.0 - _sigmoid(xs @ P["W_z"].T + P["b_z"])
 
 
-def equations(o: Options):
+def equations(o: MinGRUOptions):
     cand = "g(W_h x_t + b_h)" if o.candidate == "g" else "W_h x_t + b_h"
     lines = [f"z_t = σ(W_z x_t + b_z),  h̃_t = {cand}", "h_t = (1 − z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t"]
     notes = ["∂h_t/∂h_{t-1} = diag(1 − z_t)", "W, b ~ U(±1/sqrt(input_size)) (PyTorch nn.Linear)"]
@@ -97,5 +97,5 @@ def equations(o: Options):
     return lines, notes
 
 
-FAMILY = base.Family(options=Options, cell=MinGRUCell, citation="Feng et al. 2024", equations=equations,
-                     reference_step=reference_step, decay=decay)
+FAMILY = base.Family(options=MinGRUOptions, cell=MinGRUCell, citation="Feng et al. 2024",
+                     equations=equations, reference_step=reference_step, decay=decay)

@@ -21,7 +21,7 @@ from gradflow.families.mingru import CANDIDATES
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(base.FamilyOptions):
+class MinLSTMOptions(base.FamilyOptions):
     """minLSTM options.
 
     Attributes:
@@ -73,7 +73,7 @@ def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def reference_step(P, h, x, o: Options):
+def reference_step(P, h, x, o: MinLSTMOptions):
     """NumPy float64 step: (h_new, out)."""
     f = _sigmoid(x @ P["W_f"].T + P["b_f"])
     i = _sigmoid(x @ P["W_i"].T + P["b_i"])
@@ -83,14 +83,14 @@ def reference_step(P, h, x, o: Options):
     return h_new, h_new
 
 
-def decay(P, xs, o: Options):
+def decay(P, xs, o: MinLSTMOptions):
     """(T, B, d): the diagonal f'_t of ∂h_t/∂h_{t−1}."""
     f = _sigmoid(xs @ P["W_f"].T + P["b_f"])
     i = _sigmoid(xs @ P["W_i"].T + P["b_i"])
     return f / (f + i)
 
 
-def equations(o: Options):
+def equations(o: MinLSTMOptions):
     cand = "g(W_h x_t + b_h)" if o.candidate == "g" else "W_h x_t + b_h"
     lines = ["f_t = σ(W_f x_t + b_f),  i_t = σ(W_i x_t + b_i),  f'_t = f_t/(f_t + i_t),  "
              "i'_t = i_t/(f_t + i_t)",
@@ -102,5 +102,5 @@ def equations(o: Options):
     return lines, notes
 
 
-FAMILY = base.Family(options=Options, cell=MinLSTMCell, citation="Feng et al. 2024", equations=equations,
-                     reference_step=reference_step, decay=decay)
+FAMILY = base.Family(options=MinLSTMOptions, cell=MinLSTMCell, citation="Feng et al. 2024",
+                     equations=equations, reference_step=reference_step, decay=decay)

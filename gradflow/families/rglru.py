@@ -32,7 +32,7 @@ A_INITS = ("paper", "code")
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(base.FamilyOptions):
+class RGLRUOptions(base.FamilyOptions):
     """RG-LRU options.
 
     Attributes:
@@ -65,7 +65,7 @@ class Options(base.FamilyOptions):
         return out
 
 
-def _lambda_init(o: Options):
+def _lambda_init(o: RGLRUOptions):
     def init(key, shape, dtype):
         u = jax.random.uniform(key, shape, dtype)
         if o.a_init == "paper":
@@ -117,7 +117,7 @@ def _log_a(P, x, o):
     return -o.c * _sigmoid(u @ P["W_a"].T + P["b_a"]) * _softplus(P["Lambda"]), u
 
 
-def reference_step(P, h, x, o: Options):
+def reference_step(P, h, x, o: RGLRUOptions):
     """NumPy float64 step: (h_new, out)."""
     log_a, u = _log_a(P, x, o)
     a = np.exp(log_a)
@@ -126,12 +126,12 @@ def reference_step(P, h, x, o: Options):
     return h_new, h_new
 
 
-def decay(P, xs, o: Options):
+def decay(P, xs, o: RGLRUOptions):
     """(T, B, d): the diagonal a_t of ∂h_t/∂h_{t−1}."""
     return np.exp(_log_a(P, xs, o)[0])
 
 
-def equations(o: Options):
+def equations(o: RGLRUOptions):
     lines = ["r_t = σ(W_a u_t + b_a),  i_t = σ(W_x u_t + b_x),  ln a_t = −c r_t ⊙ softplus(Λ)",
              "h_t = a_t ⊙ h_{t-1} + sqrt(1 − a_t²) ⊙ (i_t ⊙ u_t),  u_t = x_t (or W_in x_t if input_size ≠ d)"]
     init = (f"a^c uniform in [{o.a_min}, {o.a_max}]" if o.a_init == "paper"
@@ -141,5 +141,5 @@ def equations(o: Options):
     return lines, notes
 
 
-FAMILY = base.Family(options=Options, cell=RGLRUCell, citation="De et al. 2024 (Griffin)",
+FAMILY = base.Family(options=RGLRUOptions, cell=RGLRUCell, citation="De et al. 2024 (Griffin)",
                      equations=equations, reference_step=reference_step, decay=decay)

@@ -29,7 +29,7 @@ from gradflow.families import base
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(base.FamilyOptions):
+class S6Options(base.FamilyOptions):
     """S6 options.
 
     Attributes:
@@ -74,7 +74,7 @@ class Options(base.FamilyOptions):
         return self.dt_rank if self.dt_rank is not None else math.ceil(channels / 16)
 
 
-def _dt_bias_init(o: Options):
+def _dt_bias_init(o: S6Options):
     def init(key, shape, dtype):
         u = jax.random.uniform(key, shape, dtype)
         dt = jnp.exp(u * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min))
@@ -131,7 +131,7 @@ def _terms(P, x):
     return u, delta, np.exp(delta[..., :, None] * -np.exp(P["A_log"]))
 
 
-def reference_step(P, h, x, o: Options):
+def reference_step(P, h, x, o: S6Options):
     """NumPy float64 step, channel by channel and state by state: (h_new, y)."""
     u, delta, Abar = _terms(P, x)
     Bt, Ct = u @ P["W_B"].T, u @ P["W_C"].T
@@ -147,13 +147,13 @@ def reference_step(P, h, x, o: Options):
     return h_new.reshape(Bsz, Dc * N), y
 
 
-def decay(P, xs, o: Options):
+def decay(P, xs, o: S6Options):
     """(T, B, D·N): the diagonal Ā_t of ∂h_t/∂h_{t−1}."""
     Abar = _terms(P, xs)[2]
     return Abar.reshape(*Abar.shape[:2], -1)
 
 
-def equations(o: Options):
+def equations(o: S6Options):
     lines = ["Δ_t = softplus(W_Δ u_t + b_Δ),  Ā_t = exp(Δ_t ⊗ A),  B_t = W_B u_t,  C_t = W_C u_t",
              "h_t[d, n] = Ā_t[d, n] h_{t-1}[d, n] + Δ_t[d] B_t[n] u_t[d]",
              "y_t[d] = Σ_n C_t[n] h_t[d, n] + D_d u_t[d]"]
@@ -164,5 +164,5 @@ def equations(o: Options):
     return lines, notes
 
 
-FAMILY = base.Family(options=Options, cell=S6Cell, citation="Gu & Dao 2023 (Mamba)", equations=equations,
-                     reference_step=reference_step, decay=decay)
+FAMILY = base.Family(options=S6Options, cell=S6Cell, citation="Gu & Dao 2023 (Mamba)",
+                     equations=equations, reference_step=reference_step, decay=decay)

@@ -3,8 +3,9 @@
 Candidates: ``irnn`` (ReLU, W_hh = I), ``lru`` with a ring reaching 1 (r_min 0, r_max 1) and a ring
 [0.9, 0.999], ``bn_notanh`` and ``ln_notanh`` with the input path's γ at the critical value
 ``gradflow.theory.critical_input_gamma`` (mean-field rate 0), and ``tanh`` and ``bn_notanh`` after
-pre-flossing (``gradflow.floss``: Adam on Σλ₁², k = 1, fresh inputs every step); beside them the baselines
-``tanh``, ``bn_notanh``, ``ln_notanh`` and ``lstm`` as initialized.
+pre-flossing (``gradflow.floss``: Adam on Σλ₁², k = 1, fresh inputs every step), and the registry families
+(``gradflow.families.NAMES``: mingru, minlstm, rglru, s6, lru_stack, with their default options, labelled by
+name); beside them the baselines ``tanh``, ``bn_notanh``, ``ln_notanh`` and ``lstm`` as initialized.
 
 Every cell runs in train mode (BN batch statistics, the batch analysed as one state; dropout on where the
 preset has it) in float64, driven by i.i.d. N(0, input_scale²) inputs from a burned-in random state, as in
@@ -15,8 +16,9 @@ flossed parameters are then measured in float64 on the analysis' inputs (fresh t
 
 Predictions: ``tanh``, ``bn_notanh``, ``ln_notanh``: ``gradflow.theory.predict_rate`` (mean field; at the
 critical γ_x it is 0 by construction); ``lru``: ``gradflow.theory.lru_rate`` of the seed's parameters, exact
-(ln max|λ_j|); ``irnn``: the bound ``gradflow.theory.relu_rate_bound`` (ln‖W_hh‖₂ = 0 at init); ``lstm``
-and the flossed cells: none (flossing's target is 0).
+(ln max|λ_j|); ``irnn``: the bound ``gradflow.theory.relu_rate_bound`` (ln‖W_hh‖₂ = 0 at init); a registry
+family: its own ``rate`` where it has one (``lru_stack``: ln max|λ| over its layers, asymptotic), else none;
+``lstm`` and the flossed cells: none (flossing's target is 0).
 
 Example::
 
@@ -38,7 +40,7 @@ import numpy as np
 import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
-from gradflow import measure, theory
+from gradflow import families, measure, theory
 
 NAME = "cures"
 CONFIG = {
@@ -62,12 +64,13 @@ CONFIG = {
     "floss_presets": ["tanh", "bn_notanh"],
     "floss_steps": 300,
     "floss_T": 200,
+    "families": list(families.NAMES),
     "threshold": 0.01,
 }
 QUICK = {"hidden": 6, "batch": 5, "T": 20, "n_lags": 8, "fit_from": 4, "lyap_T": 60, "lyap_transient": 10,
          "burn_in": 3, "seeds": [0], "dtype": "float32", "baselines": [], "irnn": False,
          "lru_rings": [[0.9, 0.999]], "critical": ["ln_notanh"], "floss_presets": ["tanh"], "floss_steps": 3,
-         "floss_T": 20}
+         "floss_T": 20, "families": []}
 FULL = {"hidden": 64, "batch": 16, "T": 300, "n_lags": 30, "fit_from": 20, "lyap_T": 1000,
         "lyap_transient": 200, "floss_steps": 500, "floss_T": 300}
 
@@ -85,6 +88,8 @@ def candidates(c: dict) -> list[dict]:
                      "kind": "candidate"})
     for p in c["floss_presets"]:
         rows.append({"label": f"{p} flossed", "preset": p, "options": {}, "kind": "flossed"})
+    for p in c.get("families", []):
+        rows.append({"label": p, "preset": p, "options": {}, "kind": "candidate"})
     return rows
 
 
@@ -93,6 +98,8 @@ def _prediction(row: dict, c: dict, variables) -> tuple[float, str]:
     p, opts = row["preset"], row["options"]
     if row["kind"] == "flossed" or p == "lstm":
         return math.nan, "none"
+    if families.is_family(p):  # the family's own rate, or none (generic: no entry here per family)
+        return families.predicted_rate(p, variables["params"], families.get(p).options(**opts))
     if p == "lru":
         return theory.lru_rate(variables["params"]), "exact"
     if p == "irnn":
@@ -285,7 +292,7 @@ def _findings(data: dict, rows: list[dict]) -> str:
         secs = ", ".join(f"{data['labels'][i]} {data['floss_seconds'][i].mean():.1f} s" for i in fl)
         parts.append(f"Pre-flossing costs {data['floss_steps']} forward-and-backward passes over "
                      f"{data['floss_T']} steps with a QR per step ({secs} per network here, float32, CPU).")
-    lru = [r for r in rows if r["label"].startswith("lru")]
+    lru = [r for r, p in zip(rows, data["presets"], strict=True) if p == "lru"]
     for r in lru:
         parts.append(f"{r['label']}: rate {r['rate']:+.4f} against the exact ln max|λ| "
                      f"{r['prediction']:+.4f}.")

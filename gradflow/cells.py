@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gradflow import cache, stable
+from gradflow import cache, families, stable
 from gradflow.checks import positive_int, prng_key
 from gradflow.norm import BatchNorm, LayerNorm, batch_moments
 from gradflow.specs import (  # noqa: F401  (re-exported: gradflow.cells.CellSpec, ...)
@@ -446,14 +446,15 @@ def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options
     """Build a cell from a preset name (or a `CellSpec`), overriding spec fields with ``options``.
 
     Args:
-        name: one of `CELLS`, or a `CellSpec` for a custom placement.
+        name: one of `CELLS` (a preset or a registry family, `gradflow.families`), a `CellSpec` for a
+            custom placement, or a family's options object.
         hidden_size: d > 0.
         input_size: > 0.
         **options: `CellSpec` fields (gain, recurrent_init, bn_gamma_init, per_step_stats, t_max,
-            dropout, ...).
+            dropout, ...), or a registry family's options.
 
     Returns:
-        A linen module (`RNNCell`, `LSTMCell` or `GRUCell`).
+        A linen module (`RNNCell`, `LSTMCell`, `GRUCell`, `LRUCell` or the family's cell).
 
     Raises:
         ValueError: unknown name or option, non-positive sizes, invalid or non-finite option values.
@@ -466,6 +467,8 @@ def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options
         >>> h.shape
         (3, 4)
     """
+    if families.is_family(name):  # a registry family: its module builds it (gradflow.families)
+        return families.make(name, hidden_size, input_size, **options)
     spec = name if isinstance(name, CellSpec) else preset_spec(name)
     _check_positive_int("hidden_size", hidden_size)
     _check_positive_int("input_size", input_size)

@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 
-from gradflow import stable
+from gradflow import families, stable
 from gradflow.checks import is_int, is_real
 
 __all__ = ["CellSpec", "PRESETS", "CELLS", "describe", "gamma_of", "preset_spec"]
@@ -252,7 +252,8 @@ PRESETS: dict[str, CellSpec] = {
     "lru": CellSpec(family="lru", bias=False),
     "lru_block": CellSpec(family="lru", lru_block=True, norm_x="ln", bias=False),
 }
-CELLS: tuple[str, ...] = tuple(PRESETS)
+#: Every cell name: the presets, then the registry families (`gradflow.families.NAMES`).
+CELLS: tuple[str, ...] = tuple(PRESETS) + families.NAMES
 
 _CITATION = {
     "tanh": "vanilla RNN",
@@ -298,6 +299,8 @@ def describe(spec: str | CellSpec) -> str:
         >>> print(describe("bn_notanh").splitlines()[0])
         h_t = BN_h(W_hh h_{t-1}) + BN_x(W_xh x_t)
     """
+    if families.is_family(spec):
+        return families.describe(spec)
     name = None
     if isinstance(spec, str):
         name = spec
@@ -379,6 +382,8 @@ def gamma_of(spec: CellSpec, where: str) -> float:
 
 def preset_spec(name: str) -> CellSpec:
     """The `CellSpec` of a preset name (ValueError naming the known ones otherwise)."""
+    if isinstance(name, str) and name in families.NAMES:
+        raise ValueError(f"{name!r} is a registry family (gradflow.families.{name}), not a CellSpec preset")
     if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"unknown cell name {name!r}; known cells: {', '.join(CELLS)}")
     return PRESETS[name]

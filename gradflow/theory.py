@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gradflow.checks import flag, is_int, positive_int
-from gradflow.specs import CELLS, PRESETS
+from gradflow.specs import PRESETS
 
 __all__ = [
     "gauss_expectation",
@@ -383,7 +383,7 @@ def cell_eval_matrix(spec, variables, t: int | None = None) -> np.ndarray:
     """
     s = PRESETS[spec] if isinstance(spec, str) and spec in PRESETS else spec
     if isinstance(spec, str) and spec not in PRESETS:
-        raise ValueError(f"unknown cell {spec!r}; choose from {CELLS}")
+        raise ValueError(f"unknown cell {spec!r}; choose from the presets {tuple(PRESETS)}")
     if s.family != "rnn" or s.activation != "identity" or "ln" in (s.norm_h, s.norm_sum):
         raise ValueError(
             "cell_eval_matrix needs an rnn cell with identity activation and no LN (linear in h)"

@@ -67,3 +67,19 @@ def test_flossed_row_and_plot():
     assert not data["prediction_valid"][0, 0] and data["prediction"][0, 0] == 0  # no prediction: masked
     assert np.isnan(cures.nan_view(data)["prediction"][0, 0])
     assert set(cures.plot(data)) == {"cures"}
+
+
+def test_registry_family_rows():
+    """Registry families enter as rows by name; lru_stack's prediction is ln max|λ| over its layers' λ (its
+    asymptotic rate). (A family without a rate gets none: tests/test_families.py.)"""
+    config = {**cures.CONFIG, **cures.QUICK, "hidden": 8, "baselines": [], "lru_rings": [], "critical": [],
+              "floss_presets": [], "families": ["lru_stack"]}
+    data = cures.run(config)
+    assert data["labels"] == ["lru_stack"] and data["kinds"] == ["candidate"]
+    assert data["prediction_kind"] == ["asymptotic"]
+    _, v, _, _, _ = common.setup("lru_stack", 8, config["input_size"], config["batch"], 2,
+                                 int(data["seeds"][0]), dtype=config["dtype"])
+    nu = np.concatenate([np.asarray(v["params"][f"lru_{k}"]["nu_log"], np.float64) for k in range(2)])
+    lam = np.exp(-np.exp(nu))  # |λ| of both layers
+    assert data["prediction"][0, 0] == pytest.approx(math.log(lam.max()), abs=1e-6)
+    assert np.all(np.isfinite(data["rate"])) and np.all(np.isfinite(data["lam"]))

@@ -24,7 +24,7 @@ from analyses import common, style
 
 NAME = "findings"
 DEPENDS = ("decay", "lengths", "lyapunov", "spectra", "bn_modes", "batch_coupling", "gamma_init", "dropout",
-           "theory", "training")
+           "theory")
 CONFIG = {"threshold": 0.01, "reference_gain": 1.0}
 QUICK: dict = {}
 FULL: dict = {}
@@ -313,22 +313,6 @@ def _theory_para(ctx) -> str | None:
     return text
 
 
-def _training_para(ctx) -> str | None:
-    tr = ctx["inputs"].get("training")
-    if tr is None or "run_preset" not in tr or "solved" not in tr:
-        return None
-    labels = list(tr.get("run_label", tr["run_preset"]))
-    by: dict = {}
-    for p, lab, s in zip(tr["run_preset"], labels, np.asarray(tr["solved"]), strict=True):
-        by.setdefault(p, {"solved": [], "not": [], "na": []})[
-            "solved" if s == 1 else "not" if s == 0 else "na"].append(lab)
-    rows = [f"`{p}` solved {', '.join(v['solved']) or 'none'}"
-            + (f" (not: {', '.join(v['not'])})" if v["solved"] and v["not"] else "")
-            for p, v in by.items()]
-    return (f"**Training** (analysis `training`, runs: {', '.join(dict.fromkeys(labels))}): "
-            + "; ".join(rows) + ".")
-
-
 def _verdict_para(ctx) -> str | None:
     """The plain answer to the question, from the verdicts of the two proposals."""
     presets, cols = ctx["presets"], ctx["cols"]
@@ -352,7 +336,7 @@ def _verdict_para(ctx) -> str | None:
 
 #: The answer's paragraphs after the verdict, in order; each returns None when its analysis is absent.
 PARAGRAPHS = (_proposals_para, _tanh_para, _bn_modes_para, _batch_coupling_para, _gamma_init_para,
-              _dropout_para, _theory_para, _training_para)
+              _dropout_para, _theory_para)
 
 def write_extra(data: dict) -> dict:
     """``findings.md`` (table, answer, notes) and ``findings.json`` (rows with their numbers)."""

@@ -660,15 +660,14 @@ END = "<!-- findings:end -->"
 README_PARTS: tuple[tuple[str, str | None], ...] = (
     ("cures.md", None),
     ("cooijmans_fig1a.md", "### Recurrent BN's Figure 1a in its own setting (numbers)"),
-    ("training_study_table.md", "### Training study: learning rates × seeds, chosen on validation data"),
+    ("training_study_table.md", "### Training study: why a cell fails to learn, separated by cause"),
     ("training_study_findings.md", None),
-    ("training_table.md", "### Training: which presets solve which lengths"),
 )
 
 
 def readme_block(out: Path | str = FIGURES) -> str | None:
     """The README's findings block, built from ``out/findings.md``, the files of :data:`README_PARTS` that
-    exist and, when present, ``out/full/training_table.md`` (the larger training setting).
+    exist and, when present, the full training study's files under ``out/full/``.
 
     Returns None when ``findings.md`` has not been written yet. Its title line is dropped and its headings
     are moved one level down, to sit under the README's ``## Findings``.
@@ -692,7 +691,6 @@ def readme_block(out: Path | str = FIGURES) -> str | None:
 FULL_PARTS: tuple[tuple[str, str, str | None], ...] = (
     ("training_study_table.md", "training_study", "### Training study, full design"),
     ("training_study_findings.md", "training_study", None),
-    ("training_table.md", "training", "### Training, larger setting"),
 )
 
 

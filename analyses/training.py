@@ -1,4 +1,7 @@
-"""training: which cells learn long-range dependencies, and what happens to their gradients while they train.
+"""training: what happens to a cell's gradients while it trains (one seed per run: an illustration).
+
+Which cells learn what, and why, is the training study's question (``analyses/training_study.py``: seeds,
+rate grids, controls and tests); this analysis shows the dynamics of single runs.
 
 Each preset is trained (``gradflow.train``: Adam, gradient clipping at a global norm, BN running statistics
 updated in training and used in evaluation, hidden dropout in training only) on the adding problem at several
@@ -12,7 +15,7 @@ lengths T (and, where configured, copy memory and the sequential-digit datasets)
   loss, at the trained length and at ``gap_factors`` × longer sequences.
 
 Solved: adding MSE below 1% of the baseline 1/6; copy cross-entropy below 10% of 10 ln 8 / (T + 20);
-datasets report test accuracy. One seed per run by default (the table is an existence result, not a rate).
+datasets report test accuracy. One seed per run: no claim about which cell learns rests on these runs.
 
 Example::
 
@@ -22,8 +25,6 @@ Example::
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import matplotlib.colors
@@ -170,7 +171,7 @@ def run(config: dict, progress=None) -> dict:
         re-estimated for the final parameters (``gradflow.train.recalibrate_bn``; cells with BN only);
         for each of those ragged or optional arrays a boolean ``<key>_valid`` of the same shape marks the
         entries that exist (the others are 0; ``_nan_view`` makes them NaN);
-        ``table_md`` the solved table in Markdown; ``total_elapsed`` (s).
+        ``total_elapsed`` (s).
     """
     c = config
     rows, meta = _train_all(c, progress)
@@ -195,9 +196,7 @@ def run(config: dict, progress=None) -> dict:
     }
     data["loss_ratio_recal"] = data["final_loss_recal"] / baseline
     data["loss_ratio_recal_valid"] = data["final_loss_recal_valid"]
-    data["table_md"] = table_markdown(_nan_view(data))
     data["total_elapsed"] = float(np.sum(data["elapsed"]))
-    say(progress, "\n" + data["table_md"])
     return data
 
 
@@ -280,46 +279,6 @@ def _flow_ratios(rows: list[dict]) -> dict:
             first[i], last[i], has_flow[i] = ratio[0], ratio[-1], True
     return {"flow_ratio_init": first, "flow_ratio_final": last, "flow_ratio_init_valid": has_flow,
             "flow_ratio_final_valid": has_flow}
-
-
-def _pct(ratio: float) -> str:
-    """A loss ratio as a percentage with 2-3 significant digits (0.22%, 8.2%, 109%)."""
-    v = 100 * float(ratio)
-    return f"{v:.2g}%" if v < 10 else f"{v:.0f}%"
-
-
-def table_markdown(data: dict) -> str:
-    """The solved table: presets × (task, length); synthetic tasks show final eval loss as % of the baseline
-    (✓ solved), datasets the test accuracy."""
-    labels, presets = list(data["labels"]), list(data["presets"])
-    lines = ["| preset | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for p in presets:
-        cells = []
-        for lab in labels:
-            i = next(j for j in range(len(data["run_preset"]))
-                     if data["run_preset"][j] == p and data["run_label"][j] == lab)
-            if data["diverged"][i]:
-                cells.append(f"diverged (step {int(data['steps_done'][i])})")
-            elif data["solved"][i] >= 0:
-                mark = " ✓" if data["solved"][i] == 1 else ""
-                recal = data["loss_ratio_recal"][i]
-                extra = f" (recal. {_pct(recal)})" if np.isfinite(recal) else ""
-                cells.append(f"{_pct(data['loss_ratio'][i])}{mark}{extra}")
-            else:
-                recal = data["final_acc_recal"][i]
-                extra = f" (recal. {recal:.3f})" if np.isfinite(recal) else ""
-                cells.append(f"acc {data['final_acc'][i]:.3f}{extra}")
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_extra(data: dict) -> dict[str, str]:
-    """The solved table beside the figures (``training_table.md``)."""
-    head = (f"Training study: hidden {data['hidden']}, batch {data['batch']}, {data['steps']} Adam steps, "
-            f"lr {data['learning_rate']}, seed {data['seed']}. Synthetic tasks: final eval loss as % of the "
-            "memoryless baseline (✓: below 1% for adding, 10% for copy); datasets: test accuracy. "
-            "recal.: eval mode after re-estimating the BN statistics for the final parameters.\n\n")
-    return {"training_table.md": head + data["table_md"] + "\n"}
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -410,37 +369,6 @@ def _plot_gradflow(data):
     return fig
 
 
-def _plot_table(data):
-    labels, presets = list(data["labels"]), list(data["presets"])
-    M = np.full((len(presets), len(labels)), np.nan)
-    text = [["" for _ in labels] for _ in presets]
-    for a, p in enumerate(presets):
-        for b, lab in enumerate(labels):
-            j = _index(data, p, lab)
-            if j is None:
-                continue
-            if data["diverged"][j]:
-                text[a][b] = "div."
-                continue
-            if data["solved"][j] >= 0:
-                M[a, b] = math.log10(max(data["loss_ratio"][j], 1e-6))
-                text[a][b] = _pct(data["loss_ratio"][j]) + (" ✓" if data["solved"][j] else "")
-            else:
-                M[a, b] = math.log10(max(1 - data["final_acc"][j], 1e-6))
-                text[a][b] = f"acc {data['final_acc'][j]:.2f}"
-    width = min(max(1.3 * len(labels) + 2.5, 5.0), 11.0)
-    fig, ax = style.figure(width=width, height=0.42 * len(presets) + 1.3)
-    ax.imshow(M, cmap="RdYlGn_r", vmin=-3, vmax=0.3, aspect="auto")
-    ax.grid(False)
-    for a in range(len(presets)):
-        for b in range(len(labels)):
-            ax.text(b, a, text[a][b], ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_yticks(range(len(presets)), [style.label(p) for p in presets])
-    ax.set_title("final eval loss, % of the memoryless baseline (✓ solved);\ndatasets: test accuracy")
-    return fig
-
-
 def _plot_dynamics(data):
     """Left: largest Lyapunov exponent at init and after training. Right: train- vs eval-mode loss gap."""
     presets, labels = list(data["presets"]), list(data["labels"])
@@ -479,6 +407,5 @@ def plot(data: dict) -> dict:
     return {
         "training_curves": _plot_curves(data),
         "training_gradflow": _plot_gradflow(data),
-        "training_table": _plot_table(data),
         "training_dynamics": _plot_dynamics(data),
     }

@@ -1,36 +1,41 @@
-"""training_study: presets × tasks × learning rates × seeds; rate chosen on validation data; seed spreads.
+"""training_study: why a cell fails to learn, separated by cause (expressivity, length, memory, budget).
 
-Every run is one ``gradflow.train.train`` call (Adam, gradient clipping at a global norm) of one preset on one
-task at one learning rate and one seed. After training the model is evaluated in eval mode (cells with BN:
-with their statistics re-estimated for the final parameters, ``train.recalibrate_bn``) on
+Every run trains one cell (Adam, gradient clipping at a global norm) on one task at one length T, one learning
+rate and one seed, then measures it on a **validation** set (fresh sequences from ``VAL_KEY``; datasets: a
+split of the training data the sampler never draws) and a **test** set (``TEST_KEY``; datasets: the test
+split). Per (cell, task, T) the learning rate is the one with the best median *validation* metric over seeds;
+the test metric at that rate is what the tables report. The causes are separated by controls:
 
-- a **validation** set: for synthetic tasks fresh sequences from a fixed key (``VAL_KEY``), for datasets a
-  split of the training data that the training sampler never draws (``gradflow.tasks.with_validation``);
-- the **test** set: synthetic tasks fresh sequences from another fixed key (``TEST_KEY``), datasets their held
-  out test split.
+- **Expressivity.** The adding target Σ m_t·u_t multiplies two inputs of one step: a cell that is affine in
+  its inputs (:func:`is_affine`: a linear RNN, BN without tanh in eval mode, a single LRU with a linear
+  readout) cannot go below the affine floor 1 − 2/T of the baseline (``gradflow.tasks.adding_affine_floor``,
+  checked by least squares in the tests), at any T, whatever its gradients do. Two *representable* controls
+  (``adding_product``: the product given as an input; ``recall``: a value from step 1 among distractors) are
+  affine targets every cell can represent at any T.
+- **Length.** On the controls, T doubles from the first length until the cell has not learned the task
+  (its median test loss is at least :data:`LEARNED` of the baseline; ``doubling``): the loss against T on a
+  task the cell can represent. A failure that grows with T there is a trainability failure.
+- **Memory.** The memory curve of the trained cell (r² of a linear readout of u_{T−k} from h_T,
+  k = 0..K−1) and its sum, the memory capacity (``gradflow.capacity``). On adding, a loss near 50 % of the
+  baseline means one of the two values carried, near 0 both.
+- **Budget.** Where a cell fails, one run with ``budget["factor"]`` × the steps at its chosen rate says
+  whether more training changes it: at most half the loss (:data:`BUDGET_GAIN`) and the failure is the
+  budget's.
 
-Per preset and task the learning rate is the one with the best median *validation* metric over seeds
-(:func:`choose_rate`); at that rate the study reports the *test* metric's median and [min, max] over seeds
-and the fraction of seeds that solve (adding: MSE below 1% of the baseline 1/6; copy: cross-entropy below
-10% of its baseline; datasets have no criterion and report test accuracy). The rate of the gradient at
-initialization (``init_rate``: minus the least-squares slope of ln ‖∂L/∂h_t‖ over t at step 0, ln per step,
-negative when the gradient reaching early steps vanishes) is recorded per run for the findings.
+Statistics: ``seeds`` (≥ 5 in the default and full designs); the rate grid is extended by factors of 3 until
+the chosen rate is interior (or a limit / divergence explains the edge, reported); comparisons against tanh
+use the two-sided Mann–Whitney U test on the test metric over seeds at each cell's chosen rate and a
+bootstrap interval of the difference of medians (``gradflow.stats``). Cells with BN are reported in eval
+mode (statistics re-estimated for the final parameters) and in train mode (batch statistics of chunks of
+``batch`` test sequences) as two rows of the same runs. The top Lyapunov exponent λ₁ of every cell is
+measured at initialization and after training (eval mode, task inputs), so a flossed run can be told
+from its base run.
 
-Runs are keyed by their own configuration (cell spec, sizes, task, steps, rate, seed, ``RUN_VERSION``) and
-stored one JSON file per run in ``config["store"]`` (:class:`RunStore`), so a study interrupted at any point
-resumes with the runs not yet done, and a study whose configuration grows reuses every run it already has.
-The runs go one after another (on a CPU, vmapping training runs does not pay: ``benchmarks.bench_train``);
-``config["vmap"]`` vmaps each (preset, task)'s rates × seeds through ``gradflow.sweep`` (accelerators).
+Runs are stored one JSON file per run (:class:`RunStore`, keyed by the run's configuration), so an interrupted
+study resumes with the runs not yet done and a study whose configuration grows reuses every run it has.
 
-Variants beyond the presets (:data:`VARIANTS`): ``irnn`` (ReLU, W_hh = I, b = 0; the preset when present,
-else the same CellSpec), ``lru`` and ``lru_ring`` (|λ| in [0.9, 0.999]), ``bn_notanh_crit`` and
-``ln_notanh_crit`` (the input path's γ at ``gradflow.theory.critical_input_gamma``), ``tanh_floss`` and
-``bn_notanh_floss`` (gradient flossing during training, ``TrainConfig.floss_k``). A variant whose building
-blocks are not in this gradflow is skipped with a note in the data and the tables.
-
-Files (``write_extra``): ``training_study.csv`` (every run, one row per split: preset, task, seq_len,
-learning_rate, seed, split, metric, baseline, solved, steps, wall_s, ...), ``training_study_table.md`` (the
-summary table) and ``training_study_findings.md`` (one paragraph per preset and the practical answer).
+Files (:func:`write_extra`): ``training_study.csv`` (every run × split × mode), ``training_study_table.md``
+(the one table) and ``training_study_findings.md`` (the answer with the numbers and tests behind it).
 
 Example::
 
@@ -42,13 +47,10 @@ Example::
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -58,94 +60,142 @@ import numpy as np
 import gradflow
 from analyses import style
 from analyses.runner import ROOT, say
-from gradflow import cache, tasks, train
+from gradflow import cache, measure, stats, tasks, train
+from gradflow.capacity import memory_curve
+from gradflow.checks import atomic_write_json
 
 NAME = "training_study"
 
 #: Bump when what a stored run means changes (its evaluation, its metric): older stored runs are then ignored.
-RUN_VERSION = 1
+RUN_VERSION = 2
 
-#: Keys of the synthetic validation and test sets (shared by every run, independent of the training batches,
-#: which come from ``key(seed)``).
+#: Keys of the synthetic validation, test and memory-probe sets (shared by every run, independent of the
+#: training batches, which come from ``key(seed)``).
 VAL_KEY = 10_001
 TEST_KEY = 10_002
+PROBE_KEY = 10_003
 
 CONFIG = {
-    "presets": ["tanh", "bn_notanh", "ln_notanh", "lstm", "irnn", "irnn_small_in"],
-    # (task, length) pairs; length is T for adding / copy and null for the datasets
-    "tasks": [["adding", 50]],
+    "cells": ["tanh", "linear", "bn_notanh", "ln_notanh", "gru", "mingru", "tanh_floss"],
+    # [task, lengths]; tasks in "doubling" stop, per cell, after the first length it has not learned
+    "tasks": [["adding", [10, 40]], ["adding_product", [10, 20, 40]], ["recall", [10, 20, 40]]],
+    "doubling": ["adding_product", "recall"],
+    # cells run on these tasks only (default: every task)
+    "cell_tasks": {"tanh_floss": ["adding"]},
     "learning_rates": [0.001, 0.003, 0.01],
-    # extra rates for cells that need them (the IRNN and the LRU at small rates)
     "extra_rates": {},
-    "seeds": [0, 1, 2],
-    "hidden": 32,
-    "batch": 64,
+    # the grid grows by factors of 3 while the chosen rate sits at an edge, within these limits
+    "rate_limits": [0.0001, 1.0],
+    "seeds": [0, 1, 2, 3, 4],
+    "hidden": 16,
+    "batch": 32,
     "steps": 400,
     "clip_norm": 1.0,
     "val_fraction": 0.2,
-    "val_size": 512,
-    "test_size": 512,
-    "recal_batches": 20,
-    # vmap each (preset, task)'s learning rates × seeds through gradflow.sweep (accelerators; on a CPU running
-    # them in turn is faster: benchmarks/bench_train.py); variants with training options run in turn anyway
-    "vmap": False,
-    # "fused": each run one compiled call (gradflow.trainsweep.train_fn); "train": gradflow.train.train
-    "engine": "fused",
-    # one JSON file per run (relative to the repository root; null: keep runs in memory only)
+    "val_size": 256,
+    "test_size": 256,
+    "probe_size": 512,
+    "recal_batches": 10,
+    # one longer run (factor × steps, seed of the first) of each failing (cell, task, T) on these tasks
+    "budget": {"factor": 5, "tasks": ["adding"]},
     "store": "figures/.cache/training_study",
 }
-QUICK = {"presets": ["tanh", "irnn"], "tasks": [["adding", 5]], "learning_rates": [0.003, 0.03],
-         "seeds": [0, 1], "hidden": 8, "batch": 16, "steps": 20, "val_size": 64, "test_size": 64,
-         "recal_batches": 2, "store": None}
-FULL = {
-    "presets": ["tanh", "bn_notanh", "ln_notanh", "bn_tanh", "lstm", "gru", "irnn", "irnn_small_in", "lru",
-                "lru_ring", "lru_block", "bn_notanh_crit", "ln_notanh_crit", "tanh_floss", "bn_notanh_floss"],
-    # adding T = 400 is left out: with 15 variants it alone would cost as much as the rest (about 2 h more)
-    "tasks": [["adding", 50], ["adding", 100], ["adding", 200], ["digits_permuted", None], ["mnist1d", None]],
-    "learning_rates": [0.001, 0.003, 0.01],
-    # the IRNN diverges at high rates on long sequences and the LRU is trained at small rates in its paper
-    "extra_rates": {"irnn": [0.0003], "irnn_small_in": [0.0003], "lru": [0.0003], "lru_ring": [0.0003],
-                    "lru_block": [0.0003]},
+QUICK = {
+    "cells": ["tanh", "linear", "bn_notanh"],
+    "tasks": [["adding", [4]], ["recall", [4, 8]]],
+    "learning_rates": [0.003, 0.03],
+    "rate_limits": [0.003, 0.03],
     "seeds": [0, 1, 2],
-    "hidden": 32,
-    "steps": 800,
-    # the positive control: the gate-free candidates on adding T = 200 with the budget they need (wider,
-    # 12× the steps; docs/positive_control.md)
-    "control": {"presets": ["irnn_small_in", "lru_block"], "tasks": [["adding", 200]],
-                "learning_rates": [0.001], "extra_rates": {}, "seeds": [0, 1, 2], "hidden": 64,
-                "steps": 10000},
+    "hidden": 8,
+    "batch": 16,
+    "steps": 20,
+    "val_size": 64,
+    "test_size": 64,
+    "probe_size": 128,
+    "recal_batches": 2,
+    "budget": {"factor": 2, "tasks": ["adding"]},
+    "store": None,
 }
+FULL = {
+    "cells": [
+        "tanh",
+        "linear",
+        "bn_notanh",
+        "bn_tanh",
+        "ln_notanh",
+        "gru",
+        "lstm",
+        "irnn_small_in",
+        "lru",
+        "lru_ring",
+        "lru_block",
+        "bn_notanh_crit",
+        "ln_notanh_crit",
+        "tanh_floss",
+        "bn_notanh_floss",
+        "mingru",
+        "minlstm",
+        "rglru",
+        "s6",
+        "lru_stack",
+    ],
+    "tasks": [
+        ["adding", [10, 50, 100, 200]],
+        ["adding_product", [10, 20, 40, 80, 160, 320]],
+        ["recall", [10, 20, 40, 80, 160, 320]],
+    ],
+    "hidden": 32,
+    "batch": 64,
+    "steps": 800,
+    "val_size": 512,
+    "test_size": 512,
+    "probe_size": 1024,
+    "recal_batches": 20,
+    "budget": {"factor": 10, "tasks": ["adding", "adding_product", "recall"]},
+    "cell_tasks": {},
+}
+
+#: Flossing as in the study's flossing variants: pre-flossing, then flossing every 10th step during training.
+FLOSSING = {"floss": True, "floss_k": 1, "floss_pre_steps": 100, "floss_weight": 1.0, "floss_every": 10}
 
 #: Study variants that are not plain presets: the preset they start from, cell options, training options.
 #: ``"critical": True`` sets the input path's γ to ``theory.critical_input_gamma``.
 VARIANTS = {
-    "irnn": {"base": "irnn", "fallback": {"activation": "relu", "recurrent_init": "identity"}},
-    # the IRNN with small input weights (W_xh × 0.01, std ≈ 0.007), as Le et al. 2015 initialize it: with
-    # W_hh = I the state integrates the inputs, and the default W_xh makes h_T (the first loss) grow with T
-    "irnn_small_in": {"base": "irnn", "fallback": {"activation": "relu", "recurrent_init": "identity"},
-                      "input_scale": 0.01},
+    # the IRNN with small input weights (W_xh × 0.01), as Le et al. 2015 initialize it
+    "irnn_small_in": {"base": "irnn", "input_scale": 0.01},
     "lru_ring": {"base": "lru", "cell": {"r_min": 0.9, "r_max": 0.999}},
     "bn_notanh_crit": {"base": "bn_notanh", "critical": True},
     "ln_notanh_crit": {"base": "ln_notanh", "critical": True},
-    "tanh_floss": {"base": "tanh", "train": {"floss_k": 1}},
-    "bn_notanh_floss": {"base": "bn_notanh", "train": {"floss_k": 1}},
+    # S6 with 4 states per channel (Mamba uses 16; at the study's hidden sizes that leaves 1-2 channels)
+    "s6": {"base": "s6", "cell": {"state_size": 4}},
+    "tanh_floss": {"base": "tanh", "train": FLOSSING},
+    "bn_notanh_floss": {"base": "bn_notanh", "train": FLOSSING},
 }
-
-#: Adding lengths' gradient budget in the findings: the rate at init "predicts" a vanishing gradient when
-#: the gradient from h_T reaches h_1 below this fraction of its size (e^{rate·(T−1)} < 1e-3).
-VANISHED = 1e-3
-
-CSV_COLUMNS = ("preset", "task", "seq_len", "learning_rate", "seed", "split", "metric", "baseline", "solved",
-               "steps", "wall_s", "metric_name", "loss", "accuracy", "diverged", "steps_done", "init_rate")
-
-
-#: Per-run columns that can be missing (a diverged run's losses, an unmeasurable rate): saved as 0 with a
-#: boolean ``<key>_valid`` beside them, read back as NaN by :func:`records`.
-MASKED = ("val_loss", "val_acc", "test_loss", "test_acc", "init_rate")
-
 
 #: The key, in a variant's extra options, of the input-weight factor at initialization (fused engine only).
 INPUT_SCALE = "input_scale"
+
+#: A (cell, task, T) is solved when at least this share of its seeds solve it at the chosen rate.
+MAJORITY = 0.5
+
+#: A (cell, task, T) is learned when its median test loss at the chosen rate is below this share of the
+#: baseline (more than half of the target's variance explained); the controls' lengths double while it is.
+LEARNED = 0.5
+
+#: A failure is the budget's when ``budget["factor"]`` × the steps bring the loss to at most this share of it.
+BUDGET_GAIN = 0.5
+
+#: The cells compared against tanh in the findings (those that replace tanh's role, or add to it).
+REPLACEMENTS = (
+    "linear",
+    "bn_notanh",
+    "ln_notanh",
+    "bn_notanh_crit",
+    "ln_notanh_crit",
+    "bn_tanh",
+    "tanh_floss",
+    "bn_notanh_floss",
+)
 
 
 class Unavailable(Exception):
@@ -158,11 +208,11 @@ class Unavailable(Exception):
 class RunStore:
     """One JSON file per run, named by a hash of the run's configuration; ``path=None`` keeps them in memory.
 
-    Writes are atomic (a temporary file in the same folder, then ``os.replace``): an interrupted study leaves
-    only complete runs.
+    Writes go through ``gradflow.checks.atomic_write_json``: an interrupted study leaves only complete runs.
+    A file whose stored configuration is not the run's (another run's file, a corrupt one) is not trusted.
     """
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path):
         self.path = None if path is None else Path(path)
         self.memory: dict[str, dict] = {}
 
@@ -188,17 +238,7 @@ class RunStore:
         if self.path is None:
             self.memory[k] = record
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"config": config, "record": record}, sort_keys=True, indent=1)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{k}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, self.path / f"{k}.json")
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_json(self.path / f"{k}.json", {"config": config, "record": record})
 
     def get_or_run(self, config: dict, fn) -> tuple[dict, bool]:
         """``(record, computed)``: the stored record, or ``fn()`` stored then returned."""
@@ -210,45 +250,65 @@ class RunStore:
         return rec, True
 
 
-# ----------------------------------------------------------------------------------------------- one run
+# ----------------------------------------------------------------------------------------------- cells
 
 
 def study_task(name: str, length, val_fraction: float) -> tasks.Task:
     """The task with its validation split (one object per configuration, kept in gradflow's compile cache,
     so compiled steps keyed on the task are reused)."""
-    return cache.cached(("study_task", name, length, float(val_fraction)),
-                        lambda: tasks.with_validation(tasks.make_task(name, length), val_fraction))
+    return cache.cached(
+        ("study_task", name, length, float(val_fraction)),
+        lambda: tasks.with_validation(tasks.make_task(name, length), val_fraction),
+    )
 
 
 def build(name: str, c: dict, task: tasks.Task) -> tuple[gradflow.cells.GradflowCell, dict]:
-    """The cell and extra ``TrainConfig`` options of a preset or variant.
+    """The cell and extra training options of a preset or variant.
 
     Raises:
-        Unavailable: the variant needs a preset, CellSpec option or TrainConfig option this gradflow lacks.
+        Unavailable: the variant needs a preset or option this gradflow lacks.
     """
     v = VARIANTS.get(name, {"base": name})
-    base, opts = v["base"], {"t_max": task.seq_len, **v.get("cell", {})}
-    if base not in gradflow.PRESETS:
-        if "fallback" not in v:
-            raise Unavailable(f"{name}: preset {base!r} is not in this gradflow (issue #10's presets)")
-        base = gradflow.CellSpec(**v["fallback"])
-    fields = {f.name for f in dataclasses.fields(gradflow.CellSpec)}
+    base = v["base"]
+    if base not in gradflow.CELLS:
+        raise Unavailable(f"{name}: cell {base!r} is not in this gradflow")
+    # presets keep per-step BN statistics up to the task's length; registry families have no t_max
+    opts = {**({"t_max": task.seq_len} if base in gradflow.PRESETS else {}), **v.get("cell", {})}
     if v.get("critical"):
-        crit = getattr(gradflow.theory, "critical_input_gamma", None)
-        if crit is None or "input_gamma_init" not in fields:
-            raise Unavailable(f"{name}: needs theory.critical_input_gamma and CellSpec.input_gamma_init")
         size = {"batch_size": c["batch"]} if base == "bn_notanh" else {"hidden_size": c["hidden"]}
-        opts["input_gamma_init"] = float(crit(base, **size))
-    missing = sorted(set(opts) - fields)
-    if missing:
-        raise Unavailable(f"{name}: CellSpec lacks {missing}")
+        opts["input_gamma_init"] = float(gradflow.theory.critical_input_gamma(base, **size))
     extra = dict(v.get("train", {}))
-    tfields = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    if set(extra) - tfields:
-        raise Unavailable(f"{name}: TrainConfig lacks {sorted(set(extra) - tfields)} (flossing, issue #10)")
-    if "input_scale" in v:  # an initialization only the fused engine (trainsweep.train_fn) offers
-        extra[INPUT_SCALE] = float(v["input_scale"])
-    return gradflow.make_cell(base, c["hidden"], task.input_size, **opts), extra
+    if INPUT_SCALE in v:  # an initialization only the fused engine (trainsweep.train_fn) offers
+        extra[INPUT_SCALE] = float(v[INPUT_SCALE])
+    return measure.cell_for(base, c["hidden"], task.input_size, **opts), extra
+
+
+def is_affine(cell, mode: str) -> bool:
+    """Whether the cell's final state is an affine function of its inputs in this mode (per example).
+
+    True for a recurrence without a nonlinearity whose normalizations are fixed affine maps: an RNN with
+    activation "identity" and no LN (BN only in eval mode, where it uses running statistics), and a single LRU
+    (its readout is linear). With a linear readout such a cell cannot go below a task's affine floor.
+    ``tests/test_training_study.py`` checks the classification against the states themselves.
+    """
+    spec = cell.spec
+    norms = {spec.norm_x, spec.norm_h, spec.norm_sum}
+    if spec.family == "lru":
+        return not spec.lru_block
+    return (
+        spec.family == "rnn"
+        and spec.activation == "identity"
+        and "ln" not in norms
+        and (mode == "eval" or "bn" not in norms)
+    )
+
+
+def modes_of(cell) -> tuple[str, ...]:
+    """The evaluation modes reported: eval, and train for cells with BN (their batch coupling)."""
+    return ("eval", "train") if cell.spec.has_bn else ("eval",)
+
+
+# ----------------------------------------------------------------------------------------------- one run
 
 
 def init_rate(grad_flow_row) -> float:
@@ -265,254 +325,234 @@ def init_rate(grad_flow_row) -> float:
     return float(-np.polyfit(t[ok], np.log(g[ok]), 1)[0])
 
 
-def run_config(c: dict, name: str, task_name: str, length, lr: float, seed: int,
-               cell: gradflow.cells.GradflowCell, extra: dict) -> dict:
+def run_config(
+    c: dict, name: str, task_name: str, length, lr: float, seed: int, cell, extra: dict, steps: int
+) -> dict:
     """What identifies a run in the store."""
-    return {"version": RUN_VERSION, "variant": name, "cell": repr(cell.spec), "hidden": c["hidden"],
-            "task": task_name, "length": length, "steps": c["steps"], "batch": c["batch"],
-            "learning_rate": float(lr), "seed": int(seed), "clip_norm": c["clip_norm"],
-            "val_fraction": c["val_fraction"], "val_size": c["val_size"], "test_size": c["test_size"],
-            "recal_batches": c["recal_batches"], "train_extra": extra}
-
-
-def one_run(c: dict, name: str, task: tasks.Task, lr: float, seed: int, cell, extra: dict,
-            progress=None) -> dict:
-    """Train once and evaluate on the validation and test sets (eval mode; BN statistics re-estimated).
-
-    ``c["engine"]``: ``"fused"`` runs the whole training loop as one compiled call
-    (``gradflow.trainsweep.train_fn``, the same steps as ``train.train``; 0.9–1.6× the speed of
-    ``train.train`` in ``benchmarks/bench_train.py`` on the shared 2-core CPU, and the only engine with
-    ``input_scale``),
-    ``"train"`` calls ``gradflow.train.train``. The two agree step for step to float rounding, but over
-    hundreds of steps a trajectory can separate (LSTM, adding T = 50, lr 3e-3, seed 2, 400 steps: 18% of the
-    baseline through ``train.train``, 9.1% fused); a stored run records its ``path``. Variants with training
-    options (flossing) always go through ``train.train``.
-    """
-    scale = extra.get(INPUT_SCALE)
-    if (c.get("engine", "train") == "fused" and not extra) or (scale is not None and len(extra) == 1):
-        t0 = time.perf_counter()
-        f = fused_fn(c, cell, task, input_scale=scale)
-        r = f({"learning_rate": np.float32(lr), "seed": np.int32(seed)})
-        return record_of({k: np.asarray(v) for k, v in r.items()}, time.perf_counter() - t0, "fused")
-    cfg = train.TrainConfig(steps=c["steps"], batch_size=c["batch"], learning_rate=float(lr),
-                            clip_norm=c["clip_norm"], seed=int(seed), eval_every=c["steps"], eval_size=64,
-                            record_every=c["steps"], **extra)
-    r = train.train(cell, task, cfg, progress=progress)
-    bs = r.batch_stats
-    if cell.spec.has_bn and not r.diverged:
-        bs = train.recalibrate_bn(r, c["recal_batches"])
-    out = {"steps_done": int(r.steps_done), "diverged": bool(r.diverged),
-           "init_rate": init_rate(r.history["grad_flow"][0]) if len(r.history["grad_flow"]) else float("nan")}
-    for split, (xs, ys) in eval_sets(c, task).items():
-        loss, acc = train.evaluate(cell, task, r.params, bs, xs, ys)
-        out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
-    out["wall_s"] = r.elapsed_s
-    out["path"] = "sequential"
-    return out
-
-
-def fused_fn(c: dict, cell, task: tasks.Task, vmapped: bool = False, input_scale: float | None = None):
-    """``trainsweep.train_fn`` for this study's sizes and evaluation sets, jitted (and vmapped), kept in
-    gradflow's compile cache per configuration so that every rate and seed of a (preset, task) reuses one
-    compilation."""
-    from gradflow import trainsweep
-
-    def build():
-        f = trainsweep.train_fn(cell, task, steps=c["steps"], batch_size=c["batch"], clip_norm=c["clip_norm"],
-                                eval_sets=eval_sets(c, task), input_scale=input_scale,
-                                recal_batches=c["recal_batches"] if cell.spec.has_bn else 0)
-        return f if vmapped else jax.jit(f)
-
-    key = ("study_fused", cell, task, c["steps"], c["batch"], c["clip_norm"], c["recal_batches"],
-           c["val_size"], c["test_size"], vmapped, input_scale)
-    return cache.cached(key, build)
-
-
-def record_of(r: dict, wall: float, path: str) -> dict:
-    """A stored record from one row of ``train_fn``'s results."""
-    return {"steps_done": int(r["steps_done"]), "diverged": bool(r["diverged"]),
-            "init_rate": init_rate(r["init_flow"]), "wall_s": float(wall), "path": path,
-            **{k: float(r[k]) for k in ("val_loss", "val_acc", "test_loss", "test_acc")}}
+    return {
+        "version": RUN_VERSION,
+        "variant": name,
+        "cell": repr(cell.spec),
+        "hidden": c["hidden"],
+        "task": task_name,
+        "length": length,
+        "steps": int(steps),
+        "batch": c["batch"],
+        "learning_rate": float(lr),
+        "seed": int(seed),
+        "clip_norm": c["clip_norm"],
+        "val_fraction": c["val_fraction"],
+        "val_size": c["val_size"],
+        "test_size": c["test_size"],
+        "probe_size": c["probe_size"],
+        "recal_batches": c["recal_batches"],
+        "train_extra": extra,
+    }
 
 
 def eval_sets(c: dict, task: tasks.Task) -> dict:
     """The validation and test sets of a task (the same for every run)."""
-    return {"val": task.validation_set(jax.random.key(VAL_KEY), c["val_size"]),
-            "test": task.eval_set(jax.random.key(TEST_KEY), c["test_size"])}
+    return {
+        "val": task.validation_set(jax.random.key(VAL_KEY), c["val_size"]),
+        "test": task.eval_set(jax.random.key(TEST_KEY), c["test_size"]),
+    }
 
 
-def run_group_vmapped(c: dict, store: RunStore, name: str, task_name: str, length, rates: list[float],
-                      progress=None) -> int:
-    """The missing runs of one (variant, task) as one vmapped sweep (``gradflow.sweep.run_sweep`` over
-    ``gradflow.trainsweep.train_fn``: the same steps as ``train.train``), stored like the sequential runs.
+def fused_fn(c: dict, cell, task: tasks.Task, input_scale: float | None = None):
+    """``trainsweep.train_fn`` for this study's sizes, evaluation sets and probes, jitted, kept in gradflow's
+    compile cache per configuration (every rate, seed and step count of a (cell, task) reuses one
+    compilation)."""
+    from gradflow import trainsweep
 
-    Returns:
-        the number of runs computed (0 when all were stored, or for variants with training options, which
-        ``train_fn`` does not have: those run in turn).
-    """
-    from gradflow.sweep import Grid, run_sweep
+    def build_fn():
+        probe = {"states": memory_inputs(c, task), "lyapunov": probe_inputs(task)}
+        return jax.jit(
+            trainsweep.train_fn(
+                cell,
+                task,
+                steps=c["steps"],
+                batch_size=c["batch"],
+                clip_norm=c["clip_norm"],
+                eval_sets=eval_sets(c, task),
+                input_scale=input_scale,
+                recal_batches=c["recal_batches"] if cell.spec.has_bn else 0,
+                train_mode_eval=cell.spec.has_bn,
+                probe=probe,
+            )
+        )
 
-    task = study_task(task_name, length, c["val_fraction"])
-    cell, extra = build(name, c, task)
-    seeds = [int(s) for s in c["seeds"]]
-    configs = {(lr, s): run_config(c, name, task_name, length, lr, s, cell, extra)
-               for lr in rates for s in seeds}
-    scale = extra.get(INPUT_SCALE)
-    if (extra and not (scale is not None and len(extra) == 1)) or all(
-            store.get(rc) is not None for rc in configs.values()):
-        return 0
-    f = fused_fn(c, cell, task, vmapped=True, input_scale=scale)
+    key = (
+        "study_fused",
+        cell,
+        task,
+        c["steps"],
+        c["batch"],
+        c["clip_norm"],
+        c["recal_batches"],
+        c["val_size"],
+        c["test_size"],
+        c["probe_size"],
+        input_scale,
+    )
+    return cache.cached(key, build_fn)
+
+
+def _fused(c: dict, task, lr: float, seed: int, cell, extra: dict, steps: int) -> dict:
+    """One run through the fused engine, measured inside the same compiled call."""
+    f = fused_fn(c, cell, task, extra.get(INPUT_SCALE))
+    r = f({"learning_rate": np.float32(lr), "seed": np.int32(seed), "steps": np.int32(steps)})
+    m = {k: float(v) for k, v in r.items() if np.ndim(v) == 0}
+    m["init_rate"] = init_rate(np.asarray(r["init_flow"]))
+    m["capacity"] = (
+        capacity_of(task, np.asarray(r["probe_states"]), memory_inputs(c, task))
+        if not m["diverged"]
+        else math.nan
+    )
+    if m["diverged"]:
+        m["lyap_final"] = math.nan
+    return m
+
+
+def _train(c: dict, task, lr: float, seed: int, cell, extra: dict, steps: int) -> tuple[dict, dict, dict]:
+    """Train once through ``gradflow.train.train`` (runs with flossing, which the fused engine lacks):
+    ``(metrics, params, batch_stats)``."""
+    cfg = train.TrainConfig(
+        steps=steps,
+        batch_size=c["batch"],
+        learning_rate=float(lr),
+        clip_norm=c["clip_norm"],
+        seed=int(seed),
+        eval_every=steps,
+        eval_size=64,
+        record_every=steps,
+        **extra,
+    )
+    r = train.train(cell, task, cfg)
+    bs = r.batch_stats
+    if cell.spec.has_bn and not r.diverged:
+        bs = train.recalibrate_bn(r, c["recal_batches"])
+    m = {
+        "steps_done": float(r.steps_done),
+        "diverged": float(r.diverged),
+        "init_rate": init_rate(r.history["grad_flow"][0]) if len(r.history["grad_flow"]) else math.nan,
+    }
+    for split, (xs, ys) in eval_sets(c, task).items():
+        m[f"{split}_loss"], m[f"{split}_acc"] = train.evaluate(cell, task, r.params, bs, xs, ys)
+        if cell.spec.has_bn:
+            m[f"{split}_loss_train"], m[f"{split}_acc_train"] = _train_mode(
+                cell, task, r.params, bs, xs, ys, c["batch"], seed
+            )
+    return m, r.params, bs
+
+
+def _train_mode(cell, task, params, bs, xs, ys, batch: int, seed: int) -> tuple[float, float]:
+    """Train-mode loss and accuracy over chunks of ``batch`` sequences (as ``trainsweep`` computes them)."""
+    out = [
+        train.evaluate(
+            cell,
+            task,
+            params,
+            bs,
+            xs[:, i : i + batch],
+            ys[i : i + batch],
+            train=True,
+            key=jax.random.fold_in(jax.random.key(seed), 7),
+        )
+        for i in range(0, xs.shape[1], batch)
+    ]
+    return float(np.mean([o[0] for o in out])), float(np.mean([o[1] for o in out]))
+
+
+def memory_inputs(c: dict, task: tasks.Task) -> jax.Array:
+    """The ``probe_size`` sequences the memory curve is measured on (one array per task, cached)."""
+    return cache.cached(
+        ("study_memory_probe", task.name, task.seq_len, c["probe_size"]),
+        lambda: task.sample(jax.random.key(PROBE_KEY), c["probe_size"])[0],
+    )
+
+
+def _variables(params: dict, bs: dict) -> dict:
+    return {"params": params["cell"], **({"batch_stats": bs} if bs else {})}
+
+
+def top_exponent(cell, task: tasks.Task, variables: dict) -> float:
+    """λ₁ of the cell in eval mode along task inputs of max(4T, 100) steps (8 sequences), ln per step; NaN
+    where the states overflow."""
+    xs = probe_inputs(task)
+    L = xs.shape[0]
+    try:
+        r = measure.lyapunov(
+            cell, variables, cell.initialize_carry(8), xs, train=False, k=1, transient=L // 4, segments=4
+        )
+    except ValueError:
+        return math.nan
+    return float(r["exponents"][0])
+
+
+def probe_inputs(task: tasks.Task) -> jax.Array:
+    """The 8 input sequences λ₁ is measured on: the task at max(4T, 100) steps (one array per task,
+    cached)."""
+
+    def make():
+        L = max(4 * task.seq_len, 100)
+        longer = task.with_length(L) if task.name in tasks.LENGTH_TASKS else task
+        return longer.sample(jax.random.key(PROBE_KEY + 1), 8)[0]
+
+    return cache.cached(("study_probe", task.name, task.seq_len), make)
+
+
+#: The input channel whose i.i.d. stream the memory curve reads, per task.
+PROBE_CHANNEL = {"adding": 0, "adding_product": 0, "recall": 1}
+
+
+def capacity_of(task: tasks.Task, states, xs) -> float:
+    """Memory capacity of final states (N, n) for the probe inputs ``xs`` (T, N, F): Σ_k r²(u_{T−k} from h_T)
+    over k < min(T, 64) on the task's i.i.d. channel (``gradflow.capacity.memory_curve``); NaN where the task
+    has no such channel or the states are not finite."""
+    h = np.asarray(states, np.float64)
+    if task.name not in PROBE_CHANNEL or not np.all(np.isfinite(h)):
+        return math.nan
+    u = np.asarray(xs[:, :, PROBE_CHANNEL[task.name]], np.float64).T
+    return memory_curve(h, u, min(task.seq_len, 64)).capacity
+
+
+def capacity(c: dict, cell, task: tasks.Task, variables: dict) -> float:
+    """:func:`capacity_of` the cell's final states (eval mode) on the memory probe."""
+    xs = memory_inputs(c, task)
+    final = measure.burn(cell, False, variables, cell.initialize_carry(xs.shape[1]), xs, None)
+    h = np.concatenate(
+        [
+            np.asarray(v, np.float64).reshape(xs.shape[1], -1)
+            for v in jax.tree.leaves(final)
+            if jax.numpy.issubdtype(v.dtype, jax.numpy.floating)
+        ],
+        axis=1,
+    )
+    return capacity_of(task, h, xs)
+
+
+def one_run(c: dict, task: tasks.Task, lr: float, seed: int, cell, extra: dict, steps: int) -> dict:
+    """Train once, then measure: eval-mode (and, with BN, train-mode) validation and test metrics, memory
+    capacity, λ₁ at initialization and after training."""
     t0 = time.perf_counter()
-    table = run_sweep(lambda _s: f, Grid(traced={"learning_rate": rates, "seed": seeds}), chunk=len(configs))
-    wall = (time.perf_counter() - t0) / len(configs)
-    for j in range(len(configs)):
-        key = (float(rates[j // len(seeds)]), seeds[j % len(seeds)])
-        store.put(configs[key], record_of({k: v[j] for k, v in table.items()}, wall, "vmap"))
-    say(progress, f"{name} {label(task_name, length)}: {len(configs)} runs vmapped in "
-                  f"{wall * len(configs):.1f}s")
-    return len(configs)
-
-
-def metric_of(task_name: str) -> str:
-    """The reported metric: ``"loss"`` (adding MSE, copy cross-entropy; lower is better) or ``"accuracy"``."""
-    return "loss" if task_name in ("adding", "copy") else "accuracy"
+    if set(extra) <= {INPUT_SCALE}:
+        return {**_fused(c, task, lr, seed, cell, extra, steps), "wall_s": time.perf_counter() - t0}
+    m, params, bs = _train(c, task, lr, seed, cell, extra, steps)
+    wall = time.perf_counter() - t0
+    p0, bs0 = train.init_params(cell, task, jax.random.fold_in(jax.random.key(int(seed)), 1))
+    m["lyap_init"] = top_exponent(cell, task, _variables(p0, bs0))
+    ok = not m["diverged"]
+    m["lyap_final"] = top_exponent(cell, task, _variables(params, bs)) if ok else math.nan
+    m["capacity"] = capacity(c, cell, task, _variables(params, bs)) if ok else math.nan
+    return {**{k: float(v) for k, v in m.items()}, "wall_s": wall}
 
 
 # ----------------------------------------------------------------------------------------------- the study
 
 
-def rates_of(c: dict, name: str) -> list[float]:
-    """The learning rates of a preset: the common grid and its ``extra_rates``, ascending."""
-    return sorted({float(x) for x in [*c["learning_rates"], *c.get("extra_rates", {}).get(name, [])]})
-
-
-def blocks(c: dict) -> list[tuple[dict, str]]:
-    """The study's blocks: ``(configuration, tag)``, the main grid (tag "") and, when configured, the
-    ``control`` block (its overrides merged on top; its presets tagged " (N steps)" in the tables)."""
-    out = [(c, "")]
-    if c.get("control"):
-        ctrl = {**c, **c["control"]}
-        out.append((ctrl, f" ({ctrl['steps']} steps)"))
-    return out
-
-
-def plan(c: dict) -> list[tuple[dict, str, str, str, object, float, int]]:
-    """Every (block configuration, tag, preset, task, length, rate, seed); blocks and tasks outermost."""
-    out = []
-    for bc, tag in blocks(c):
-        for task_name, length in bc["tasks"]:
-            for name in bc["presets"]:
-                out += [(bc, tag, name, task_name, length, lr, int(s))
-                        for lr in rates_of(bc, name) for s in bc["seeds"]]
-    return out
-
-
-def run(config: dict, progress=None) -> dict:
-    """Run (or load) every run of the study; returns the runs as columns and the notes on skipped variants.
-
-    Returns:
-        dict with per run (R,): ``run_preset``, ``run_task`` (lists of str), ``seq_len``, ``length`` (-1 for
-        datasets), ``learning_rate``, ``seed``, ``baseline``, ``val_loss``, ``val_acc``, ``test_loss``,
-        ``test_acc``, ``solved`` (1, 0, -1 no criterion; judged on the test loss), ``diverged``,
-        ``steps_done``, ``run_steps``, ``wall_s``, ``init_rate``; ``steps`` (of the main grid), ``hidden``,
-        ``batch``, ``seeds`` and ``presets`` (those run, control presets tagged); ``notes`` (why variants were
-        skipped, one per line); ``total_wall_s``.
-    """
-    c = config
-    store = RunStore(None if c["store"] is None else ROOT / c["store"])
-    todo = plan(c)
-    if c.get("vmap"):
-        for bc, _tag in blocks(c):
-            for task_name, length in bc["tasks"]:
-                for name in bc["presets"]:
-                    try:
-                        run_group_vmapped(bc, store, name, task_name, length, rates_of(bc, name), progress)
-                    except Unavailable:
-                        pass  # noted below
-    rows, notes, skipped = [], [], set()
-    t0, computed = time.perf_counter(), 0
-    for i, (bc, tag, name, task_name, length, lr, seed) in enumerate(todo, 1):
-        if name in skipped:
-            continue
-        task = study_task(task_name, length, bc["val_fraction"])
-        try:
-            cell, extra = build(name, bc, task)
-        except Unavailable as e:
-            skipped.add(name)
-            notes.append(f"skipped {e}")
-            say(progress, f"skipped {e}")
-            continue
-        rc = run_config(bc, name, task_name, length, lr, seed, cell, extra)
-        rec, new = store.get_or_run(rc, lambda bc=bc, cell=cell, extra=extra, task=task, lr=lr, seed=seed,
-                                    name=name: one_run(bc, name, task, lr, seed, cell, extra))
-        computed += new
-        rows.append({"preset": name + tag, "task": task_name, "length": -1 if length is None else int(length),
-                     "seq_len": task.seq_len, "learning_rate": lr, "seed": seed, "baseline": task.baseline,
-                     "steps": bc["steps"], **rec})
-        say(progress, _progress_line(i, len(todo), rows[-1], new, computed, time.perf_counter() - t0))
-    return _columns(c, rows, notes)
-
-
-def _progress_line(i: int, n: int, row: dict, new: bool, computed: int, elapsed: float) -> str:
-    m = row["test_loss"] / row["baseline"] if metric_of(row["task"]) == "loss" else row["test_acc"]
-    what = "test loss/baseline" if metric_of(row["task"]) == "loss" else "test acc"
-    eta = f", ~{elapsed / computed * (n - i) / 60:.1f} min left at this pace" if computed else ""
-    return (f"[{i}/{n}] {row['preset']} {label(row['task'], row['length'])} lr {row['learning_rate']:g} "
-            f"seed {row['seed']}: {what} {m:.4g}{' (diverged)' if row['diverged'] else ''}, "
-            f"{format(row['wall_s'], '.1f') + 's' if new else 'stored'}{eta}")
-
-
-def label(task_name: str, length) -> str:
-    """``"adding T=50"``, ``"mnist1d"``."""
-    return task_name if length is None or int(length) < 0 else f"{task_name} T={int(length)}"
-
-
-def _columns(c: dict, rows: list[dict], notes: list[str]) -> dict:
-    def col(k, dtype=float):
-        return np.asarray([r[k] for r in rows], dtype)
-
-    solved = []
-    for r in rows:
-        t = study_task(r["task"], None if r["length"] < 0 else r["length"], c["val_fraction"])
-        s = t.solved(r["test_loss"])
-        solved.append(-1 if s is None else int(s))
-    names = [p + tag for bc, tag in blocks(c) for p in bc["presets"]]
-    presets = [p for p in dict.fromkeys(names) if any(r["preset"] == p for r in rows)]
-    out = {
-        "run_preset": [r["preset"] for r in rows], "run_task": [r["task"] for r in rows],
-        "seq_len": col("seq_len", int), "length": col("length", int), "learning_rate": col("learning_rate"),
-        "seed": col("seed", int), "baseline": col("baseline"), "val_loss": col("val_loss"),
-        "val_acc": col("val_acc"), "test_loss": col("test_loss"), "test_acc": col("test_acc"),
-        "solved": np.asarray(solved, int), "diverged": col("diverged", int),
-        "steps_done": col("steps_done", int), "run_steps": col("steps", int),
-        "wall_s": col("wall_s"), "init_rate": col("init_rate"), "presets": presets or ["(none)"],
-        "steps": int(c["steps"]), "hidden": int(c["hidden"]), "batch": int(c["batch"]),
-        "seeds": [int(s) for s in c["seeds"]], "notes": "\n".join(notes),
-        "total_wall_s": float(sum(r["wall_s"] for r in rows)),
-    }
-    for k in MASKED:  # saved data hold finite numbers only: a missing value is 0 with ``<key>_valid`` False
-        ok = np.isfinite(out[k])
-        out[k], out[k + "_valid"] = np.where(ok, out[k], 0.0), ok
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- summary
-
-
-def records(data: dict) -> list[dict]:
-    """The runs of ``data`` as a list of dicts (one per run) with ``val_metric`` and ``test_metric``."""
-    out = []
-    for i, p in enumerate(data["run_preset"]):
-        t = data["run_task"][i]
-        m = metric_of(t)
-        r = {k: (data[k][i].item() if k not in MASKED or data[k + "_valid"][i] else math.nan)
-             for k in ("seq_len", "length", "learning_rate", "seed", "baseline", "val_loss", "val_acc",
-                       "test_loss", "test_acc", "solved", "diverged", "steps_done", "wall_s", "init_rate")}
-        r["steps"] = int(data["run_steps"][i]) if "run_steps" in data else int(data["steps"])
-        key = "loss" if m == "loss" else "acc"
-        out.append({"preset": p, "task": t, "metric_name": m, **r,
-                    "val_metric": r[f"val_{key}"], "test_metric": r[f"test_{key}"]})
-    return out
+def metric_of(task_name: str) -> str:
+    """The reported metric: ``"loss"`` (synthetic tasks; lower is better) or ``"accuracy"`` (datasets)."""
+    return "loss" if task_name in (*tasks.LENGTH_TASKS, "copy") else "accuracy"
 
 
 def _score(metric_name: str, value: float) -> float:
@@ -522,254 +562,688 @@ def _score(metric_name: str, value: float) -> float:
     return value if metric_name == "loss" else -value
 
 
-def choose_rate(runs: list[dict]) -> float:
-    """The learning rate with the best median validation metric over seeds (ties: the smaller rate).
+def _metric(rec: dict, split: str, mode: str, metric_name: str) -> float:
+    suffix = "_train" if mode == "train" else ""
+    v = rec.get(f"{split}_{'loss' if metric_name == 'loss' else 'acc'}{suffix}", math.nan)
+    return math.inf if metric_name == "loss" and rec.get("diverged") else v
 
-    Only ``val_metric`` is read: the test numbers play no part in the choice.
-    """
+
+def choose_rate(runs: list[dict], mode: str = "eval") -> float:
+    """The learning rate with the best median validation metric over seeds in ``mode`` (ties: the smaller
+    rate). Only validation numbers are read: the test numbers play no part in the choice."""
     by_rate: dict[float, list[float]] = {}
     for r in runs:
-        by_rate.setdefault(float(r["learning_rate"]), []).append(_score(r["metric_name"], r["val_metric"]))
+        v = _metric(r, "val", mode, r["metric_name"])
+        by_rate.setdefault(float(r["learning_rate"]), []).append(_score(r["metric_name"], v))
     if not by_rate:
         raise ValueError("choose_rate needs at least one run")
     return min(sorted(by_rate), key=lambda lr: float(np.median(by_rate[lr])))
 
 
-def summarize(data: dict) -> list[dict]:
-    """Per (preset, task) in study order: the chosen rate, the test metric's median / min / max over seeds at
-    that rate, the number of seeds that solve (``solved`` None for datasets), diverged runs, and the median
-    rate at initialization."""
-    recs = records(data)
-    groups: dict[tuple, list[dict]] = {}
-    for r in recs:
-        groups.setdefault((r["preset"], r["task"], r["length"]), []).append(r)
-    out = []
-    for (p, t, n), runs in groups.items():
-        lr = choose_rate(runs)
-        at = [r for r in runs if r["learning_rate"] == lr]
-        vals = np.asarray([r["test_metric"] for r in at], np.float64)
-        worst = np.inf if at[0]["metric_name"] == "loss" else 0.0
-        vals = np.where(np.isfinite(vals), vals, worst)
-        solved = [r["solved"] for r in at]
-        out.append({
-            "preset": p, "task": t, "length": n, "label": label(t, n), "metric_name": at[0]["metric_name"],
-            "baseline": at[0]["baseline"], "learning_rate": lr, "n": len(at),
-            "median": float(np.median(vals)), "min": float(np.min(vals)), "max": float(np.max(vals)),
-            "solved": None if solved[0] < 0 else int(sum(solved)),
-            "diverged": int(sum(r["diverged"] for r in at)),
-            "init_rate": float(np.nanmedian([r["init_rate"] for r in at]))
-            if any(math.isfinite(r["init_rate"]) for r in at) else float("nan"),
-            "rates": sorted({r["learning_rate"] for r in runs}),
-        })
+def _next_rate(lr: float, up: bool) -> float:
+    """A factor of 3 beyond ``lr``, rounded to one significant digit (0.01 → 0.03, 0.001 → 0.0003)."""
+    return float(f"{lr * 3.0 if up else lr / 3.0:.0e}")
+
+
+def edge_of(runs: list[dict], mode: str, limits) -> str:
+    """Where the chosen rate sits in its grid: "interior", or "low"/"high" with why the grid stops there
+    ("limit": the configured bound; "diverged": every seed diverged one step further)."""
+    rates = sorted({r["learning_rate"] for r in runs})
+    lr = choose_rate(runs, mode)
+    if len(rates) > 1 and rates[0] < lr < rates[-1]:
+        return "interior"
+    up = lr == rates[-1] and len(rates) > 1
+    if up and lr * 3.0 > limits[1] * 1.001 or not up and lr / 3.0 < limits[0] * 0.999:
+        return f"{'high' if up else 'low'} (limit)"
+    return f"{'high' if up else 'low'}"
+
+
+def _extend(runs: list[dict], modes, limits) -> float | None:
+    """The rate to add so that every mode's chosen rate becomes interior, or None (interior, or the next rate
+    would pass a limit, or every seed diverged at the highest rate)."""
+    rates = sorted({r["learning_rate"] for r in runs})
+    for mode in modes:
+        lr = choose_rate(runs, mode)
+        top = [r for r in runs if r["learning_rate"] == lr]
+        if (
+            lr == rates[-1]
+            and _next_rate(lr, True) <= limits[1] * 1.001
+            and not all(r["diverged"] for r in top)
+        ):
+            return _next_rate(lr, True)
+        if lr == rates[0] and _next_rate(lr, False) >= limits[0] * 0.999:
+            return _next_rate(lr, False)
+    return None
+
+
+def _learned(task: tasks.Task, runs: list[dict], mode: str) -> bool:
+    """The median test loss at the chosen rate is below :data:`LEARNED` of the baseline."""
+    lr = choose_rate(runs, mode)
+    at = [_metric(r, "test", mode, "loss") for r in runs if r["learning_rate"] == lr]
+    return float(np.median(at)) < LEARNED * task.baseline
+
+
+def _solved(task: tasks.Task, runs: list[dict], mode: str) -> bool:
+    """The majority of seeds at the chosen rate solve the task (test loss below its criterion)."""
+    lr = choose_rate(runs, mode)
+    at = [r for r in runs if r["learning_rate"] == lr]
+    return sum(bool(task.solved(_metric(r, "test", mode, "loss"))) for r in at) >= MAJORITY * len(at)
+
+
+class _Study:
+    """One invocation of :func:`run`: the store, the progress, the rows gathered so far."""
+
+    def __init__(self, c: dict, progress):
+        self.c, self.progress = c, progress
+        self.store = RunStore(None if c["store"] is None else ROOT / c["store"])
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+        self.t0, self.computed, self.done = time.perf_counter(), 0, 0
+
+    def runs(self, name, task_name, length, task, cell, extra, rates, steps, seeds) -> list[dict]:
+        out = []
+        for lr in rates:
+            for seed in seeds:
+                rc = run_config(self.c, name, task_name, length, lr, seed, cell, extra, steps)
+                rec, new = self.store.get_or_run(
+                    rc, lambda lr=lr, seed=seed: one_run(self.c, task, lr, seed, cell, extra, steps)
+                )
+                self.computed += new
+                self.done += 1
+                row = {
+                    "cell": name,
+                    "task": task_name,
+                    "length": int(length),
+                    "seq_len": task.seq_len,
+                    "learning_rate": float(lr),
+                    "seed": int(seed),
+                    "baseline": task.baseline,
+                    "affine_floor": task.affine_floor,
+                    "run_steps": int(steps),
+                    "budget": False,
+                    "metric_name": metric_of(task_name),
+                    "has_bn": bool(cell.spec.has_bn),
+                    "affine_eval": is_affine(cell, "eval"),
+                    "affine_train": is_affine(cell, "train"),
+                    **rec,
+                }
+                out.append(row)
+                if new:
+                    say(self.progress, _progress_line(row, self.computed, time.perf_counter() - self.t0))
+        return out
+
+    def group(self, name, task_name, length) -> list[dict] | None:
+        """Every seed of one (cell, task, T), the rate grid extended until the chosen rate is interior."""
+        c = self.c
+        task = study_task(task_name, length, c["val_fraction"])
+        try:
+            cell, extra = build(name, c, task)
+        except Unavailable as e:
+            self.notes.append(f"skipped {e}")
+            return None
+        rates = sorted({float(x) for x in [*c["learning_rates"], *c.get("extra_rates", {}).get(name, [])]})
+        seeds = [int(s) for s in c["seeds"]]
+        runs = self.runs(name, task_name, length, task, cell, extra, rates, c["steps"], seeds)
+        while (nxt := _extend(runs, modes_of(cell), c["rate_limits"])) is not None and nxt not in rates:
+            rates.append(nxt)
+            runs += self.runs(name, task_name, length, task, cell, extra, [nxt], c["steps"], seeds)
+        self.rows += runs
+        budget = c.get("budget") or {}
+        if task_name in budget.get("tasks", []) and not _solved(task, runs, "eval"):
+            lr = choose_rate(runs, "eval")
+            extra_runs = self.runs(
+                name,
+                task_name,
+                length,
+                task,
+                cell,
+                extra,
+                [lr],
+                c["steps"] * int(budget["factor"]),
+                seeds[:1],
+            )
+            self.rows += [{**r, "budget": True} for r in extra_runs]
+        return runs
+
+    def cell_task(self, name, task_name, lengths) -> None:
+        for length in lengths:
+            runs = self.group(name, task_name, length)
+            if runs is None:
+                return
+            if task_name in self.c["doubling"]:
+                task = study_task(task_name, length, self.c["val_fraction"])
+                if not any(
+                    _learned(task, runs, m) for m in ("eval", "train") if m == "eval" or runs[0]["has_bn"]
+                ):
+                    return
+
+
+def run(config: dict, progress=None) -> dict:
+    """Run (or load) every run of the study.
+
+    Returns:
+        dict: per run (R,) the columns of :data:`RUN_COLUMNS` (``cell`` and ``task`` as lists of str, masked
+        floats with ``<key>_valid``), and ``cells``, ``tasks``, ``seeds``, ``hidden``, ``batch``, ``steps``,
+        ``notes`` (why variants were skipped), ``total_wall_s``.
+    """
+    st = _Study(config, progress)
+    only = config.get("cell_tasks", {})
+    for task_name, lengths in config["tasks"]:
+        for name in config["cells"]:
+            if task_name in only.get(name, [task_name]):
+                st.cell_task(name, task_name, [int(x) for x in lengths])
+    say(progress, f"{st.done} runs ({st.computed} computed) in {time.perf_counter() - st.t0:.0f}s")
+    return _columns(config, st.rows, sorted(set(st.notes)))
+
+
+def _progress_line(row: dict, computed: int, elapsed: float) -> str:
+    m = row["test_loss"] / row["baseline"]
+    return (
+        f"{row['cell']} {label(row['task'], row['length'])} lr {row['learning_rate']:g} seed {row['seed']}"
+        f" ({row['run_steps']} steps): test loss/baseline {m:.3g}{' (diverged)' if row['diverged'] else ''}, "
+        f"{row['wall_s']:.1f}s "
+        f"[{computed} computed, {elapsed / 60:.1f} min]"
+    )
+
+
+def label(task_name: str, length) -> str:
+    """``"adding T=50"``, ``"mnist1d"``."""
+    return task_name if length is None or int(length) < 0 else f"{task_name} T={int(length)}"
+
+
+#: Per-run numeric columns; those in :data:`MASKED` can be missing (NaN), saved as 0 with ``<key>_valid``.
+RUN_COLUMNS = (
+    "length",
+    "seq_len",
+    "learning_rate",
+    "seed",
+    "baseline",
+    "affine_floor",
+    "run_steps",
+    "budget",
+    "has_bn",
+    "affine_eval",
+    "affine_train",
+    "diverged",
+    "steps_done",
+    "wall_s",
+    "init_rate",
+    "lyap_init",
+    "lyap_final",
+    "capacity",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "val_loss_train",
+    "val_acc_train",
+    "test_loss_train",
+    "test_acc_train",
+)
+MASKED = (
+    "affine_floor",
+    "init_rate",
+    "lyap_init",
+    "lyap_final",
+    "capacity",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "val_loss_train",
+    "val_acc_train",
+    "test_loss_train",
+    "test_acc_train",
+)
+
+
+def _columns(c: dict, rows: list[dict], notes: list[str]) -> dict:
+    def value(r, k):
+        v = r.get(k)
+        return math.nan if v is None else float(v)
+
+    out = {k: np.asarray([value(r, k) for r in rows], np.float64) for k in RUN_COLUMNS}
+    for k in MASKED:  # saved data hold finite numbers only: a missing value is 0 with ``<key>_valid`` False
+        ok = np.isfinite(out[k])
+        out[k], out[k + "_valid"] = np.where(ok, out[k], 0.0), ok
+    out.update(
+        {
+            "cell": [r["cell"] for r in rows],
+            "task": [r["task"] for r in rows],
+            "cells": list(dict.fromkeys(r["cell"] for r in rows)) or ["(none)"],
+            "tasks": [t for t, _ in c["tasks"]],
+            "seeds": [int(s) for s in c["seeds"]],
+            "hidden": int(c["hidden"]),
+            "batch": int(c["batch"]),
+            "steps": int(c["steps"]),
+            "rate_limits": [float(x) for x in c["rate_limits"]],
+            "doubling": list(c["doubling"]),
+            "notes": "\n".join(notes),
+            "total_wall_s": float(sum(r["wall_s"] for r in rows)),
+        }
+    )
     return out
 
 
-def _fmt(s: dict, v: float) -> str:
-    if s["metric_name"] == "loss":
-        ratio = v / s["baseline"]
-        return "∞" if not math.isfinite(ratio) else (f"{100 * ratio:.2g}%" if ratio < 0.1
-                                                        else f"{100 * ratio:.0f}%")
-    return f"{v:.2f}"
+def records(data: dict) -> list[dict]:
+    """The runs of ``data`` as a list of dicts (NaN where a masked value is missing)."""
+    out = []
+    for i, name in enumerate(data["cell"]):
+        r = {
+            k: (float(data[k][i]) if k not in MASKED or data[k + "_valid"][i] else math.nan)
+            for k in RUN_COLUMNS
+        }
+        for k in ("length", "seq_len", "seed", "run_steps", "steps_done"):
+            r[k] = int(r[k])
+        for k in ("budget", "has_bn", "affine_eval", "affine_train", "diverged"):
+            r[k] = bool(r[k])
+        out.append({"cell": name, "task": data["task"][i], "metric_name": metric_of(data["task"][i]), **r})
+    return out
 
 
-def cell_text(s: dict) -> str:
-    """One table cell: median [min, max] (loss as % of the baseline), solved seeds, the chosen rate."""
-    solved = "" if s["solved"] is None else f" {s['solved']}/{s['n']}{' ✓' if s['solved'] else ''}"
-    div = f" ({s['diverged']} div.)" if s["diverged"] else ""
-    spread = f"{_fmt(s, s['median'])} [{_fmt(s, s['min'])}, {_fmt(s, s['max'])}]"
-    return f"{spread}{solved}{div}, lr {s['learning_rate']:g}"
+# ----------------------------------------------------------------------------------------------- summary
 
 
-def table_markdown(data: dict) -> str:
-    """Presets × tasks: the test metric at the validation-chosen rate, median [min, max] over seeds."""
-    summ = summarize(data)
-    labels = list(dict.fromkeys(s["label"] for s in summ))
-    lines = ["| preset | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for p in data["presets"]:
-        cells = []
-        for lab in labels:
-            s = next((s for s in summ if s["preset"] == p and s["label"] == lab), None)
-            cells.append("—" if s is None else cell_text(s))
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _ratio(r: dict, mode: str) -> float:
+    """The test metric: loss / baseline (inf for a diverged run), or accuracy."""
+    v = _metric(r, "test", mode, r["metric_name"])
+    return v / r["baseline"] if r["metric_name"] == "loss" else v
+
+
+def _median(values) -> float:
+    v = [x for x in values if math.isfinite(x)]
+    return float(np.median(v)) if v else math.nan
+
+
+def summarize(data: dict) -> list[dict]:
+    """Per (cell, mode, task, T), in study order: the chosen rate and where it sits in its grid, the test
+    metric (loss / baseline) over seeds at that rate (``values``, median, min, max), seeds solved, diverged
+    runs, whether the cell is affine in this mode and the task's affine floor, the medians of memory capacity,
+    rate at initialization and λ₁ (initial, final), and the budget run's test ratio (NaN if none)."""
+    recs = records(data)
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        groups.setdefault((r["cell"], r["task"], r["length"], r["budget"]), []).append(r)
+    out = []
+    for (name, task, length, budget), runs in groups.items():
+        if budget:
+            continue
+        for mode in ("eval", "train") if runs[0]["has_bn"] else ("eval",):
+            lr = choose_rate(runs, mode)
+            at = [r for r in runs if r["learning_rate"] == lr]
+            vals = [_ratio(r, mode) for r in at]
+            more = groups.get((name, task, length, True), [])
+            t = study_task(task, length, 0.2)
+            out.append(
+                {
+                    "cell": name,
+                    "mode": mode,
+                    "label": name + (" [train mode]" if mode == "train" else ""),
+                    "task": task,
+                    "length": length,
+                    "col": label(task, length),
+                    "learning_rate": lr,
+                    "edge": edge_of(runs, mode, data["rate_limits"]),
+                    "rates": sorted({r["learning_rate"] for r in runs}),
+                    "n": len(at),
+                    "values": vals,
+                    "median": float(np.median(vals)),
+                    "min": float(np.min(vals)),
+                    "max": float(np.max(vals)),
+                    "solved": sum(bool(t.solved(v * t.baseline)) for v in vals),
+                    "diverged": sum(r["diverged"] for r in at),
+                    "affine": at[0][f"affine_{mode}"],
+                    "floor": at[0]["affine_floor"],
+                    "capacity": _median(r["capacity"] for r in at),
+                    "init_rate": _median(r["init_rate"] for r in at),
+                    "lyap_init": _median(r["lyap_init"] for r in at),
+                    "lyap_final": _median(r["lyap_final"] for r in at),
+                    "lyap_final_values": [r["lyap_final"] for r in at],
+                    "budget": _median(_ratio(r, mode) for r in more) if more else math.nan,
+                    "budget_steps": more[0]["run_steps"] if more else 0,
+                }
+            )
+    return out
+
+
+def solved_majority(s: dict) -> bool:
+    """At least :data:`MAJORITY` of the seeds solve at the chosen rate."""
+    return s["solved"] >= MAJORITY * s["n"]
+
+
+def longest_solved(summ: list[dict], lab: str, task: str) -> tuple[int | None, int | None]:
+    """``(longest T solved, first T failed)`` of one cell label on one task (None where there is none)."""
+    mine = sorted((s for s in summ if s["label"] == lab and s["task"] == task), key=lambda s: s["length"])
+    ok = [s["length"] for s in mine if solved_majority(s)]
+    bad = [s["length"] for s in mine if not solved_majority(s)]
+    return (max(ok) if ok else None), (min(bad) if bad else None)
+
+
+def compare(a: dict, b: dict) -> dict:
+    """``a`` against ``b`` (two summaries of one task and T): Mann–Whitney on the seeds' test ratios, the
+    bootstrap 95 % interval of the difference of medians, and a verdict at p < 0.05 ("better", "worse",
+    "no difference detected")."""
+    mw = stats.mann_whitney(a["values"], b["values"])
+    diff, lo, hi = stats.median_difference(a["values"], b["values"])
+    verdict = "no difference detected"
+    if mw.p_value < 0.05:
+        verdict = "better" if diff < 0 else "worse"
+    return {"verdict": verdict, "p": mw.p_value, "diff": diff, "lo": lo, "hi": hi}
+
+
+def control_curve(summ: list[dict], lab: str, task: str) -> str:
+    """One cell label's medians on one task over its lengths: ``"recall 0.5 %, 1.6 %, 12 % at T = 10, 20, 40"``."""
+    mine = sorted((s for s in summ if s["label"] == lab and s["task"] == task), key=lambda s: s["length"])
+    if not mine:
+        return f"{task} not run"
+    vals = ", ".join(_pct(s["median"]) for s in mine)
+    return f"{task} {vals} at T = {', '.join(str(s['length']) for s in mine)}"
+
+
+def cause(summ: list[dict], lab: str, controls) -> dict:
+    """Why one cell (label) fails or learns adding, from the controls: ``kind`` and ``text`` with the numbers.
+
+    "Fails" and "solves" use the tasks' criterion (a majority of seeds below 1 % of the baseline). Kinds, in
+    the order they are tested:
+
+    - "learns": every adding length solved;
+    - "expressivity": affine in its inputs (at the floor even at the shortest T);
+    - "budget": the longer run at the first failed length has at most :data:`BUDGET_GAIN` of the loss
+      (still learning when the budget ended);
+    - "training": it solves not even the representable controls at their shortest length;
+    - "length": it solves the controls at short T and fails them below the first adding length it fails;
+    - "product": it solves the controls at that length but not adding (forming the product, not carrying
+      the gradient over T steps, is what it fails at);
+    - "untested": no adding runs.
+
+    The text quotes the controls' medians at every length run.
+    """
+    adding = sorted(
+        (s for s in summ if s["label"] == lab and s["task"] == "adding"), key=lambda s: s["length"]
+    )
+    if not adding:
+        return {"kind": "untested", "text": "no adding runs"}
+    failed = [s for s in adding if not solved_majority(s)]
+    ctrl = "; ".join(control_curve(summ, lab, t) for t in controls)
+    if not failed:
+        return {"kind": "learns", "text": f"solves adding to T = {adding[-1]['length']}; {ctrl}"}
+    s0, f0 = adding[0], failed[0]
+    if s0["affine"]:
+        return {
+            "kind": "expressivity",
+            "text": (
+                f"affine in its inputs: adding T = {s0['length']} at {_pct(s0['median'])} of the "
+                f"baseline against the affine floor {_pct(s0['floor'])}; the controls: {ctrl}"
+            ),
+        }
+    head = f"fails adding from T = {f0['length']} ({_pct(f0['median'])})"
+    if math.isfinite(f0["budget"]):
+        head += f", with {f0['budget_steps']} steps {_pct(f0['budget'])}"
+        if f0["budget"] <= BUDGET_GAIN * f0["median"]:
+            return {"kind": "budget", "text": f"{head}: still learning when the budget ended; the controls: {ctrl}"}
+    longest = {t: longest_solved(summ, lab, t) for t in controls}
+    short = [t for t, (lo, _hi) in longest.items() if lo is None or lo < f0["length"]]
+    if short and all(longest[t][0] is None for t in short):
+        kind, why = "training", "it solves not even the representable controls at their shortest length"
+    elif short:
+        kind, why = "length", "the representable controls fail from a shorter T"
+    else:
+        kind, why = "product", "it solves the representable controls at that length: forming the product fails"
+    return {"kind": kind, "text": f"{head}; {why}: {ctrl}"}
+
+
+def _pct(ratio: float) -> str:
+    if not math.isfinite(ratio):
+        return "∞" if ratio > 0 else "—"
+    return f"{100 * ratio:.2g} %" if ratio < 0.1 else f"{100 * ratio:.0f} %"
+
+
+def init_rate_correlation(data: dict) -> dict | None:
+    """Spearman's ρ between the rate at initialization and the test ratio over the adding runs of cells
+    without gates (eval mode, every rate and seed), with its bootstrap interval; None with < 5 runs."""
+    recs = [
+        r
+        for r in records(data)
+        if r["task"] == "adding"
+        and not r["budget"]
+        and math.isfinite(r["init_rate"])
+        and r["cell"] not in ("gru", "lstm")
+    ]
+    if len(recs) < 5:
+        return None
+    x = [r["init_rate"] for r in recs]
+    y = [min(_ratio(r, "eval"), 1e6) for r in recs]
+    rho, lo, hi = stats.spearman(x, y)
+    return {"rho": rho, "lo": lo, "hi": hi, "n": len(recs)}
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+CSV_COLUMNS = (
+    "cell",
+    "mode",
+    "task",
+    "seq_len",
+    "learning_rate",
+    "seed",
+    "steps",
+    "budget_run",
+    "split",
+    "metric_name",
+    "loss",
+    "accuracy",
+    "baseline",
+    "loss_over_baseline",
+    "affine_floor",
+    "affine_in_inputs",
+    "solved",
+    "diverged",
+    "steps_done",
+    "wall_s",
+    "init_rate",
+    "lyap_init",
+    "lyap_final",
+    "memory_capacity",
+)
+
+
+def _g(x: float) -> str:
+    return "" if not math.isfinite(x) else f"{x:.6g}"
 
 
 def csv_text(data: dict) -> str:
-    """Every run, one row per split (val, test), columns :data:`CSV_COLUMNS`."""
+    """Every run, one row per split (val, test) and mode (eval; train too for cells with BN)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in records(data):
-        for split in ("val", "test"):
-            loss, acc = r[f"{split}_loss"], r[f"{split}_acc"]
-            metric = loss if r["metric_name"] == "loss" else acc
-            solved = ("" if r["solved"] < 0
-                      else int(bool(tasks.make_task(r["task"], r["length"]).solved(loss))))
-            w.writerow([r["preset"], r["task"], r["seq_len"], f"{r['learning_rate']:g}", r["seed"], split,
-                        f"{metric:.6g}", f"{r['baseline']:.6g}", solved, r["steps"], f"{r['wall_s']:.2f}",
-                        r["metric_name"], f"{loss:.6g}", f"{acc:.6g}", r["diverged"], r["steps_done"],
-                        f"{r['init_rate']:.6g}"])
+        t = study_task(r["task"], r["length"], 0.2)
+        for mode in ("eval", "train") if r["has_bn"] else ("eval",):
+            for split in ("val", "test"):
+                suffix = "_train" if mode == "train" else ""
+                loss, acc = r[f"{split}_loss{suffix}"], r[f"{split}_acc{suffix}"]
+                solved = "" if t.solve_fraction is None else int(bool(t.solved(loss)) and not r["diverged"])
+                w.writerow(
+                    [
+                        r["cell"],
+                        mode,
+                        r["task"],
+                        r["seq_len"],
+                        f"{r['learning_rate']:g}",
+                        r["seed"],
+                        r["run_steps"],
+                        int(r["budget"]),
+                        split,
+                        r["metric_name"],
+                        _g(loss),
+                        _g(acc),
+                        _g(r["baseline"]),
+                        _g(loss / r["baseline"]),
+                        _g(r["affine_floor"]),
+                        int(r[f"affine_{mode}"]),
+                        solved,
+                        int(r["diverged"]),
+                        r["steps_done"],
+                        f"{r['wall_s']:.2f}",
+                        _g(r["init_rate"]),
+                        _g(r["lyap_init"]),
+                        _g(r["lyap_final"]),
+                        _g(r["capacity"]),
+                    ]
+                )
     return buf.getvalue()
 
 
-def data_from_csv(text: str) -> dict:
-    """The run columns back from :func:`csv_text`'s table (what :func:`table_markdown`, :func:`summarize` and
-    :func:`findings_markdown` read), so the README tables can be regenerated from the committed CSV alone."""
-    rows: dict[tuple, dict] = {}
-    for r in csv.DictReader(io.StringIO(text)):
-        key = (r["preset"], r["task"], int(r["seq_len"]), float(r["learning_rate"]), int(r["seed"]))
-        run = rows.setdefault(key, {"preset": r["preset"], "task": r["task"], "seq_len": int(r["seq_len"]),
-                                    "learning_rate": float(r["learning_rate"]), "seed": int(r["seed"]),
-                                    "baseline": float(r["baseline"]), "diverged": int(r["diverged"]),
-                                    "steps_done": int(r["steps_done"]), "wall_s": float(r["wall_s"]),
-                                    "init_rate": float(r["init_rate"]), "steps": int(r["steps"])})
-        run[f"{r['split']}_loss"], run[f"{r['split']}_acc"] = float(r["loss"]), float(r["accuracy"])
-        if r["split"] == "test":
-            run["solved"] = -1 if r["solved"] == "" else int(r["solved"])
-    runs = list(rows.values())
-    for run in runs:
-        run["length"] = run["seq_len"] if run["task"] == "adding" else (
-            run["seq_len"] - 2 * tasks.COPY_RECALL if run["task"] == "copy" else -1)
-    out = {k: np.asarray([r[k] for r in runs], float)
-           for k in (*MASKED, "learning_rate", "baseline", "wall_s")}
-    out.update({k: np.asarray([r[k] for r in runs], int)
-                for k in ("seq_len", "length", "seed", "solved", "diverged", "steps_done")})
-    out["run_steps"] = np.asarray([r["steps"] for r in runs], int)
-    for k in MASKED:
-        out[k + "_valid"] = np.isfinite(out[k])
-    out.update({"run_preset": [r["preset"] for r in runs], "run_task": [r["task"] for r in runs],
-                "presets": list(dict.fromkeys(r["preset"] for r in runs)), "notes": "",
-                "steps": runs[0]["steps"] if runs else 0})
+def cell_text(s: dict) -> str:
+    """One table cell: median [min, max] of loss / baseline, seeds solved, the chosen rate (edge marked)."""
+    edge = (
+        ""
+        if s["edge"] == "interior"
+        else f" ({s['edge'].replace(' (limit)', ' edge, at the grid limit')}"
+        + ("" if "limit" in s["edge"] else " edge")
+        + ")"
+    )
+    div = f", {s['diverged']} div." if s["diverged"] else ""
+    return (
+        f"{_pct(s['median'])} [{_pct(s['min'])}, {_pct(s['max'])}] {s['solved']}/{s['n']}"
+        f"{' ✓' if solved_majority(s) else ''}{div}, lr {s['learning_rate']:g}{edge}"
+    )
+
+
+def table_markdown(data: dict) -> str:
+    """The one table: cells (and BN's train mode) × (task, T), plus memory capacity and λ₁ on adding."""
+    summ = summarize(data)
+    cols = list(dict.fromkeys(s["col"] for s in summ))
+    labels = list(dict.fromkeys(s["label"] for s in summ))
+    lines = [
+        "| cell | " + " | ".join(cols) + " | capacity (adding, longest T) | λ₁ init → trained |",
+        "|---" * (len(cols) + 3) + "|",
+    ]
+    for lab in labels:
+        row = []
+        for col in cols:
+            s = next((s for s in summ if s["label"] == lab and s["col"] == col), None)
+            row.append("—" if s is None else cell_text(s))
+        adding = sorted(
+            (s for s in summ if s["label"] == lab and s["task"] == "adding"), key=lambda s: s["length"]
+        )
+        last = adding[-1] if adding else None
+        cap = "—" if last is None or not math.isfinite(last["capacity"]) else f"{last['capacity']:.2f}"
+        lyap = (
+            "—"
+            if last is None or last["mode"] == "train"
+            else f"{last['lyap_init']:+.3f} → {last['lyap_final']:+.3f}"
+        )
+        lines.append(f"| {lab} | " + " | ".join(row) + f" | {cap} | {lyap} |")
+    return "\n".join(lines)
+
+
+def _comparisons(summ: list[dict]) -> list[str]:
+    out = []
+    for s in summ:
+        if s["cell"] not in REPLACEMENTS:
+            continue
+        b = next((x for x in summ if x["label"] == "tanh" and x["col"] == s["col"]), None)
+        if b is None:
+            continue
+        k = compare(s, b)
+        out.append(
+            f"{s['label']} vs tanh on {s['col']}: {k['verdict']} ({_pct(s['median'])} vs "
+            f"{_pct(b['median'])}; difference of medians {100 * k['diff']:+.1f} points, 95 % bootstrap "
+            f"[{100 * k['lo']:+.1f}, {100 * k['hi']:+.1f}]; Mann–Whitney p = {k['p']:.3g}, "
+            f"{s['n']} vs {b['n']} seeds)"
+        )
     return out
 
 
-# ----------------------------------------------------------------------------------------------- findings
-
-
-#: How the rate at initialization and the outcome relate, per adding length (see :func:`rate_category`).
-CATEGORIES = {
-    "vanished-failed": "vanished at init and not learned, as the rate predicts",
-    "vanished-learned": "learned although the gradient had vanished at init (against the rate)",
-    "alive-learned": "alive at init and learned (consistent)",
-    "alive-failed": "alive at init but not learned here (the rate does not explain it)",
-}
-
-
-def reach(s: dict) -> float:
-    """e^{rate·(T−1)}: the fraction of ‖∂L/∂h_T‖ that reaches h_1 at the rate at initialization."""
-    return math.exp(max(min(s["init_rate"] * (int(s["length"]) - 1), 700.0), -700.0))
-
-
-def rate_category(s: dict) -> str | None:
-    """A key of :data:`CATEGORIES` for one adding summary (vanished: reach below :data:`VANISHED`; learned:
-    at least one seed solved at the chosen rate), None without a measured rate. A vanished gradient predicts
-    failure; an alive one is necessary, not sufficient, so it predicts nothing on its own."""
-    if not math.isfinite(s["init_rate"]) or s["solved"] is None:
-        return None
-    return f"{'vanished' if reach(s) < VANISHED else 'alive'}-{'learned' if s['solved'] else 'failed'}"
-
-
-def _verdict(s: dict) -> str:
-    cat = rate_category(s)
-    if cat is None:
-        return f"T={int(s['length'])}: no rate at init measured"
-    return (f"T={int(s['length'])}: {s['init_rate']:+.3f} ln/step, so h_1 receives {reach(s):.1g} of "
-            f"‖∂L/∂h_T‖; solved {s['solved']}/{s['n']} seeds: {CATEGORIES[cat]}")
-
-
-def preset_paragraph(preset: str, summ: list[dict]) -> str:
-    """One plain paragraph: the rate at initialization on adding against what the preset learned."""
-    mine = [s for s in summ if s["preset"] == preset]
-    adding = [s for s in mine if s["task"] == "adding"]
-    parts = [f"**{preset}.**"]
-    if adding:
-        parts.append("Adding problem, the rate of ‖∂L/∂h_t‖ at initialization (median over seeds) against "
-                     "the outcome at the validation-chosen learning rate: "
-                     + "; ".join(_verdict(s) for s in adding) + ".")
-        cats = [rate_category(s) for s in adding]
-        if "vanished-learned" in cats:
-            parts.append("So the rate at initialization did not predict what it learned.")
-        elif "alive-failed" in cats:
-            lead = ("Where the gradient had vanished it failed, as predicted; w" if "vanished-failed" in cats
-                    else "W")
-            parts.append(lead + "here it was alive and the cell still did not learn, the limit is elsewhere "
-                         "(steps, learning rate, the task itself), which the rate at initialization does not "
-                         "see.")
-        elif any(cats):
-            parts.append("So the rate at initialization predicted what it learned on every adding length.")
-    other = [s for s in mine if s["task"] != "adding"]
-    if other:
-        parts.append("Other tasks (test, median [min, max] over seeds): "
-                     + "; ".join(f"{s['label']} {cell_text(s)}" for s in other) + ".")
-    return " ".join(parts)
-
-
-#: The cells that replace (or add to) tanh's role with a normalization, compared against tanh.
-REPLACEMENTS = ("bn_notanh", "ln_notanh", "bn_notanh_crit", "ln_notanh_crit", "bn_tanh")
-
-
-def practical_paragraph(summ: list[dict]) -> str:
-    """What the study says to someone about to replace tanh with BN or LN (no tanh), from the seed spreads."""
-    def get(p, lab):
-        return next((s for s in summ if s["preset"] == p and s["label"] == lab), None)
-
-    labels = list(dict.fromkeys(s["label"] for s in summ))
-    lines, verdicts = [], []
-    for alt in REPLACEMENTS:
-        for lab in labels:
-            a, b = get(alt, lab), get("tanh", lab)
-            if a is None or b is None:
-                continue
-            text = _compare(a, b)
-            verdicts.append(text.split(" (")[0])
-            lines.append(f"{alt} vs tanh on {lab}: {text}")
-    if not lines:
-        return ("The study did not run tanh beside bn_notanh or ln_notanh: it cannot answer the practical "
-                "question.")
-    head = ("**Replacing tanh with BN or LN.** Each comparison takes both cells at their own "
-            "validation-chosen rate; 'better' needs the whole seed range of one to beat the whole range of "
-            "the other.")
-    counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
-    tail = (f" In all, {len(verdicts)} comparisons: "
-            + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
-    return head + " " + "; ".join(lines) + "." + tail
-
-
-def _compare(a: dict, b: dict) -> str:
-    sign = 1.0 if a["metric_name"] == "loss" else -1.0   # lower is better after the sign
-    lo_a, hi_a = sorted((sign * a["min"], sign * a["max"]))
-    lo_b, hi_b = sorted((sign * b["min"], sign * b["max"]))
-    if hi_a < lo_b:
-        verdict = "better over every seed"
-    elif hi_b < lo_a:
-        verdict = "worse over every seed"
-    else:
-        verdict = "indistinguishable within the seed spread"
-    solved = ""
-    if a["solved"] is not None:
-        solved = f", solved {a['solved']}/{a['n']} vs {b['solved']}/{b['n']}"
-    return f"{verdict} ({_fmt(a, a['median'])} vs {_fmt(b, b['median'])}{solved})"
+def _flossing(summ: list[dict]) -> list[str]:
+    out = []
+    for s in summ:
+        base = VARIANTS.get(s["cell"], {})
+        if not base.get("train", {}).get("floss") or s["mode"] != "eval":
+            continue
+        b = next(
+            (x for x in summ if x["cell"] == base["base"] and x["mode"] == "eval" and x["col"] == s["col"]),
+            None,
+        )
+        fin = [v for v in s["lyap_final_values"] if math.isfinite(v)]
+        bfin = [] if b is None else [v for v in b["lyap_final_values"] if math.isfinite(v)]
+        if not fin or not bfin:
+            continue
+        p = stats.mann_whitney(fin, bfin).p_value
+        out.append(
+            f"{s['cell']} on {s['col']}: λ₁ after training {np.median(fin):+.3f} against "
+            f"{np.median(bfin):+.3f} for {base['base']} (median over seeds, Mann–Whitney p = {p:.3g})"
+        )
+    return out
 
 
 def findings_markdown(data: dict) -> str:
-    """The findings text: the practical answer, then one paragraph per preset, all generated from ``data``."""
+    """The answer: per cell the cause with the number that shows it, the comparisons with tanh with their
+    tests, BN's two modes, flossing, and the rate at initialization with its rank correlation."""
     summ = summarize(data)
-    paras = [practical_paragraph(summ)] + [preset_paragraph(p, summ) for p in data["presets"]]
+    controls = [t for t in data["tasks"] if t != "adding"]
+    labels = list(dict.fromkeys(s["label"] for s in summ))
+    lines = [
+        "**Why each cell fails or learns the adding problem** (cause, and the measurement that shows it):",
+        "",
+    ]
+    lines += [f"- **{lab}** ({(k := cause(summ, lab, controls))['kind']}): {k['text']}." for lab in labels]
+    comp = _comparisons(summ)
+    if comp:
+        lines += [
+            "",
+            "**Against tanh** (test loss / baseline at each cell's validation-chosen rate; "
+            "'better'/'worse' only at p < 0.05, two-sided Mann–Whitney over seeds):",
+            "",
+        ]
+        lines += [f"- {c}." for c in comp]
+    fl = _flossing(summ)
+    if fl:
+        lines += ["", "**Flossing** (the flossed runs' top exponent against their base cell's):", ""]
+        lines += [f"- {f}." for f in fl]
+    corr = init_rate_correlation(data)
+    if corr is not None:
+        lines += [
+            "",
+            (
+                f"**The rate at initialization** against the test loss on adding (cells without gates, "
+                f"every rate and seed, {corr['n']} runs): Spearman ρ = {corr['rho']:+.2f}, 95 % bootstrap "
+                f"[{corr['lo']:+.2f}, {corr['hi']:+.2f}]."
+            ),
+        ]
+    edges = [s for s in summ if s["edge"] != "interior"]
+    if edges:
+        lines += [
+            "",
+            f"Rates at an edge of their grid ({len(edges)} of {len(summ)}): "
+            + "; ".join(f"{s['label']} {s['col']} {s['learning_rate']:g} ({s['edge']})" for s in edges)
+            + ".",
+        ]
     if data["notes"]:
-        paras.append("Not run: " + "; ".join(data["notes"].splitlines()) + ".")
-    return "\n\n".join(paras)
+        lines += ["", "Not run: " + "; ".join(data["notes"].splitlines()) + "."]
+    return "\n".join(lines)
 
 
 def write_extra(data: dict) -> dict[str, str]:
     """``training_study.csv`` (every run), ``training_study_table.md`` and ``training_study_findings.md``."""
-    head = (f"Training study: hidden {data['hidden']}, batch {data['batch']}, {data['steps']} Adam steps "
-            f"(clipping at global norm 1), seeds {data['seeds']}, learning rate chosen per preset and task "
-            "on a validation set; cells: test metric at that rate, median [min, max] over seeds (adding, "
-            "copy: loss as % of the memoryless baseline, ✓ k/n seeds solved; datasets: test accuracy). "
-            f"{len(data['run_preset'])} runs, {data['total_wall_s'] / 60:.0f} min of training.\n\n")
-    return {"training_study.csv": csv_text(data),
-            "training_study_table.md": head + table_markdown(data) + "\n",
-            "training_study_findings.md": findings_markdown(data) + "\n"}
+    head = (
+        f"Training study: hidden {data['hidden']}, batch {data['batch']}, {data['steps']} Adam steps "
+        f"(clipping at global norm 1), seeds {data['seeds']}; per cell, task and T the learning rate is "
+        "chosen on validation data (grid extended by ×3 until interior); cells: test loss as % of the "
+        "memoryless baseline, median [min, max] over seeds at that rate, seeds solved (below 1 %), the rate. "
+        "Adding: a cell affine in its inputs cannot go below 1 − 2/T (80 % at T = 10); 50 % means one "
+        "of the two values carried. Controls (adding_product, recall) are representable by every cell; "
+        f"their lengths double until a cell has not learned one (median ≥ {LEARNED:.0%} of the baseline). "
+        f"A failure is the budget's when the longer run (one seed) halves the loss. {len(data['cell'])} runs, "
+        f"{data['total_wall_s'] / 60:.0f} min of training.\n\n"
+    )
+    return {
+        "training_study.csv": csv_text(data),
+        "training_study_table.md": head + table_markdown(data) + "\n",
+        "training_study_findings.md": findings_markdown(data) + "\n",
+    }
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -777,65 +1251,74 @@ def write_extra(data: dict) -> dict[str, str]:
 
 def _plot_outcomes(data: dict):
     summ = summarize(data)
+    cols = list(dict.fromkeys(s["col"] for s in summ))
     labels = list(dict.fromkeys(s["label"] for s in summ))
-    presets = list(data["presets"])
-    nr, nc = style.grid_shape(len(labels), 3)
+    nr, nc = style.grid_shape(len(cols), 3)
     fig, axes = style.figure(nr, nc, squeeze=False, width=max(3.3 * nc, 6.5))
-    for a, lab in enumerate(labels):
+    for a, col in enumerate(cols):
         ax = axes.flat[a]
-        loss = False
-        for i, p in enumerate(presets):
-            s = next((s for s in summ if s["preset"] == p and s["label"] == lab), None)
+        for i, lab in enumerate(labels):
+            s = next((s for s in summ if s["label"] == lab and s["col"] == col), None)
             if s is None:
                 continue
-            loss = s["metric_name"] == "loss"
-            scale = s["baseline"] if loss else 1.0
-            med, lo, hi = (np.clip(s[k] / scale, 1e-6, 1e6) for k in ("median", "min", "max"))
-            ax.errorbar([i], [med], yerr=[[med - lo], [hi - med]], fmt="o", color=style.color(p, i),
-                        capsize=3)
-        ax.set_xticks(range(len(presets)), [style.label(p) for p in presets], rotation=60, ha="right",
-                      fontsize=6.5)
-        if loss:
-            ax.set_yscale("log")
-            ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
-            ax.axhline(0.01 if lab.startswith("adding") else 0.1, color="0.3", lw=0.8, ls="--")
-        style.finish(ax, ylabel="test loss / baseline" if loss else "test accuracy", title=lab, legend=False)
-    style.hide_unused(axes, len(labels))
-    fig.suptitle("Test metric at the validation-chosen learning rate: median and [min, max] over seeds\n"
-                 "(dotted: memoryless baseline; dashed: solved)", fontsize=8)
+            v = np.clip(np.asarray(s["values"], float), 1e-4, 1e2)
+            ax.plot(np.full(v.size, i), v, "o", ms=3, alpha=0.6, color=style.color(s["cell"], i))
+            ax.plot([i - 0.3, i + 0.3], [np.median(v)] * 2, "-", lw=2, color=style.color(s["cell"], i))
+        floor = next((s["floor"] for s in summ if s["col"] == col), math.nan)
+        if math.isfinite(floor) and floor > 0:
+            ax.axhline(floor, color="C3", lw=0.8, ls="-.")
+        ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+        ax.axhline(0.01, color="0.3", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_xticks(
+            range(len(labels)), [style.label(x) for x in labels], rotation=60, ha="right", fontsize=6
+        )
+        style.finish(ax, ylabel="test loss / baseline", title=col, legend=False)
+    style.hide_unused(axes, len(cols))
+    fig.suptitle(
+        "Test loss at the validation-chosen rate, every seed (bar: median). Dotted: baseline; "
+        "dashed: solved; dash-dot: affine floor",
+        fontsize=8,
+    )
     return fig
 
 
-def _plot_rates(data: dict):
-    recs = records(data)
-    labels = list(dict.fromkeys(label(r["task"], r["length"]) for r in recs))
-    presets = list(data["presets"])
-    nr, nc = style.grid_shape(len(labels), 3)
-    fig, axes = style.figure(nr, nc, squeeze=False, width=max(3.3 * nc, 6.5))
-    for a, lab in enumerate(labels):
+def _plot_lengths(data: dict):
+    summ = summarize(data)
+    labels = list(dict.fromkeys(s["label"] for s in summ))
+    tasks_ = list(dict.fromkeys(s["task"] for s in summ))
+    fig, axes = style.figure(1, len(tasks_), squeeze=False, width=max(3.3 * len(tasks_), 6.5))
+    for a, task in enumerate(tasks_):
         ax = axes.flat[a]
-        mine = [r for r in recs if label(r["task"], r["length"]) == lab]
-        loss = bool(mine) and mine[0]["metric_name"] == "loss"
-        for i, p in enumerate(presets):
-            rs = [r for r in mine if r["preset"] == p]
-            lrs = sorted({r["learning_rate"] for r in rs})
-            if not lrs:
-                continue
-            med = [np.median([(r["val_metric"] / r["baseline"] if loss else r["val_metric"])
-                              for r in rs if r["learning_rate"] == lr]) for lr in lrs]
-            ax.plot(lrs, np.clip(med, 1e-6, 1e6), "o-", color=style.color(p, i), label=style.label(p), ms=3)
+        for i, lab in enumerate(labels):
+            mine = sorted(
+                (s for s in summ if s["label"] == lab and s["task"] == task), key=lambda s: s["length"]
+            )
+            if mine:
+                ax.plot(
+                    [s["length"] for s in mine],
+                    [np.clip(s["median"], 1e-4, 1e2) for s in mine],
+                    marker="o",
+                    ms=3,
+                    color=style.color(mine[0]["cell"], i),
+                    label=style.label(lab),
+                    ls="--" if mine[0]["mode"] == "train" else "-",
+                )
+        ax.axhline(0.01, color="0.3", lw=0.8, ls="--")
         ax.set_xscale("log")
-        if loss:
-            ax.set_yscale("log")
-        style.finish(ax, xlabel="Adam learning rate",
-                     ylabel="val loss / baseline" if loss else "val accuracy", title=lab, legend=a == 0)
-    style.hide_unused(axes, len(labels))
-    fig.suptitle("Validation metric against the learning rate (median over seeds)", fontsize=8)
+        ax.set_yscale("log")
+        style.finish(
+            ax, xlabel="T", ylabel="test loss / baseline (median)", title=task, legend=a == len(tasks_) - 1
+        )
+    fig.suptitle(
+        "Loss against length: adding needs the product; the controls are representable by every cell",
+        fontsize=8,
+    )
     return fig
 
 
 def plot(data: dict) -> dict:
-    """Figures: outcomes at the chosen rate with seed spreads; the validation metric against the rate."""
-    if not len(data["run_preset"]):
+    """Figures: every seed's outcome at the chosen rate per (task, T); the median against T per task."""
+    if not len(data["cell"]):
         return {}
-    return {"training_study": _plot_outcomes(data), "training_study_rates": _plot_rates(data)}
+    return {"training_study": _plot_outcomes(data), "training_study_lengths": _plot_lengths(data)}

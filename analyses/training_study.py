@@ -932,7 +932,7 @@ def compare(a: dict, b: dict) -> dict:
 
 
 def control_curve(summ: list[dict], lab: str, task: str) -> str:
-    """One cell label's medians on one task over its lengths: ``"recall 0.5 %, 1.6 %, 12 % at T = 10, 20, 40"``."""
+    """One cell label's medians on one task over its lengths, e.g. ``"recall 0.5 %, 12 % at T = 10, 20"``."""
     mine = sorted((s for s in summ if s["label"] == lab and s["task"] == task), key=lambda s: s["length"])
     if not mine:
         return f"{task} not run"
@@ -980,7 +980,8 @@ def cause(summ: list[dict], lab: str, controls) -> dict:
     if math.isfinite(f0["budget"]):
         head += f", with {f0['budget_steps']} steps {_pct(f0['budget'])}"
         if f0["budget"] <= BUDGET_GAIN * f0["median"]:
-            return {"kind": "budget", "text": f"{head}: still learning when the budget ended; the controls: {ctrl}"}
+            text = f"{head}: still learning when the budget ended; the controls: {ctrl}"
+            return {"kind": "budget", "text": text}
     longest = {t: longest_solved(summ, lab, t) for t in controls}
     short = [t for t, (lo, _hi) in longest.items() if lo is None or lo < f0["length"]]
     if short and all(longest[t][0] is None for t in short):
@@ -988,7 +989,7 @@ def cause(summ: list[dict], lab: str, controls) -> dict:
     elif short:
         kind, why = "length", "the representable controls fail from a shorter T"
     else:
-        kind, why = "product", "it solves the representable controls at that length: forming the product fails"
+        kind, why = "product", "it solves the representable controls at that length: the product fails"
     return {"kind": kind, "text": f"{head}; {why}: {ctrl}"}
 
 
@@ -1236,7 +1237,8 @@ def write_extra(data: dict) -> dict[str, str]:
         "Adding: a cell affine in its inputs cannot go below 1 − 2/T (80 % at T = 10); 50 % means one "
         "of the two values carried. Controls (adding_product, recall) are representable by every cell; "
         f"their lengths double until a cell has not learned one (median ≥ {LEARNED:.0%} of the baseline). "
-        f"A failure is the budget's when the longer run (one seed) halves the loss. {len(data['cell'])} runs, "
+        "A failure is the budget's when the longer run (one seed) halves the loss. "
+        f"{len(data['cell'])} runs, "
         f"{data['total_wall_s'] / 60:.0f} min of training.\n\n"
     )
     return {

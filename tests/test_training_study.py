@@ -148,7 +148,8 @@ def test_doubling_stops_after_the_first_length_not_learned_and_budget_runs_only_
     lengths = sorted({n for name, n, *_ in fake.calls if name == "recall"})
     assert lengths == [4, 8, 16, 32]
     budget = [c for c in fake.calls if c[4] == 3 * cfg["steps"]]
-    assert sorted((c[0], c[1], c[3]) for c in budget) == [("adding", 4, 0), ("recall", 16, 0), ("recall", 32, 0)]
+    expected = [("adding", 4, 0), ("recall", 16, 0), ("recall", 32, 0)]
+    assert sorted((c[0], c[1], c[3]) for c in budget) == expected
     summ = ts.summarize(data)
     assert ts.longest_solved(summ, "tanh", "recall") == (8, 16)
     assert ts.cause(summ, "tanh", ["recall"])["kind"] == "product"  # it learns recall at 8 > 4

@@ -14,12 +14,14 @@ analysed as one state of size n = B·d) and dropout is on, as during training.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import gradflow
-from gradflow import measure
+from gradflow import fitting, measure
+from gradflow.cache import cached
 
 #: Cell options that only scale initial values: the cell is built and initialized without them and the
 #: variables are scaled (W_hh by the gain ratio, every BN / LN scale set to its γ), so that one compilation
@@ -51,7 +53,8 @@ def setup(preset: str, d: int, input_size: int, batch: int, T: int, seed: int, i
     """A cell at initialization with its carry and inputs.
 
     Args:
-        preset: a name in ``gradflow.CELLS``.
+        preset: a name in ``gradflow.CELLS``, or a cell object (:func:`as_cell`: one of ours, or a user's
+            flax.linen cell, which then keeps its own state size and ignores ``d`` and ``options``).
         d: hidden size.
         input_size: input size.
         batch: B.
@@ -83,7 +86,7 @@ def setup_parts(preset: str, d: int, input_size: int, batch: int, T: int, seed: 
                 h0_scale: float = 1.0, burn_in: int = 0, **options):
     """:func:`setup` before its burn-in: (cell, variables, random carry0, xs, dropout key, burn-in inputs
     (burn_in, B, input_size)). ``burn_carry(cell, train)(variables, carry0, xb, key)`` finishes it."""
-    cell = measure.cell_for(preset, d, input_size, **{k: v for k, v in options.items() if k not in INIT_ONLY})
+    cell = as_cell(preset, d, input_size, **{k: v for k, v in options.items() if k not in INIT_ONLY})
     k_init, k_x, k_drop, k_h = jax.random.split(jax.random.key(seed), 4)
     variables = _scaled_variables(cell, measure.init_variables(cell, int(batch), k_init),
                                   {k: v for k, v in options.items() if k in INIT_ONLY})
@@ -94,6 +97,37 @@ def setup_parts(preset: str, d: int, input_size: int, batch: int, T: int, seed: 
               for k, v in carry0.items()}
     xb = input_scale * jax.random.normal(next(keys), (max(int(burn_in), 0), batch, input_size), cell.dtype)
     return cell, variables, carry0, xs, k_drop, xb
+
+
+def as_cell(cell, d: int, input_size: int, **options):
+    """A gradflow cell from a name in ``gradflow.CELLS`` (built with ``d`` and ``options``), one of our cell
+    objects (used as is; its input size must be ``input_size``) or a user's flax.linen cell
+    (``gradflow.fitting.wrap_cell``: it keeps its own state size). The one option an object takes is
+    ``dtype``: a linen cell with a ``param_dtype`` field is cloned in it (flax's cells carry that dtype).
+
+    Raises:
+        ValueError: an object of another kind, other options given with an object, a wrong input size, or a
+            cell that does not compute in the requested ``dtype``.
+    """
+    if isinstance(cell, str):
+        return measure.cell_for(cell, d, input_size, **options)
+    dtype = options.pop("dtype", None)
+    if options:
+        raise ValueError(f"cell options {sorted(options)} apply to a named cell only, not to {cell!r}")
+    if isinstance(cell, gradflow.cells.GradflowCell):
+        if cell.input_size != int(input_size):
+            raise ValueError(f"{cell!r} takes inputs of size {cell.input_size}, the task gives {input_size}")
+    elif isinstance(cell, nn.Module):  # cached: one wrapped cell per (module, input size), compiles reused
+        module = cell.clone(param_dtype=dtype) if dtype and hasattr(cell, "param_dtype") else cell
+        n_in = int(input_size)
+        cell = cached(("user_cell", module, n_in), lambda: fitting.wrap_cell(module, n_in))
+    else:
+        raise ValueError(f"a cell must be a name in gradflow.CELLS, a gradflow cell or a flax.linen cell; "
+                         f"got {type(cell).__name__}")
+    if dtype is not None and cell.dtype != jnp.dtype(dtype):
+        raise ValueError(f"{cell!r} computes in {cell.dtype}, the analysis asks for {dtype}: build it in "
+                         f"{dtype} (a linen cell: its param_dtype)")
+    return cell
 
 
 def burn_carry(cell, train: bool, variables, carry0, xb, key):

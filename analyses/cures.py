@@ -74,8 +74,9 @@ QUICK = {"hidden": 6, "batch": 5, "T": 20, "n_lags": 8, "fit_from": 4, "lyap_T":
 FULL = {"hidden": 64, "batch": 16, "T": 300, "n_lags": 30, "fit_from": 20, "lyap_T": 1000,
         "lyap_transient": 200, "floss_steps": 500, "floss_T": 300}
 
-def candidates(c: dict) -> list[dict]:
-    """The rows of the table: label, preset, cell options, kind ("baseline", "candidate", "flossed")."""
+def candidates(c: dict, cells: dict | None = None) -> list[dict]:
+    """The rows of the table: label, preset (a name, or the user's cell object), cell options, kind
+    ("baseline", "candidate", "flossed", "user": one per entry of ``cells``)."""
     rows = [{"label": p, "preset": p, "options": {}, "kind": "baseline"} for p in c["baselines"]]
     if c["irnn"]:
         rows.append({"label": "irnn", "preset": "irnn", "options": {}, "kind": "candidate"})
@@ -90,13 +91,17 @@ def candidates(c: dict) -> list[dict]:
         rows.append({"label": f"{p} flossed", "preset": p, "options": {}, "kind": "flossed"})
     for p in c.get("families", []):
         rows.append({"label": p, "preset": p, "options": {}, "kind": "candidate"})
+    for label, cell in (cells or {}).items():
+        if any(r["label"] == label for r in rows):
+            raise ValueError(f"cells: the label {label!r} is already a row of the comparison")
+        rows.append({"label": str(label), "preset": cell, "options": {}, "kind": "user"})
     return rows
 
 
 def _prediction(row: dict, c: dict, variables) -> tuple[float, str]:
     """(predicted rate, what it is) for one row and one seed's variables; nan where none exists."""
     p, opts = row["preset"], row["options"]
-    if row["kind"] == "flossed" or p == "lstm":
+    if row["kind"] in ("flossed", "user") or p == "lstm":
         return math.nan, "none"
     if families.is_family(p):  # the family's own rate, or none (generic: no entry here per family)
         return families.predicted_rate(p, variables["params"], families.get(p).options(**opts))
@@ -146,8 +151,20 @@ def _one_row(row: dict, c: dict, lags) -> dict:
     return out
 
 
-def run(config: dict, progress=None) -> dict:
-    """Measure every row.
+def run(config: dict, progress=None, cells: dict | None = None) -> dict:
+    """Measure every row, and the user's cells beside them.
+
+    Args:
+        config: :data:`CONFIG` (with :data:`QUICK` or :data:`FULL` merged in).
+        progress: the runner's progress (or a callable, or None).
+        cells: ``{label: cell}``, cells of your own measured like the rows (a gradflow cell whose input size
+            is ``config["input_size"]``, or a flax.linen cell, e.g. ``nn.GRUCell(features=32)``, which keeps
+            its own state size); no prediction. Example (REPL)::
+
+                import flax.linen as nn
+                from analyses import cures
+                data = cures.run({**cures.CONFIG, **cures.QUICK}, cells={"my gru": nn.GRUCell(features=6)})
+                print(cures.write_extra(data)["cures.md"])
 
     Returns:
         dict with ``labels``, ``presets``, ``kinds``, ``prediction_kind`` (R,) strings; ``seeds`` (S,),
@@ -162,7 +179,7 @@ def run(config: dict, progress=None) -> dict:
     from analyses.decay import select_lags
 
     lags = select_lags(c["T"], c["n_lags"])
-    rows = candidates(c)
+    rows = candidates(c, cells)
     R, S = len(rows), len(c["seeds"])
     res = {k: np.zeros((R, S)) for k in ("rate", "rate_se", "lam", "lam_se", "prediction", "floss_seconds")}
     spectral = np.zeros((R, S, len(lags)))
@@ -182,7 +199,8 @@ def run(config: dict, progress=None) -> dict:
     share = [theory.input_variance_share(1.0 if math.isnan(g) else g)
              if row["preset"] in ("bn_notanh", "ln_notanh") and row["kind"] != "flossed" else math.nan
              for g, row in zip(gx, rows, strict=True)]
-    return {"labels": [r["label"] for r in rows], "presets": [r["preset"] for r in rows],
+    return {"labels": [r["label"] for r in rows],
+            "presets": [r["preset"] if isinstance(r["preset"], str) else r["label"] for r in rows],
             "kinds": [r["kind"] for r in rows], "prediction_kind": what, "seeds": np.asarray(c["seeds"]),
             "lags": np.asarray(lags), "spectral": spectral, **res, "gamma_x": np.asarray(gx),
             "input_share": np.asarray(share), "hidden": c["hidden"], "batch": c["batch"], "T": c["T"],
@@ -218,7 +236,8 @@ def plot(data: dict) -> dict:
     labels, lags = data["labels"], data["lags"]
     logs = np.log(data["spectral"])
     groups = (("baselines (as initialized)", ("baseline",)),
-              ("candidates and flossed", ("candidate", "flossed")))
+              ("candidates and flossed" + (", yours" if "user" in data["kinds"] else ""),
+               ("candidate", "flossed", "user")))
     for ax, (title, kinds) in zip(axes[:2], groups, strict=True):
         idx = [i for i, k in enumerate(data["kinds"]) if k in kinds]
         for j, i in enumerate(idx):

@@ -58,11 +58,13 @@ import jax
 import numpy as np
 
 import gradflow
-from analyses import style
+from analyses import common, style
 from analyses.runner import ROOT, say
 from gradflow import cache, measure, stats, tasks, train
 from gradflow.capacity import memory_curve
+from gradflow.cells import GradflowCell
 from gradflow.checks import atomic_write_json
+from gradflow.fitting import UserCell
 
 NAME = "training_study"
 
@@ -262,12 +264,15 @@ def study_task(name: str, length, val_fraction: float) -> tasks.Task:
     )
 
 
-def build(name: str, c: dict, task: tasks.Task) -> tuple[gradflow.cells.GradflowCell, dict]:
-    """The cell and extra training options of a preset or variant.
+def build(name: str, c: dict, task: tasks.Task, user: dict | None = None) -> tuple[GradflowCell, dict]:
+    """The cell and extra training options of a preset, a variant or a user's cell (``user[name]``: a gradflow
+    cell or a flax.linen cell, ``analyses.common.as_cell``; no extra options).
 
     Raises:
         Unavailable: the variant needs a preset or option this gradflow lacks.
     """
+    if user and name in user:
+        return common.as_cell(user[name], c["hidden"], task.input_size), {}
     v = VARIANTS.get(name, {"base": name})
     base = v["base"]
     if base not in gradflow.CELLS:
@@ -289,8 +294,11 @@ def is_affine(cell, mode: str) -> bool:
     True for a recurrence without a nonlinearity whose normalizations are fixed affine maps: an RNN with
     activation "identity" and no LN (BN only in eval mode, where it uses running statistics), and a single LRU
     (its readout is linear). With a linear readout such a cell cannot go below a task's affine floor.
-    ``tests/test_training_study.py`` checks the classification against the states themselves.
+    ``tests/test_training_study.py`` checks the classification against the states themselves. A user's cell
+    (``gradflow.fitting.UserCell``) is tested on its states: :func:`measured_affine`.
     """
+    if isinstance(cell, UserCell):
+        return measured_affine(cell)
     spec = cell.spec
     norms = {spec.norm_x, spec.norm_h, spec.norm_sum}
     if spec.family == "lru":
@@ -301,6 +309,19 @@ def is_affine(cell, mode: str) -> bool:
         and "ln" not in norms
         and (mode == "eval" or "bn" not in norms)
     )
+
+
+def measured_affine(cell, T: int = 6, B: int = 3, tol: float = 1e-5) -> bool:
+    """Whether ``h_T(a x1 + (1 − a) x2) = a h_T(x1) + (1 − a) h_T(x2)`` (a = 0.3) holds for random inputs at a
+    random initialization, to ``tol`` relative (float32 rounding): exact for an affine cell, violated by any
+    nonlinearity the inputs reach."""
+    v = gradflow.init_cell(cell, jax.random.key(0))
+    k1, k2 = jax.random.split(jax.random.key(1))
+    x1, x2 = (2 * jax.random.normal(k, (T, B, cell.input_size), cell.dtype) for k in (k1, k2))
+    final = lambda xs: np.asarray(gradflow.unroll_cell(cell, v, cell.initialize_carry(B), xs)[0]["h"][-1])
+    line = 0.3 * final(x1) + 0.7 * final(x2)
+    gap = np.max(np.abs(final(0.3 * x1 + 0.7 * x2) - line)) / max(np.max(np.abs(line)), 1e-12)
+    return bool(gap < tol)
 
 
 def modes_of(cell) -> tuple[str, ...]:
@@ -332,7 +353,7 @@ def run_config(
     return {
         "version": RUN_VERSION,
         "variant": name,
-        "cell": repr(cell.spec),
+        "cell": repr(cell.inner) if isinstance(cell, UserCell) else repr(cell.spec),
         "hidden": c["hidden"],
         "task": task_name,
         "length": length,
@@ -633,8 +654,8 @@ def _solved(task: tasks.Task, runs: list[dict], mode: str) -> bool:
 class _Study:
     """One invocation of :func:`run`: the store, the progress, the rows gathered so far."""
 
-    def __init__(self, c: dict, progress):
-        self.c, self.progress = c, progress
+    def __init__(self, c: dict, progress, user: dict | None = None):
+        self.c, self.progress, self.user = c, progress, dict(user or {})
         self.store = RunStore(None if c["store"] is None else ROOT / c["store"])
         self.rows: list[dict] = []
         self.notes: list[str] = []
@@ -677,7 +698,7 @@ class _Study:
         c = self.c
         task = study_task(task_name, length, c["val_fraction"])
         try:
-            cell, extra = build(name, c, task)
+            cell, extra = build(name, c, task, self.user)
         except Unavailable as e:
             self.notes.append(f"skipped {e}")
             return None
@@ -718,18 +739,33 @@ class _Study:
                     return
 
 
-def run(config: dict, progress=None) -> dict:
-    """Run (or load) every run of the study.
+def run(config: dict, progress=None, cells: dict | None = None) -> dict:
+    """Run (or load) every run of the study, for ``config["cells"]`` and the user's ``cells``.
+
+    Args:
+        config: :data:`CONFIG` (with :data:`QUICK` or :data:`FULL` merged in).
+        progress: the runner's progress (or a callable such as ``print``, or None).
+        cells: ``{label: cell}``, cells of your own studied like ours (a gradflow cell, or a flax.linen cell
+            such as ``nn.GRUCell(features=16)``, which keeps its own state size), after ``config["cells"]``.
+            Example (REPL)::
+
+                import flax.linen as nn
+                from analyses import training_study as ts
+                data = ts.run({**ts.CONFIG, **ts.QUICK, "cells": ["tanh"]}, cells={"my gru": nn.GRUCell(8)})
+                print(ts.write_extra(data)["training_study_table.md"])
 
     Returns:
         dict: per run (R,) the columns of :data:`RUN_COLUMNS` (``cell`` and ``task`` as lists of str, masked
         floats with ``<key>_valid``), and ``cells``, ``tasks``, ``seeds``, ``hidden``, ``batch``, ``steps``,
         ``notes`` (why variants were skipped), ``total_wall_s``.
     """
-    st = _Study(config, progress)
+    clash = set(cells or {}) & {*config["cells"], *VARIANTS, *gradflow.CELLS}
+    if clash:
+        raise ValueError(f"cells: the labels {sorted(clash)} name our cells; choose other labels")
+    st = _Study(config, progress, cells)
     only = config.get("cell_tasks", {})
     for task_name, lengths in config["tasks"]:
-        for name in config["cells"]:
+        for name in [*config["cells"], *(cells or {})]:
             if task_name in only.get(name, [task_name]):
                 st.cell_task(name, task_name, [int(x) for x in lengths])
     say(progress, f"{st.done} runs ({st.computed} computed) in {time.perf_counter() - st.t0:.0f}s")

@@ -83,3 +83,28 @@ def test_registry_family_rows():
     lam = np.exp(-np.exp(nu))  # |λ| of both layers
     assert data["prediction"][0, 0] == pytest.approx(math.log(lam.max()), abs=1e-6)
     assert np.all(np.isfinite(data["rate"])) and np.all(np.isfinite(data["lam"]))
+
+
+def test_user_cells_are_measured_like_the_named_rows():
+    """A cell object passed as ``cells`` gets the named row's numbers when it is that preset (same seeds, same
+    inputs); a user's flax.linen cell runs through the same path (no prediction); bad labels and objects
+    are refused."""
+    import flax.linen as nn
+
+    import gradflow
+
+    config = {**cures.CONFIG, **cures.QUICK, "baselines": ["tanh"], "lru_rings": [], "critical": [],
+              "floss_presets": []}
+    ours = gradflow.make_cell("tanh", config["hidden"], config["input_size"], dtype=config["dtype"])
+    data = cures.run(config, cells={"mine": ours, "linen gru": nn.GRUCell(features=5)})
+    assert data["labels"] == ["tanh", "mine", "linen gru"] and data["kinds"] == ["baseline", "user", "user"]
+    np.testing.assert_array_equal(data["spectral"][1], data["spectral"][0])
+    np.testing.assert_array_equal(data["lam"][1], data["lam"][0])
+    assert not data["prediction_valid"][1:].any()
+    assert np.all(np.isfinite(data["rate"][2])) and data["rate"][2, 0] < 0  # a GRU at init: vanishing
+    with pytest.raises(ValueError, match="already a row"):
+        cures.candidates(config, {"tanh": ours})
+    with pytest.raises(ValueError, match="flax.linen cell"):
+        common.as_cell(object(), 4, 2)
+    with pytest.raises(ValueError, match="inputs of size"):
+        common.as_cell(ours, 4, config["input_size"] + 1)

@@ -296,3 +296,29 @@ def test_flossing_variants_ask_for_flossing():
         if opts:
             cfg = train.TrainConfig(**opts)
             assert cfg.floss and (cfg.floss_weight > 0 or cfg.floss_pre_steps > 0), name
+
+
+def test_user_cells_join_the_study(fake):
+    """A user's flax.linen cell is studied beside ours under its label; whether it is affine is measured on
+    its states (a linear cell: yes, a GRU: no); labels that name our cells are refused."""
+    import flax.linen as nn
+
+    class Linear(nn.Module):
+        features: int = 4
+
+        @nn.compact
+        def __call__(self, carry, x):
+            h = nn.Dense(self.features, use_bias=False)(carry) + nn.Dense(self.features)(x)
+            return h, h
+
+        def initialize_carry(self, key, shape):
+            return jnp.zeros((shape[0], self.features))
+
+    fake.fn = lambda task, lr, seed, cell, steps: _record(0.1, 0.01)
+    cfg = {**BASE, "rate_limits": [0.001, 0.01]}
+    data = ts.run(cfg, cells={"my gru": nn.GRUCell(features=4), "my linear": Linear()})
+    assert list(dict.fromkeys(data["cell"])) == ["tanh", "my gru", "my linear"]
+    affine = {r["cell"]: r["affine_eval"] for r in ts.records(data)}
+    assert affine == {"tanh": False, "my gru": False, "my linear": True}
+    with pytest.raises(ValueError, match="name our cells"):
+        ts.run(cfg, cells={"gru": nn.GRUCell(features=4)})

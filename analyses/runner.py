@@ -662,6 +662,7 @@ README_PARTS: tuple[tuple[str, str | None], ...] = (
     ("cooijmans_fig1a.md", "### Recurrent BN's Figure 1a in its own setting (numbers)"),
     ("training_study_table.md", "### Training study: why a cell fails to learn, separated by cause"),
     ("training_study_findings.md", None),
+    ("memory.md", "### The curse of memory: parameter sensitivity beside the state Jacobian"),
 )
 
 

@@ -155,6 +155,8 @@ FULL = {
     "recal_batches": 20,
     "budget": {"factor": 10, "tasks": ["adding", "adding_product", "recall"]},
     "cell_tasks": {},
+    # 10 vs 10 seeds reach p = 1.1e-5, so verdicts can survive a correction over every comparison
+    "seeds": list(range(10)),
 }
 
 #: Flossing as in the study's flossing variants: pre-flossing, then flossing every 10th step during training.
@@ -186,6 +188,9 @@ LEARNED = 0.5
 
 #: A failure is the budget's when ``budget["factor"]`` × the steps bring the loss to at most this share of it.
 BUDGET_GAIN = 0.5
+
+#: Cells with gates (left out of the rate-at-initialization correlation: a gate sets its own memory).
+GATED = ("gru", "lstm", "bn_lstm", "ln_lstm", "mingru", "minlstm", "rglru", "s6")
 
 #: The cells compared against tanh in the findings (those that replace tanh's role, or add to it).
 REPLACEMENTS = (
@@ -1013,6 +1018,8 @@ def cause(summ: list[dict], lab: str, controls) -> dict:
             ),
         }
     head = f"fails adding from T = {f0['length']} ({_pct(f0['median'])})"
+    if not any(s["label"] == lab and s["task"] in controls for s in summ):
+        return {"kind": "not separated", "text": f"{head}; the controls were not run for it"}
     if math.isfinite(f0["budget"]):
         head += f", with {f0['budget_steps']} steps {_pct(f0['budget'])}"
         if f0["budget"] <= BUDGET_GAIN * f0["median"]:
@@ -1037,14 +1044,16 @@ def _pct(ratio: float) -> str:
 
 def init_rate_correlation(data: dict) -> dict | None:
     """Spearman's ρ between the rate at initialization and the test ratio over the adding runs of cells
-    without gates (eval mode, every rate and seed), with its bootstrap interval; None with < 5 runs."""
+    without gates that can represent adding (not affine in eval mode: an affine cell's loss is set by its
+    floor, not its gradients), every rate and seed, with its bootstrap interval; None with < 5 runs."""
     recs = [
         r
         for r in records(data)
         if r["task"] == "adding"
         and not r["budget"]
         and math.isfinite(r["init_rate"])
-        and r["cell"] not in ("gru", "lstm")
+        and not r["affine_eval"]
+        and r["cell"] not in GATED
     ]
     if len(recs) < 5:
         return None
@@ -1176,22 +1185,60 @@ def table_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _comparisons(summ: list[dict]) -> list[str]:
-    out = []
+def _comparisons(summ: list[dict]) -> tuple[list[str], list[float]]:
+    """The table of :data:`REPLACEMENTS` against tanh (rows: cell and mode; columns: task and T) and every
+    comparison's p-value."""
+    cols = list(dict.fromkeys(s["col"] for s in summ))
+    rows, ps = {}, []
     for s in summ:
-        if s["cell"] not in REPLACEMENTS:
-            continue
         b = next((x for x in summ if x["label"] == "tanh" and x["col"] == s["col"]), None)
-        if b is None:
+        if s["cell"] not in REPLACEMENTS or b is None:
             continue
         k = compare(s, b)
+        ps.append(k["p"])
+        word = {"better": "**better**", "worse": "**worse**"}.get(k["verdict"], "n.s.")
+        rows.setdefault(s["label"], {})[s["col"]] = (
+            f"{word}: {_pct(s['median'])} vs {_pct(b['median'])}, Δ {100 * k['diff']:+.0f} "
+            f"[{100 * k['lo']:+.0f}, {100 * k['hi']:+.0f}], p {k['p']:.2g}"
+        )
+    if not rows:
+        return [], ps
+    used = [c for c in cols if any(c in r for r in rows.values())]
+    lines = ["| cell | " + " | ".join(used) + " |", "|---" * (len(used) + 1) + "|"]
+    lines += [f"| {lab} | " + " | ".join(r.get(c, "—") for c in used) + " |" for lab, r in rows.items()]
+    return lines, ps
+
+
+def in_short(summ: list[dict], controls) -> list[str]:
+    """One line per normalization cell (eval and train mode): its cause on adding and how it fares against
+    tanh on the representable controls (counts of better / worse / no difference at p < 0.05)."""
+    out = []
+    for s0 in summ:
+        if s0["cell"] not in ("bn_notanh", "ln_notanh") or s0["task"] != "adding" or s0["length"] != min(
+            x["length"] for x in summ if x["task"] == "adding"
+        ):
+            continue
+        verdicts = [
+            compare(s, b)["verdict"]
+            for s in summ
+            if s["label"] == s0["label"] and s["task"] in controls
+            for b in summ
+            if b["label"] == "tanh" and b["col"] == s["col"]
+        ]
+        counts = ", ".join(f"{v} {verdicts.count(v)}" for v in ("better", "worse", "no difference detected"))
         out.append(
-            f"{s['label']} vs tanh on {s['col']}: {k['verdict']} ({_pct(s['median'])} vs "
-            f"{_pct(b['median'])}; difference of medians {100 * k['diff']:+.1f} points, 95 % bootstrap "
-            f"[{100 * k['lo']:+.1f}, {100 * k['hi']:+.1f}]; Mann–Whitney p = {k['p']:.3g}, "
-            f"{s['n']} vs {b['n']} seeds)"
+            f"**{s0['label']}**: {cause(summ, s0['label'], controls)['kind']} on adding; against tanh on the "
+            f"representable controls ({len(verdicts)} task × T): {counts}"
         )
     return out
+
+
+def holm(ps: list[float], alpha: float = 0.05) -> int:
+    """How many of the p-values Holm's step-down procedure rejects at family-wise level ``alpha``."""
+    for i, p in enumerate(sorted(ps)):
+        if p > alpha / (len(ps) - i):
+            return i
+    return len(ps)
 
 
 def _flossing(summ: list[dict]) -> list[str]:
@@ -1222,20 +1269,30 @@ def findings_markdown(data: dict) -> str:
     summ = summarize(data)
     controls = [t for t in data["tasks"] if t != "adding"]
     labels = list(dict.fromkeys(s["label"] for s in summ))
-    lines = [
+    lines = []
+    short = in_short(summ, controls)
+    if short:
+        lines += ["**In short** (the normalizations that replace tanh; details below):", ""]
+        lines += [f"- {x}." for x in short] + [""]
+    lines += [
         "**Why each cell fails or learns the adding problem** (cause, and the measurement that shows it):",
         "",
     ]
     lines += [f"- **{lab}** ({(k := cause(summ, lab, controls))['kind']}): {k['text']}." for lab in labels]
-    comp = _comparisons(summ)
+    comp, ps = _comparisons(summ)
     if comp:
+        n = min((s["n"] for s in summ), default=0)
+        floor_p = 2 / math.comb(2 * n, n) if n else math.nan
         lines += [
             "",
-            "**Against tanh** (test loss / baseline at each cell's validation-chosen rate; "
-            "'better'/'worse' only at p < 0.05, two-sided Mann–Whitney over seeds):",
+            "**Against tanh** (test loss / baseline at each cell's validation-chosen rate, medians over "
+            "seeds; Δ: difference of medians in points of the baseline with its 95 % bootstrap interval; "
+            "two-sided exact Mann–Whitney p; **better**/**worse** at p < 0.05 uncorrected). "
+            f"{len(ps)} comparisons: about {0.05 * len(ps):.0f} would pass p < 0.05 by chance; Holm's "
+            f"correction keeps {holm(ps)} of them ({n} vs {n} seeds cannot give p below {floor_p:.2g}).",
             "",
+            *comp,
         ]
-        lines += [f"- {c}." for c in comp]
     fl = _flossing(summ)
     if fl:
         lines += ["", "**Flossing** (the flossed runs' top exponent against their base cell's):", ""]
@@ -1245,9 +1302,9 @@ def findings_markdown(data: dict) -> str:
         lines += [
             "",
             (
-                f"**The rate at initialization** against the test loss on adding (cells without gates, "
-                f"every rate and seed, {corr['n']} runs): Spearman ρ = {corr['rho']:+.2f}, 95 % bootstrap "
-                f"[{corr['lo']:+.2f}, {corr['hi']:+.2f}]."
+                f"**The rate at initialization** against the test loss on adding (cells without gates that "
+                f"can represent it, every rate and seed, {corr['n']} runs): Spearman ρ = {corr['rho']:+.2f}, "
+                f"95 % bootstrap [{corr['lo']:+.2f}, {corr['hi']:+.2f}]."
             ),
         ]
     edges = [s for s in summ if s["edge"] != "interior"]

@@ -322,3 +322,9 @@ def test_user_cells_join_the_study(fake):
     assert affine == {"tanh": False, "my gru": False, "my linear": True}
     with pytest.raises(ValueError, match="name our cells"):
         ts.run(cfg, cells={"gru": nn.GRUCell(features=4)})
+
+
+def test_holm_against_its_definition():
+    ps = [0.01, 0.04, 0.03, 0.005]  # sorted 0.005 <= 0.05/4, 0.01 <= 0.05/3, 0.03 > 0.05/2: two rejected
+    assert ts.holm(ps) == 2
+    assert ts.holm([0.2, 0.3]) == 0 and ts.holm([0.001, 0.02]) == 2 and ts.holm([]) == 0

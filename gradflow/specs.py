@@ -2,7 +2,7 @@
 
 ``gradflow.cells`` builds Flax modules from these; ``gradflow.theory`` reads the presets' defaults (γ inits,
 activation) from them without importing any cell. The presets' equations are in ``gradflow.cells``'s
-docstring and the README.
+docstring and docs/cells.md.
 
 Example:
     >>> from gradflow.specs import PRESETS, describe

@@ -273,27 +273,34 @@ def test_resume_after_interruption_recomputes_only_unfinished(quick_run):
 
 def test_update_readme_replaces_only_the_marked_block(quick_run, tmp_path):
     out, _ = quick_run
-    readme = tmp_path / "README.md"
+    readme, doc = tmp_path / "README.md", tmp_path / "findings_doc.md"
     readme.write_text(f"# t\n\nbefore\n\n{runner.BEGIN}\nold numbers\n{runner.END}\n\nafter\n")
-    assert runner.update_readme(readme, out) is True
+    assert runner.update_readme(readme, out, doc) is True
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# t\n\nbefore\n") and text.endswith("after\n")
     block = text[text.index(runner.BEGIN) + len(runner.BEGIN):text.index(runner.END)]
     assert (out / "findings.md").read_text().splitlines()[2] in block  # the answer line
-    assert "### Per-preset rates" in block and "\n# " not in block  # headings moved under ## Findings
-    assert runner.update_readme(readme, out) is False  # idempotent
+    assert "### Per-preset rates" not in block and "docs/findings.md" in block  # the tables live in the doc
+    full = doc.read_text()
+    assert full.startswith("# Findings\n") and "### Per-preset rates" in full and "\n# " not in full[2:]
+    assert runner.update_readme(readme, out, doc) is False  # idempotent
+    doc.write_text("stale\n")
+    assert runner.update_readme(readme, out, doc) is True and doc.read_text() == full
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="findings markers"):
-        runner.update_readme(readme, out)
+        runner.update_readme(readme, out, doc)
 
 
 def test_committed_readme_and_figure_data_agree():
-    """The README's findings block is what the committed figures/ produce, and their data are finite."""
+    """The README's answer and docs/findings.md are what the committed figures/ produce, and their data are
+    finite."""
     if not (runner.FIGURES / "findings.md").exists():
         pytest.skip("no committed figures")
     text = runner.README.read_text()
     block = text[text.index(runner.BEGIN) + len(runner.BEGIN):text.index(runner.END)].strip()
-    assert block == runner.readme_block(runner.FIGURES), "README findings are stale: run `make figures`"
+    assert block == runner.answer_block(runner.FIGURES), "README answer is stale: run `make figures`"
+    assert runner.FINDINGS_DOC.read_text() == runner.findings_document(runner.FIGURES), \
+        "docs/findings.md is stale: run `make figures`"
     sides = sorted(runner.FIGURES.glob("data/*.json")) + sorted(runner.FIGURES.glob("full/data/*.json"))
     for side in sides:
         data = runner.load_data(side.with_suffix(""))

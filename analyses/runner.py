@@ -812,6 +812,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output directory (default by mode)")
     p.add_argument("--quiet", action="store_true", help="only one line per analysis")
     p.add_argument("--list", action="store_true", help="list the analyses and exit")
+    p.add_argument("--check-verdicts", type=Path, metavar="DIR", help=(
+        "after the run, exit 1 if a verdict of the question's cells differs from DIR/findings.json (CI: the "
+        "quick figures against the committed ones)"))
     a = p.parse_args(argv)
     if a.list:
         for n in ANALYSES:
@@ -825,4 +828,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.check_verdicts is not None:
+        try:
+            flips = verdict_flips(a.out or output_dir(mode), a.check_verdicts)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for line in flips:
+            print(f"verdict flipped: {line}", file=sys.stderr)
+        if flips:
+            return 1
+        print(f"verdicts of {', '.join(QUESTION_CELLS)} agree with {a.check_verdicts / 'findings.json'}")
     return 0
+
+
+#: The cells whose verdict is the answer: a quick run that flips one of them contradicts the findings.
+QUESTION_CELLS = ("tanh", "bn_notanh", "ln_notanh")
+
+
+def verdict_flips(out: Path | str, reference: Path | str, cells=QUESTION_CELLS) -> list[str]:
+    """The cells of ``cells`` whose verdict in ``out/findings.json`` differs from ``reference/findings.json``
+    (or is missing from either), one line each; empty when they agree."""
+    def verdicts(folder):
+        path = Path(folder) / "findings.json"
+        try:
+            rows = json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: cannot read the verdicts ({e})") from e
+        return {r["preset"]: r["verdict"] for r in rows}
+
+    new, ref = verdicts(out), verdicts(reference)
+    return [f"{c}: {new.get(c, 'missing')} in {out}, {ref.get(c, 'missing')} in {reference}"
+            for c in cells if new.get(c) != ref.get(c) or c not in ref]

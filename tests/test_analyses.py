@@ -324,3 +324,27 @@ def test_theory_analysis_pairs_each_measurement_with_its_prediction(quick_run):
             assert np.allclose(pred[a, b], th.bn_feedforward_rate(int(B), act), atol=1e-12)
     with pytest.raises(ValueError, match="unknown families"):
         theory_analysis.run({**theory_analysis.CONFIG, **theory_analysis.QUICK, "families": ["gru"]})
+
+
+def test_verdict_flips_name_each_contradiction(tmp_path):
+    """CI's check of the quick figures: a flipped, missing or unreadable verdict of the question's cells is
+    reported; agreeing verdicts (and other cells' flips) are not."""
+    def write(folder, verdicts):
+        folder.mkdir()
+        rows = [{"preset": p, "verdict": v} for p, v in verdicts.items()]
+        (folder / "findings.json").write_text(json.dumps({"rows": rows}))
+        return folder
+
+    ref = write(tmp_path / "ref", {"tanh": "vanishes", "bn_notanh": "vanishes", "ln_notanh": "vanishes",
+                                   "gru": "vanishes"})
+    same = write(tmp_path / "same", {"tanh": "vanishes", "bn_notanh": "vanishes", "ln_notanh": "vanishes",
+                                     "gru": "explodes"})
+    assert runner.verdict_flips(same, ref) == []
+    flipped = write(tmp_path / "flip", {"tanh": "vanishes", "bn_notanh": "neutral"})
+    lines = runner.verdict_flips(flipped, ref)
+    assert len(lines) == 2
+    assert lines[0].startswith("bn_notanh: neutral") and lines[1].startswith("ln_notanh: missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "findings.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot read the verdicts"):
+        runner.verdict_flips(tmp_path / "bad", ref)

@@ -22,8 +22,8 @@ def readme_public_names() -> set[str]:
 def test_all_matches_readme_table():
     listed = readme_public_names()
     exported = set(gradflow.__all__)
-    assert listed - exported == set(), f"in docs/api.md's table but not in __all__: {sorted(listed - exported)}"
-    assert exported - listed == set(), f"in __all__ but not in docs/api.md's table: {sorted(exported - listed)}"
+    assert listed - exported == set(), f"in docs/api.md but not in __all__: {sorted(listed - exported)}"
+    assert exported - listed == set(), f"in __all__ but not in docs/api.md: {sorted(exported - listed)}"
 
 
 def test_all_names_resolve_and_are_unique():

@@ -677,8 +677,8 @@ README_PARTS: tuple[tuple[str, str | None], ...] = (
     ("training_study_table.md", "### Training study: why a cell fails to learn, separated by cause"),
     ("training_study_findings.md", None),
     ("memory.md", "### The curse of memory: parameter sensitivity beside the state Jacobian"),
-    ("teacher_student.md", "### Teacher–student (Zucchet & Orvieto 2024, Fig. 3/4): a dense linear RNN against "
-     "the LRU as the teacher's memory grows"),
+    ("teacher_student.md", "### Teacher–student (Zucchet & Orvieto 2024, Fig. 3/4): a dense linear RNN "
+     "against the LRU as the teacher's memory grows"),
 )
 
 

@@ -173,10 +173,12 @@ def signature_of(obj, name: str) -> str | None:
     if not callable(obj) or isinstance(obj, types.ModuleType):
         return None
     try:
-        sig = str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return None
-    return name + _ADDRESS_RE.sub("", sig)
+    if kind_of(obj) == "class (flax.linen.Module)":  # flax's own plumbing, spelled differently per version
+        sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in ("parent", "name")])
+    return name + _ADDRESS_RE.sub("", str(sig))
 
 
 def value_summary(obj) -> str:

@@ -2,7 +2,7 @@
 
 Each point is one cell at initialization in train mode: its top Lyapunov exponent measured by one tangent
 vector propagated with ``jax.jvp`` through the cell's own ``apply``
-(``gradflow.theory.theory_vs_measurement``, float64, independent of the Jacobian engine), beside the
+(``gradflow.measure.theory_vs_measurement``, float64, independent of the Jacobian engine), beside the
 mean-field rate ½ ln χ that ``gradflow.theory.predict_rate`` derives for the same configuration (gain,
 γ's, batch size B, hidden size d, input variance of the drawn W_xh, dropout p). The families and their knobs:
 

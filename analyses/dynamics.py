@@ -154,7 +154,10 @@ def plot(data: dict) -> dict:
     _over_training(ax[0], data, "rate")
     ax[0].axhline(0, color="0.5", lw=0.6)
     style.finish(ax[0], xlabel="training step", ylabel="rate of ‖∂h_T/∂h_t‖_F (ln/step)",
-                 title="state Jacobian's rate", legend="lower right", fontsize=6)
+                 title="state Jacobian's rate", legend=False)
+    # the curves fill every panel: the legend goes below the figure, where it covers nothing
+    fig.legend(*ax[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(data["cells"]),
+               fontsize=7, title="median over seeds (thin lines: each seed)", title_fontsize=7)
     _over_training(ax[1], data, "lyap")
     ax[1].axhline(0, color="0.5", lw=0.6)
     style.finish(ax[1], xlabel="training step", ylabel=style.LYAP, title="top Lyapunov exponent λ₁",

@@ -12,7 +12,11 @@ Recorded while training (:class:`TrainResult` ``history``):
 - ``eval_loss``, ``eval_accuracy`` on the evaluation set every ``eval_every`` steps (and at the end);
 - ``grad_flow``: ‖∂L/∂h_t‖ for every t (Frobenius norm over the batch and the features of the gradient of the
   batch-mean loss) every ``record_every`` steps, a (records, T) heatmap over training step and time. It comes
-  from one ``jax.grad`` with respect to zero perturbations added to the scanned states (the engine's trick).
+  from one ``jax.grad`` with respect to zero perturbations added to the scanned states (the engine's trick);
+- with ``probe_every``: the gradient dynamics on a fixed probe batch in eval mode (:func:`probe`) after 0,
+  ``probe_every``, ... updates and at the end: ``probe_rate`` (slope of ln‖∂h_T/∂h_t‖ against the lag),
+  ``probe_lyap`` (λ₁), the parameter sensitivity per lag ``probe_log_param_sens`` and the loss gradient's
+  share per lag ``probe_log_grad_share`` (natural logs; per parameter group in ``*_groups``).
 
 After training, :func:`mode_gap` compares train-mode and eval-mode results (BN cells), also on sequences
 longer than those trained on, and :func:`lyapunov` gives the largest Lyapunov exponents of the trained cell.
@@ -56,7 +60,9 @@ from gradflow.cells import GradflowCell, feature_size, init_cell, readout_featur
 from gradflow.checks import atomic_write_npz, finite_float, nonneg_int, positive_float, positive_int
 from gradflow.checks import seed as check_seed
 from gradflow.floss import floss, flossing_loss
-from gradflow.lyapunov import LyapunovResult
+from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum
+from gradflow.sensitivity import param_groups, param_sensitivity, param_step
+from gradflow.spectra import growth_rate
 from gradflow.step import as_step
 from gradflow.tasks import Task
 
@@ -74,8 +80,14 @@ __all__ = [
     "lyapunov",
     "recalibrate_bn",
     "mode_gap",
+    "probe",
+    "probe_batch",
     "train",
 ]
+
+
+#: The default number of sequences in the probe batch (``TrainConfig.probe_size``).
+PROBE_SIZE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +115,12 @@ class TrainConfig:
         floss_every: floss on every this many training steps (from step 0).
         floss_pre_steps: pre-flossing Adam steps on the cell alone before training (``gradflow.floss``
             with its defaults, a fresh batch of the task every step; 0: none).
+        probe_every: measure the gradient dynamics (:func:`probe`: the state Jacobian's decay rate, λ₁, the
+            parameter sensitivity and the loss gradient's share per lag) on a fixed probe batch after 0,
+            ``probe_every``, 2 ``probe_every``, ... updates and at the end (None: no probes). The probes
+            read the parameters only: training is the same with and without them.
+        probe_size: sequences in the probe batch (the exact parameter sensitivity pulls back
+            probe_size × state-size rows per step: keep it small). Only with ``probe_every``.
     """
 
     steps: int = 300
@@ -119,6 +137,8 @@ class TrainConfig:
     floss_weight: float = 0.0
     floss_every: int = 1
     floss_pre_steps: int = 0
+    probe_every: int | None = None
+    probe_size: int = PROBE_SIZE
 
     def __post_init__(self):
         # NumPy scalars are accepted and stored as Python numbers (the checkpoint identity is JSON)
@@ -134,9 +154,21 @@ class TrainConfig:
         if self.clip_norm is not None:
             checked["clip_norm"] = positive_float("TrainConfig.clip_norm (or None)", self.clip_norm)
         checked["seed"] = check_seed("TrainConfig.seed", self.seed)
+        checked.update(self._checked_probes())
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         self._check_flossing()
+
+    def _checked_probes(self) -> dict:
+        """``probe_every`` (None or a positive int) and ``probe_size`` (a positive int, only with probes)."""
+        size = positive_int("TrainConfig.probe_size", self.probe_size)
+        if self.probe_every is None:
+            if size != PROBE_SIZE:
+                raise ValueError(f"TrainConfig.probe_size={self.probe_size!r} is set without probe_every: "
+                                 "set probe_every to probe, or drop probe_size")
+            return {"probe_size": size}
+        return {"probe_every": positive_int("TrainConfig.probe_every (or None)", self.probe_every),
+                "probe_size": size}
 
     def _check_flossing(self) -> None:
         """``floss`` is the one switch: no flossing option without it, no inert flossing with it."""
@@ -170,7 +202,13 @@ class TrainResult:
         initial: ``{"params": ..., "batch_stats": ...}`` at initialization (for before/after comparisons).
         history: numpy arrays: ``loss``, ``accuracy``, ``grad_norm`` (steps,), NaN after a divergence;
             ``eval_step``, ``eval_loss``, ``eval_accuracy`` (n_eval,); ``flow_step`` (n_rec,) and
-            ``grad_flow`` (n_rec, T).
+            ``grad_flow`` (n_rec, T). With ``probe_every`` (:func:`probe`, eval mode, the probe batch of
+            :func:`probe_batch`): ``probe_step`` (P,) the number of updates applied (like ``eval_step``:
+            0, probe_every, ..., and the last step); ``probe_rate``, ``probe_lyap``,
+            ``probe_log_param_total``, ``probe_log_grad_total`` (P,); ``probe_log_state_jac``,
+            ``probe_log_param_sens``, ``probe_log_grad_share`` (P, T), column t at lag T − t;
+            ``probe_log_param_sens_groups``, ``probe_log_grad_share_groups`` (P, T, G) and ``probe_groups``
+            (G,) their parameter groups.
         steps_done: steps whose updates were applied.
         diverged: True when a non-finite loss or gradient stopped training.
         message: why training stopped.
@@ -506,6 +544,77 @@ def evaluate(
     return float(loss), float(acc)
 
 
+# --------------------------------------------------------------------------------------------- probes
+
+
+def probe_batch(task: Task, config: TrainConfig) -> tuple[jax.Array, jax.Array]:
+    """The fixed probe batch ``(xs, ys)`` of a run (``config.probe_size`` sequences of the task, from a key
+    of their own: neither a training batch nor the evaluation set)."""
+    return task.sample(jax.random.fold_in(jax.random.key(config.seed), 4), config.probe_size)
+
+
+def _probe_core(cell, task, params, batch_stats, xs, ys):
+    """The traced part of :func:`probe` (engine calls on the eval-mode step; no host checks)."""
+    variables = _cell_variables(params["cell"], batch_stats)
+    T, B = xs.shape[:2]
+    carry0 = cell.initialize_carry(B)
+    zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
+    g = jax.grad(lambda e: _loss_fn(cell, task, params, e, batch_stats, xs, ys, None, False)[0])(zeros)
+    cotangent = {**jax.tree_util.tree_map(jnp.zeros_like, carry0), "h": g[-1]}  # ∂L/∂h_T
+    pstep, theta = param_step(cell, variables, train=False)
+    sens = param_sensitivity(pstep, theta, carry0, xs)
+    share = param_sensitivity(pstep, theta, carry0, xs, cotangent=cotangent)
+    transient = T // 4
+    lyap = lyapunov_spectrum(as_step(cell, variables, train=False), carry0, xs, k=1, transient=transient,
+                             segments=min(10, T - transient))
+    return {"lyap": lyap.exponents[0], "log_state_jac": sens.log_state_jacobian,
+            "log_param_sens": sens.log_contribution_all, "log_param_total": sens.log_total_all,
+            "log_param_sens_groups": sens.log_contributions, "log_grad_share": share.log_contribution_all,
+            "log_grad_total": share.log_total_all, "log_grad_share_groups": share.log_contributions}
+
+
+def probe(cell: GradflowCell, task: Task, params: dict, batch_stats: dict, xs: jax.Array,
+          ys: jax.Array) -> dict:
+    """The gradient dynamics of cell + readout on a probe batch, in eval mode (what ``probe_every`` records).
+
+    The cell runs in eval mode (BN with its running statistics, no dropout: a per-example map), from h_0 = 0
+    over ``xs``; the B sequences are one state of size B·n. Every measurement comes from the engine
+    (compiled once per cell and task):
+
+    - ``rate``: the slope of ln‖∂h_T/∂h_t‖_F against the lag T − t over lags 1..T
+      (``gradflow.growth_rate`` of ``log_state_jac``; NaN when a log norm is not finite);
+    - ``lyap``: λ₁, ``gradflow.lyapunov_spectrum(step, h_0, xs, k=1, transient=T // 4)`` (ln per step, the
+      mean over the last T − T // 4 steps);
+    - ``gradflow.param_sensitivity`` of the cell's parameters θ: ``log_param_sens`` (T,)
+      ln‖C_t‖_F, C_t = ∂h_T/∂h_{t+1} · ∂h_{t+1}/∂θ (entry t has lag T − t), ``log_param_total``
+      ln‖∂h_T/∂θ‖_F, ``log_param_sens_groups`` (T, G) per parameter group (``groups``: the top-level keys of
+      the cell's parameters);
+    - the same with the cotangent ∂L/∂h_T of the batch-mean loss in eval mode: ``log_grad_share`` (T,)
+      ln‖∂L/∂h_T · C_t‖, the loss gradient's share from the step at lag T − t, ``log_grad_total``
+      ln‖∂L/∂θ‖ through h_T, ``log_grad_share_groups`` (T, G). For tasks read out from h_T (adding,
+      digits) this is the whole gradient of the loss with respect to the cell's recurrence (an LRU block's
+      readout also reads θ directly at h_T: that part is not a lag's share); for a task read out at every
+      step (copy) it is the share of the last output's loss term only;
+    - ``log_state_jac`` (T,) ln‖∂h_T/∂h_t‖_F (the sensitivity pass's state Jacobian).
+
+    Args:
+        cell, task, params, batch_stats: the model (see :func:`forward`).
+        xs, ys: the probe batch (:func:`probe_batch`); T = xs.shape[0] >= 3.
+
+    Returns:
+        dict of NumPy float64 values (scalars and the arrays above) and ``groups`` (tuple of G names).
+    """
+    T = int(xs.shape[0])
+    if T < 3:
+        raise ValueError(f"probe needs sequences of at least 3 steps (a rate fit and λ₁), got T = {T}")
+    f = cache.cached(("probe", cell, task), lambda: jax.jit(functools.partial(_probe_core, cell, task)))
+    out = {k: np.asarray(v, np.float64) for k, v in f(params, batch_stats, xs, ys).items()}
+    y = out["log_state_jac"]
+    out["rate"] = growth_rate(y, T - np.arange(T)).rate if np.all(np.isfinite(y)) else math.nan
+    out["groups"] = param_groups(params["cell"])[0]
+    return out
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -516,6 +625,9 @@ def _identity(cell: GradflowCell, task: Task, config: TrainConfig, start: dict |
     for name, default in {"floss": False, **FLOSS_DEFAULTS}.items():
         if cfg[name] == default:  # runs without flossing keep the identity (and checkpoints) they had before
             cfg.pop(name)
+    if config.probe_every is None:  # runs without probes keep the identity they had before probes existed
+        cfg.pop("probe_every")
+        cfg.pop("probe_size")
     inner = getattr(cell, "inner", None)
     return json.dumps(
         {
@@ -629,6 +741,35 @@ def _resumed_history(hist: dict, saved: dict, start: int, config: TrainConfig) -
     hist["grad_flow"] = [saved["grad_flow"][i] for i in keep]
 
 
+#: The probe records' fields (without the ``probe_`` prefix of their history keys; see :func:`probe`).
+PROBE_FIELDS = ("rate", "lyap", "log_param_total", "log_grad_total", "log_state_jac", "log_param_sens",
+                "log_grad_share", "log_param_sens_groups", "log_grad_share_groups")
+
+
+def _probe_history(records: list[dict], T: int, groups: tuple) -> dict[str, np.ndarray]:
+    """History arrays from probe records: ``probe_step`` (P,), ``probe_<field>`` (P, ...) and
+    ``probe_groups``."""
+    G = len(groups)
+    shapes = {"log_state_jac": (T,), "log_param_sens": (T,), "log_grad_share": (T,),
+              "log_param_sens_groups": (T, G), "log_grad_share_groups": (T, G)}
+    out = {"probe_step": np.asarray([r["step"] for r in records], np.int64),
+           "probe_groups": np.asarray(groups, dtype=str)}
+    for k in PROBE_FIELDS:
+        vals = [np.asarray(r[k], np.float64) for r in records]
+        out[f"probe_{k}"] = np.stack(vals) if vals else np.zeros((0, *shapes.get(k, ())))
+    return out
+
+
+def _resumed_probes(saved: dict, start: int, config: TrainConfig) -> list[dict]:
+    """The probe records of a checkpoint's history that an uninterrupted run has (as :func:`_resumed_history`:
+    the regular grid, and the end of the run when the checkpoint is the finished run)."""
+    if config.probe_every is None or "probe_step" not in saved:
+        return []
+    return [{"step": int(st), **{k: saved[f"probe_{k}"][i] for k in PROBE_FIELDS}}
+            for i, st in enumerate(saved["probe_step"])
+            if st % config.probe_every == 0 or (start == config.steps and st == config.steps)]
+
+
 # --------------------------------------------------------------------------------------------- training
 
 
@@ -688,6 +829,9 @@ class _Run:
 
     def __init__(self, cell, task: Task, config: TrainConfig, checkpoint, say: Callable[[str], None],
                  variables: dict | None = None):
+        if config.probe_every is not None and task.seq_len < 3:
+            raise ValueError(f"TrainConfig.probe_every needs sequences of at least 3 steps; task "
+                             f"{task.name!r} has T = {task.seq_len}")
         self.cell, self.task, self.config, self.say = cell, task, config, say
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.root = jax.random.key(config.seed)
@@ -707,6 +851,8 @@ class _Run:
                      "flow_step": [], "grad_flow": []}
         self.hyper = (self.root, jnp.float32(config.learning_rate),
                       jnp.float32(np.inf if config.clip_norm is None else config.clip_norm))
+        self.probe_data = None if config.probe_every is None else probe_batch(task, config)
+        self.probes: list[dict] = []  # one dict per probe record (probe_every)
         self.identity = _identity(cell, task, config, None if variables is None else self.initial)
         self.step = self._resume()
         if self.step == 0 and config.floss_pre_steps > 0:
@@ -734,6 +880,7 @@ class _Run:
             raise ValueError(f"checkpoint {self.checkpoint} is at step {start}, "
                              f"beyond steps={self.config.steps}")
         _resumed_history(self.hist, saved, start, self.config)
+        self.probes = _resumed_probes(saved, start, self.config)
         self.say(f"resumed from {self.checkpoint} at step {start}")
         return start
 
@@ -757,7 +904,20 @@ class _Run:
         out["flow_step"] = np.asarray(hist["flow_step"], dtype=np.int64)
         out["grad_flow"] = (np.stack(hist["grad_flow"]) if hist["grad_flow"]
                             else np.zeros((0, self.task.seq_len)))
+        if self.probe_data is not None:
+            out.update(_probe_history(self.probes, self.task.seq_len,
+                                      param_groups(self.state["params"]["cell"])[0]))
         return out
+
+    def record_probe(self, force: bool = False) -> None:
+        """:func:`probe` of the current parameters, on the probe schedule (or ``force``), once per step."""
+        every, step = self.config.probe_every, self.step
+        if self.probe_data is None or (self.probes and self.probes[-1]["step"] == step):
+            return
+        if force or step % every == 0 or step == self.config.steps:
+            state = self.state
+            out = probe(self.cell, self.task, state["params"], state["batch_stats"], *self.probe_data)
+            self.probes.append({**out, "step": step})
 
     def save(self) -> None:
         if self.checkpoint is not None:
@@ -788,6 +948,7 @@ class _Run:
         config = self.config
         if self.step == 0 and not self.hist["eval_step"]:
             self.record_eval(0)
+        self.record_probe()
         diverged, message = False, f"finished {config.steps} steps"
         while self.step < config.steps:
             problem = self.advance()
@@ -797,11 +958,13 @@ class _Run:
                 break
             if self.step % config.eval_every == 0 or self.step == config.steps:
                 self.record_eval(self.step)
+            self.record_probe()
             every = config.checkpoint_every
             if every and self.step % every == 0 and self.step < config.steps:
                 self.save()
         if not self.hist["eval_step"] or self.hist["eval_step"][-1] != self.step:  # diverged, or resumed
             self.record_eval(self.step)
+        self.record_probe(force=True)
         self.save()
         return diverged, message
 

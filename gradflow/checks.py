@@ -43,6 +43,7 @@ __all__ = [
     "seed",
     "flag",
     "nonneg_float",
+    "unit_fraction",
     "prng_key",
     "real_array",
     "singular_values",
@@ -146,6 +147,22 @@ def nonneg_float(name: str, value: Any) -> float:
     """``float(value)`` for a finite number >= 0 (Python or NumPy scalar, not bool); else ValueError."""
     if not is_real(value) or not math.isfinite(float(value)) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def unit_fraction(name: str, value: Any) -> float:
+    """``float(value)`` for a number strictly between 0 and 1 (Python or NumPy scalar, not bool); else
+    ValueError naming ``name``.
+
+    >>> unit_fraction("fraction", np.float32(0.25))
+    0.25
+    >>> unit_fraction("fraction", 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: fraction must be a number in (0, 1), got 1.0
+    """
+    if not is_real(value) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
     return float(value)
 
 

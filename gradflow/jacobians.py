@@ -6,7 +6,9 @@ One forward scan stores h_0..h_{T-1}; one reverse scan carries the cotangent mat
 multiplies it by one step Jacobian per step (a vmapped vjp) and renormalizes it to unit Frobenius norm, adding
 the log of the scale to a compensated running log scale. The log norms (``log_spectral_norms``,
 ``log_frobenius_norms``) are therefore exact at every lag, in float32 too, where the plain product over- or
-underflows; the plain norms and matrices are their exp.
+underflows; the plain norms and matrices are their exp. With a partial ``wrt`` the selected columns of G_t
+and the others carry separate log scales (two vjps' worth of rows per step), so a small selected block
+beside large unselected columns does not underflow.
 
 :func:`jacobian_norms` reduces G_t to its norms at each step and never stores the (T, n, n) matrices (memory
 O(n^2) beyond the stored forward states).
@@ -224,7 +226,8 @@ def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, fina
         every: report progress every that many steps of the reverse pass (0: off; see gradflow.progress).
 
     Returns:
-        (log_scale (T,) or (T, groups), outs stacked along t, finiteness flags (T,)).
+        (log_scale (T,) or (T, groups), outs stacked along t, finiteness flags (T,)). With a partial
+        ``mask`` log_scale is the scale of the selected columns (the others carry their own).
     """
     full = StateMap.from_carry(carry0)
     sel_map = full.with_mask(mask)
@@ -234,19 +237,63 @@ def reverse_pass(step, mask, carry0, xs, reduce, init, rows=None, groups=1, fina
     G0 = jnp.eye(full.n, dtype=full.dtype)[idx] if rows is None else rows.astype(full.dtype)
 
     T = prev_len = jax.tree_util.tree_leaves(xs)[0].shape[0]
-
-    def body(carry, inp):
-        G, s, c, aux = carry
-        h, x, t = inp
-        tick(prev_len - t, T, every)
-        G, s, c = renormalize(step_vjp_rows(step, full, h, x, G), s, c, groups)
-        aux, out = reduce(G if whole else G[:, idx], aux)  # no gather when the whole state is selected
-        return (G, s, c, aux), (s, out)
-
     zero = jnp.zeros(() if groups == 1 else (groups,), full.dtype)
     inputs = (prev, xs, jnp.arange(T))
-    last, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), inputs, reverse=True)
-    return (log_scale, outs, flags, last[3]) if final_aux else (log_scale, outs, flags)
+
+    if whole:
+        def body(carry, inp):
+            G, s, c, aux = carry
+            h, x, t = inp
+            tick(prev_len - t, T, every)
+            G, s, c = renormalize(step_vjp_rows(step, full, h, x, G), s, c, groups)
+            aux, out = reduce(G, aux)
+            return (G, s, c, aux), (s, out)
+
+        last, (log_scale, outs) = jax.lax.scan(body, (G0, zero, zero, init), inputs, reverse=True)
+        return (log_scale, outs, flags, last[3]) if final_aux else (log_scale, outs, flags)
+
+    # A partial selection: the selected columns of G (A) and the others (U) carry separate log scales. One
+    # common scale lets large unselected columns push the selected block below the dtype's range (its logs
+    # -inf). Each part of G J = exp(s_A) A J + exp(s_U) U J is formed relative to the larger of its two
+    # contributions, each taken at unit max-abs first: a contribution vanishes only where it is negligible.
+    cols = jnp.zeros((full.n,), bool).at[idx].set(True)
+    k, tiny = G0.shape[0], jnp.finfo(full.dtype).tiny
+
+    def contribution(P, keep, s, c):
+        """P's columns ``keep`` per group at max-abs 1; their compensated log scale (s, c) + log max-abs."""
+        Pg = jnp.where(keep, P, 0.0).reshape(groups, -1, full.n)
+        amax = jnp.max(jnp.abs(Pg), axis=(1, 2))
+        d = jnp.where(amax > 0, jnp.maximum(amax, tiny), 1.0)
+        ls, lc = kahan_add(jnp.reshape(s, (-1,)), jnp.reshape(c, (-1,)),
+                           jnp.where(amax > 0, jnp.log(d), -jnp.inf))
+        return Pg / d[:, None, None], ls, lc
+
+    def part(PA, PU, sa, ca, su, cu, keep):
+        """Columns ``keep`` of exp(s_A) PA + exp(s_U) PU, renormalized, with their log scale."""
+        (GA, la, ka), (GU, lu, ku) = contribution(PA, keep, sa, ca), contribution(PU, keep, su, cu)
+        first = la >= lu
+        ms, mc = jnp.where(first, la, lu), jnp.where(first, ka, ku)
+        ok = jnp.isfinite(ms)
+        ms, mc = jnp.where(ok, ms, 0.0), jnp.where(ok, mc, 0.0)
+        wa = jnp.where(jnp.isfinite(la), jnp.exp((la - ms) - (ka - mc)), 0.0)
+        wu = jnp.where(jnp.isfinite(lu), jnp.exp((lu - ms) - (ku - mc)), 0.0)
+        G = (wa[:, None, None] * GA + wu[:, None, None] * GU).reshape(k, full.n)
+        shape = () if groups == 1 else (groups,)
+        return renormalize(G, ms.reshape(shape), mc.reshape(shape), groups)  # all-zero: s = -inf
+
+    def body(carry, inp):
+        A, sa, ca, U, su, cu, aux = carry
+        h, x, t = inp
+        tick(prev_len - t, T, every)
+        P = step_vjp_rows(step, full, h, x, jnp.concatenate([A, U]))  # one vmapped vjp for both parts
+        new_A, new_sa, new_ca = part(P[:k], P[k:], sa, ca, su, cu, cols)
+        U, su, cu = part(P[:k], P[k:], sa, ca, su, cu, ~cols)
+        aux, out = reduce(new_A[:, idx], aux)
+        return (new_A, new_sa, new_ca, U, su, cu, aux), (new_sa, out)
+
+    start = (jnp.where(cols, G0, 0.0), zero, zero, jnp.where(cols, 0.0, G0), zero, zero, init)
+    last, (log_scale, outs) = jax.lax.scan(body, start, inputs, reverse=True)
+    return (log_scale, outs, flags, last[6]) if final_aux else (log_scale, outs, flags)
 
 
 def safe_log(x):

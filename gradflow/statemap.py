@@ -302,8 +302,15 @@ def dtype_hint(a, b, xs) -> str:
     if a.shape != b.shape or a.dtype == b.dtype:
         return ""
     x_dtypes = {str(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(xs)}
-    return (f"; the inputs xs are {', '.join(sorted(x_dtypes))}: cast them to the carry's dtype "
-            f"(xs.astype(jnp.{a.dtype})), or build the cell and carry in {b.dtype} "
+    cast = (f"; the inputs xs are {', '.join(sorted(x_dtypes))}: cast them to the carry's dtype "
+            f"(xs.astype(jnp.{a.dtype}))")
+    if jnp.issubdtype(b.dtype, jnp.complexfloating):  # no complex (or half) carry to build instead
+        return (f"{cast}; the engine needs a real float32 or float64 carry: a complex recurrence goes in "
+                "with its real and imaginary parts as carry entries ([Re h, Im h], as the LRU cells do)")
+    if jnp.dtype(b.dtype) not in (jnp.float32, jnp.float64):
+        return (f"{cast}, and keep the step's weights in the carry's dtype: the engine supports float32 and "
+                f"float64 only ({b.dtype} loses the Jacobians to rounding)")
+    return (f"{cast}, or build the cell and carry in {b.dtype} "
             f"(gradflow.make_cell(..., dtype='{b.dtype}'); with jax_enable_x64 the presets stay float32)")
 
 

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradflow import cache
-from gradflow.checks import int_at_least, is_int
+from gradflow.checks import flag, int_at_least, is_int, unit_fraction
 from gradflow.checks import seed as check_seed
 
 __all__ = [
@@ -458,8 +458,8 @@ def with_validation(task: Task, fraction: float = 0.2, *, seed: int = 0) -> Task
     """
     if not isinstance(task, Task):
         raise ValueError(f"expected a gradflow.tasks.Task, got {type(task).__name__}")
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
+    fraction = unit_fraction("fraction", fraction)
+    seed = check_seed("seed", seed)
     if not task.is_dataset:
         return task
     if task._train is None or task._val is not None:
@@ -504,8 +504,8 @@ def digits(permuted: bool = False, *, seed: int = 0, test_fraction: float = 0.2)
     except ImportError as err:
         raise ValueError("the digits task needs scikit-learn: pip install scikit-learn "
                          "(or pip install 'gradflow[tasks]')") from err
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    test_fraction = unit_fraction("test_fraction", test_fraction)
+    permuted = flag("permuted", permuted)
     seed = check_seed("seed", seed)
     data = load_digits()
     x = np.asarray(data.data, np.float64)

@@ -63,7 +63,7 @@ from gradflow.floss import floss, flossing_loss
 from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum
 from gradflow.sensitivity import param_groups, param_sensitivity, param_step
 from gradflow.spectra import growth_rate
-from gradflow.step import as_step
+from gradflow.step import as_step, check_finite
 from gradflow.tasks import Task
 
 __all__ = [
@@ -656,6 +656,8 @@ def _start_from(params: dict, batch_stats: dict, variables: dict) -> tuple[dict,
     statistics."""
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (as init_cell returns)")
+    # a NaN or inf would only show as a divergence at step 0: name the leaf instead
+    check_finite(variables, "the starting variables")
     new, old = variables["params"], params["cell"]
     if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old) or any(
             jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new),
@@ -795,7 +797,7 @@ def train(
         progress: called with a one-line message at every evaluation (None: silent).
         variables: the cell's starting variables (``{"params": ..., ["batch_stats": ...]}``, e.g. after
             ``gradflow.floss``); default: ``init_cell`` seeded by ``config.seed``. The readout is initialized
-            as usual.
+            as usual. A NaN or inf in them raises ValueError naming the leaf.
 
     Returns:
         :class:`TrainResult`. A non-finite loss or gradient ends training with ``diverged=True`` (the last

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from gradflow import train
+from gradflow.checks import nonneg_int, positive_float, positive_int
+from gradflow.checks import seed as check_seed
 from gradflow.lyapunov import lyapunov_spectrum
 from gradflow.step import as_step
 from gradflow.tasks import Task
@@ -103,11 +105,13 @@ def train_fn(
         ``diverged`` (bool), ``init_flow`` (T,) ‖∂L/∂h_t‖ of the first training batch at initialization, and
         ``<name>_loss``, ``<name>_acc`` for every evaluation set (and the options' extra entries).
     """
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("recal_batches", recal_batches + 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if input_scale is not None and not (isinstance(input_scale, int | float) and input_scale > 0):
-        raise ValueError(f"input_scale must be None or a number > 0, got {input_scale!r}")
+    steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
+    recal_batches, recal_seed = (nonneg_int("recal_batches", recal_batches),
+                                 check_seed("recal_seed", recal_seed))
+    if input_scale is not None:
+        input_scale = positive_float("input_scale (or None)", input_scale)
+    if clip_norm is not None:  # a negative threshold would flip the gradient's sign (factor clip / norm)
+        clip_norm = positive_float("clip_norm (or None)", clip_norm)
     eval_sets = dict(eval_sets or {})
     if train_mode_eval:
         for name, (xs, _) in eval_sets.items():

@@ -92,6 +92,7 @@ ANALYSES: tuple[str, ...] = (
     "cures",
     "training_study",
     "memory",
+    "dynamics",
     "teacher_student",
     "findings",
 )
@@ -676,6 +677,7 @@ README_PARTS: tuple[tuple[str, str | None], ...] = (
     ("cooijmans_fig1a.md", "### Recurrent BN's Figure 1a in its own setting (numbers)"),
     ("training_study_table.md", "### Training study: why a cell fails to learn, separated by cause"),
     ("training_study_findings.md", None),
+    ("dynamics.md", "### Gradient dynamics along training (probes)"),
     ("memory.md", "### The curse of memory: parameter sensitivity beside the state Jacobian"),
     ("teacher_student.md", "### Teacher–student (Zucchet & Orvieto 2024, Fig. 3/4): a dense linear RNN "
      "against the LRU as the teacher's memory grows"),

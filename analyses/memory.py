@@ -225,6 +225,21 @@ def one_family(family: str, c: dict) -> dict:
     return out
 
 
+#: ln of float64's smallest positive number: where a contribution is exactly 0 (ln = −inf; a ReLU cell
+#: whose units all switched off) ``curve`` stores this and ``curve_zero`` says so.
+ZERO_LN = math.log(np.finfo(np.float64).smallest_subnormal)
+
+
+def exact_zeros(log_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values with −inf replaced by :data:`ZERO_LN`, mask of those entries); a NaN or +inf is an error."""
+    a = np.asarray(log_values, np.float64)
+    zero = a == -np.inf
+    if not np.all(np.isfinite(a[~zero])):
+        raise FloatingPointError(f"memory: {int(np.sum(~np.isfinite(a[~zero])))} per-lag contributions "
+                                 "are NaN or +inf")
+    return np.where(zero, ZERO_LN, a), zero
+
+
 #: The rate recorded where ∂h_T/∂h_t is exactly zero beyond lag 2 (an IRNN whose units all switched off).
 ZERO_RATE = -10.0
 
@@ -259,7 +274,8 @@ def run(config: dict, progress=None) -> dict:
         ``nu2`` and their standard errors ``*_se``, closed forms ``th_h2``, ``th_d2``, ``th_nu2``; ``a_T``);
         ``families`` (F,), ``lams`` (K,), ``rel_rec``, ``rel_all``, ``abs_rec`` (‖∂h_T/∂θ_rec‖_F / √(B d)),
         ``rms`` (‖h_T‖_F / √(B d)), ``rate`` (F, K, S), ``curve`` (F, T) (ln of
-        the relative per-lag contribution of θ_rec at the largest λ, lags T..1), ``slope_rec`` (F,) the
+        the relative per-lag contribution of θ_rec at the largest λ, lags T..1; exact zeros flagged in
+        ``curve_zero`` and stored as :data:`ZERO_LN`), ``slope_rec`` (F,) the
         growth exponent of the mean relative sensitivity with memory (:func:`slope`), ``lru_families``,
         ``lru_mag``, ``lru_phase`` (3, K, S), and the configuration's scalars.
     """
@@ -278,6 +294,7 @@ def run(config: dict, progress=None) -> dict:
            "lams_1d": np.asarray(c["lams_1d"], float), "rhos": np.asarray(c["rhos"], float)}
     for k in ("rel_rec", "rel_all", "abs_rec", "rms", "rate", "curve"):
         out[k] = np.stack([res[f][k] for f in fams])
+    out["curve"], out["curve_zero"] = exact_zeros(out["curve"])
     out["slope_rec"] = np.array([slope(c["lams"], res[f]["rel_rec"].mean(axis=1)) for f in fams])
     out["lru_families"] = lru
     out["lru_mag"] = np.stack([res[f]["mag"] for f in lru]) if lru else np.zeros((0, len(c["lams"]), 1))
@@ -356,9 +373,10 @@ def plot(data: dict) -> dict:
     style.finish(ax[4], xlabel="memory 1/(1 − λ)", ylabel="‖∂h_T/∂θ‖_F / ‖h_T‖_F",
                  title="LRU: eigenvalue magnitude vs phase", legend="upper left", fontsize=5.5)
     lags = np.arange(data["T"], 0, -1)
-    top = float(np.max(data["curve"])) if data["curve"].size else 0.0
+    curve = np.where(data["curve_zero"], np.nan, data["curve"])  # exact zeros are not drawn
+    top = float(np.nanmax(curve)) if curve.size else 0.0
     for i, f in enumerate(data["families"]):
-        ax[5].semilogy(lags, style.log_from_ln(data["curve"][i]), "-", color=_color(f, i), lw=1, label=f)
+        ax[5].semilogy(lags, style.log_from_ln(curve[i]), "-", color=_color(f, i), lw=1, label=f)
     ax[5].set_ylim(math.exp(top) * 1e-8, math.exp(top) * 3)
     for i, f in enumerate(data["families"]):  # against the measured memory −1/rate
         tau = -1.0 / np.minimum(data["rate"][i].mean(axis=1), -1.0 / data["T"])

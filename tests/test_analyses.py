@@ -348,3 +348,15 @@ def test_verdict_flips_name_each_contradiction(tmp_path):
     (tmp_path / "bad" / "findings.json").write_text("{")
     with pytest.raises(ValueError, match="cannot read the verdicts"):
         runner.verdict_flips(tmp_path / "bad", ref)
+
+
+def test_memory_curve_flags_exact_zeros_and_refuses_nan():
+    """ln of an exactly-zero contribution (−inf) is stored as ZERO_LN and flagged; NaN or +inf is an error."""
+    from analyses import memory
+
+    vals, zero = memory.exact_zeros(np.array([[-np.inf, -2.0, 0.5]]))
+    assert zero.tolist() == [[True, False, False]]
+    assert vals.tolist() == [[memory.ZERO_LN, -2.0, 0.5]] and np.exp(memory.ZERO_LN) > 0
+    for bad in (np.nan, np.inf):
+        with pytest.raises(FloatingPointError, match="NaN or \\+inf"):
+            memory.exact_zeros(np.array([bad, 1.0]))

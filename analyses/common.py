@@ -1,4 +1,4 @@
-"""Shared experiment helpers of the analyses: cells at initialization, their inputs, verdicts.
+"""Shared experiment helpers of the analyses: cells at initialization, their inputs.
 
 The measurements themselves (compiled once per cell shape with the variables, inputs and keys as traced
 arguments, so sweeping gains or seeds reuses one compilation) are in ``gradflow.measure``; growth rates are
@@ -6,7 +6,8 @@ arguments, so sweeping gains or seeds reuses one compilation) are in ``gradflow.
 
 - :func:`setup`: a cell, its variables (seeded), a random carry and Gaussian inputs.
 - :func:`fit_rate`: ``gradflow.growth_rate`` as the (rate, stderr) pair the analyses store.
-- :func:`classify`: the verdict (explodes / neutral / vanishes) of a rate.
+- verdicts (explodes / neutral / vanishes) come from ``gradflow.summary.verdict_of``, the one verdict
+  function.
 
 Conventions: rates are natural log per step; ``train=True`` means BN uses batch statistics (the batch is
 analysed as one state of size n = B·d) and dropout is on, as during training.
@@ -151,15 +152,3 @@ def fit_rate(lags, log_norms, lag_min: int = 1, lag_max: int | None = None) -> t
     g = gradflow.growth_rate(np.asarray(log_norms, np.float64), np.asarray(lags), min_lag=lag_min,
                              max_lag=lag_max)
     return g.rate, g.stderr
-
-
-def classify(rate: float, stderr: float = 0.0, threshold: float = 0.01) -> str:
-    """"explodes" if rate > threshold, "vanishes" if rate < −threshold, else "neutral" (|rate| ≤ threshold).
-
-    With the default threshold 0.01 ln/step a norm changes by more than e (×2.7) per 100 steps.
-    """
-    if rate > threshold:
-        return "explodes"
-    if rate < -threshold:
-        return "vanishes"
-    return "neutral"

@@ -41,6 +41,7 @@ import gradflow
 from analyses import common, style
 from analyses.runner import memo, say
 from gradflow import families, measure, theory
+from gradflow.summary import verdict_of
 
 NAME = "cures"
 CONFIG = {
@@ -279,7 +280,7 @@ def plot(data: dict) -> dict:
 
 def table_rows(data: dict) -> list[dict]:
     """One dict per row: label, rate (mean, sd), λ₁ (mean, sd), prediction (mean or nan), its kind, verdict
-    (``common.classify`` of the mean rate at ``threshold``)."""
+    (``gradflow.summary.verdict_of`` of the mean rate at ``threshold``)."""
     data = nan_view(data)
     out = []
     for i, label in enumerate(data["labels"]):
@@ -290,7 +291,7 @@ def table_rows(data: dict) -> list[dict]:
                     "lam": float(data["lam"][i].mean()), "lam_sd": float(data["lam"][i].std()),
                     "prediction": float(np.mean(pred)) if not np.any(np.isnan(pred)) else math.nan,
                     "prediction_kind": data["prediction_kind"][i],
-                    "verdict": common.classify(float(rate.mean()), threshold=data["threshold"])})
+                    "verdict": verdict_of(float(rate.mean()), threshold=data["threshold"])})
     return out
 
 

@@ -20,7 +20,8 @@ import json
 
 import numpy as np
 
-from analyses import common, style
+from analyses import style
+from gradflow.summary import verdict_of
 
 NAME = "findings"
 DEPENDS = ("decay", "lengths", "lyapunov", "spectra", "bn_modes", "batch_coupling", "gamma_init", "dropout",
@@ -97,10 +98,10 @@ def _decay_columns(dec: dict, i: int, gains, g_ref: float, th: float) -> dict:
     mean = r.mean(axis=1)
     by = {"explodes": [], "vanishes": [], "neutral": []}
     for j, g in enumerate(gains):
-        by[common.classify(float(mean[j]), threshold=th)].append(f"{g:g}")
+        by[verdict_of(float(mean[j]), threshold=th)].append(f"{g:g}")
     return {"rate": float(mean[j_ref]), "rate_sd": float(r[j_ref].std(ddof=1)) if r.shape[1] > 1 else 0.0,
             "rate_se": float(np.asarray(dec["rate_se"][i])[j_ref].mean()),
-            "verdict": common.classify(float(mean[j_ref]), threshold=th),
+            "verdict": verdict_of(float(mean[j_ref]), threshold=th),
             "explodes_at": ", ".join(by["explodes"]) or "none",
             "vanishes_at": ", ".join(by["vanishes"]) or "none",
             "neutral_at": ", ".join(by["neutral"]) or "none", "gain_spread": float(mean.max() - mean.min())}
@@ -235,8 +236,8 @@ def _bn_modes_para(ctx) -> str | None:
         return None
     tr, ev = float(bm["rate_train"]), float(bm["rate_eval"])
     return (f"**Train vs eval mode (`{bm['preset']}`)**: beyond the {int(bm['T_stats'])} steps its running "
-            f"statistics came from, train mode {common.classify(tr, threshold=th)} at {_fmt(tr)} and eval "
-            f"mode {common.classify(ev, threshold=th)} at {_fmt(ev)} ln/step (eval mode is a fixed linear "
+            f"statistics came from, train mode {verdict_of(tr, threshold=th)} at {_fmt(tr)} and eval "
+            f"mode {verdict_of(ev, threshold=th)} at {_fmt(ev)} ln/step (eval mode is a fixed linear "
             f"map there: exact rate ln ρ(A) = {_fmt(float(bm['eval_rate_theory']))}).")
 
 
@@ -281,7 +282,7 @@ def _dropout_para(ctx) -> str | None:
     if i0 is None or i2 is None:
         return None
     l0, l2 = float(np.asarray(dr["lyap"])[i0]), float(np.asarray(dr["lyap"])[i2])
-    v0, v2 = common.classify(l0, threshold=th), common.classify(l2, threshold=th)
+    v0, v2 = verdict_of(l0, threshold=th), verdict_of(l2, threshold=th)
     head = (f"**Dropout 0.2 on `{dr['preset']}`**: top Lyapunov exponent {_fmt(l0)} without and "
             f"{_fmt(l2)} with a fresh mask per step")
     if v0 != v2:
@@ -306,7 +307,7 @@ def _theory_para(ctx) -> str | None:
         m = np.asarray(tv["bn_notanh_measured"])[:, j].mean(-1)
         pr = np.asarray(tv["bn_notanh_predicted"])[:, j].mean(-1)
         pairs = "; ".join(f"{lab}: {_fmt(float(a))} (predicted {_fmt(float(b))}, "
-                          f"{common.classify(float(a), threshold=th)})"
+                          f"{verdict_of(float(a), threshold=th)})"
                           for lab, a, b in zip(tv["bn_notanh_curves"], m, pr, strict=True))
         text += (" Without input (γ_x = 0) `bn_notanh` in train mode measures " + pairs
                  + ": the balance of γ_x against γ_h and the batch size, not the gain, set the rate.")

@@ -187,7 +187,7 @@ def _floss_setup(cell, variables, xs, steps, learning_rate, carry0):
     steps = positive_int("steps", steps)
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
-    check_finite(variables)
+    check_finite(variables, "variables")
     sample = xs if callable(xs) else None
     xs = jnp.asarray(sample(jax.random.key(0)) if sample is not None else xs)
     if xs.ndim != 3:

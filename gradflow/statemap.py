@@ -210,13 +210,18 @@ def leaf_name(name: str, path) -> str:
     return f"{name}{jax.tree_util.keystr(path)}"
 
 
-def check_finite(carry, name="carry0") -> None:
-    """Raise ValueError if a floating leaf of ``carry`` holds NaN or inf (skipped under tracing)."""
-    if is_traced(carry):
-        return
-    for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]:
-        if _is_inexact(leaf) and not np.all(np.isfinite(np.asarray(leaf))):  # NumPy: concrete inside a jit
-            raise ValueError(f"{name} has non-finite values (NaN or inf) in {leaf_name(name, path)}")
+def check_finite(tree: Any, what: str = "carry0") -> None:
+    """Raise ValueError naming every floating leaf of ``tree`` that holds a NaN or an inf (host-side; traced
+    leaves are skipped). The one finiteness check of gradflow (states, inputs, variables, parameters)."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.core.Tracer) or not _is_inexact(leaf):
+            continue
+        if not np.all(np.isfinite(np.asarray(leaf))):  # NumPy: concrete inside a jit
+            bad.append(jax.tree_util.keystr(path))
+    if bad:
+        where = f" at {', '.join(bad)}" if any(bad) else ""
+        raise ValueError(f"non-finite values (NaN or inf) in {what}{where}")
 
 
 def all_finite(tree) -> jax.Array:

@@ -19,25 +19,11 @@ from flax import nnx
 from gradflow import cache
 from gradflow.cells import GradflowCell, init_cell, with_sequence_stats
 from gradflow.checks import flag, prng_key, raise_if_nonfinite
-from gradflow.statemap import dtype_hint, is_traced
+from gradflow.statemap import check_finite, dtype_hint, is_traced
 
 __all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
 Step = Callable[[Any, jax.Array], Any]
-
-
-def check_finite(tree: Any, what: str = "variables") -> None:
-    """Raise ValueError naming every leaf of ``tree`` that holds a NaN or an inf (eager, host-side check)."""
-    bad = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if isinstance(leaf, jax.core.Tracer):
-            continue
-        arr = np.asarray(leaf)
-        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
-            bad.append(jax.tree_util.keystr(path))
-    if bad:
-        where = f" at {', '.join(bad)}" if any(bad) else ""
-        raise ValueError(f"non-finite values (NaN or inf) in {what}{where}")
 
 
 def _expected_shapes(cell: GradflowCell):
@@ -159,7 +145,7 @@ def as_step(cell: Any, variables: Any = None, train: bool = False, key: jax.Arra
 def _gradflow_step(cell: GradflowCell, variables: Any, train: bool, key) -> Step:
     _check_shapes_against(cell, variables)
     check_floating(variables)
-    check_finite(variables)
+    check_finite(variables, "variables")
     needs_key = train and cell.spec.dropout > 0
     if needs_key and key is None:
         raise ValueError(
@@ -193,7 +179,7 @@ def _linen_step(cell: nn.Module, variables: Any, key) -> Step:
         raise ValueError("a linen cell needs its variables (e.g. cell.init(key, carry, x))")
     if isinstance(variables, dict) and "params" in variables:
         check_floating(variables["params"], "variables['params']")
-    check_finite(variables)
+    check_finite(variables, "variables")
     rngs = {"dropout": key} if key is not None else {}
 
     def step(carry, x):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from analyses import common, cures
+from gradflow.summary import verdict_of
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_table_follows_the_data(small):
         line = next(row for row in md.splitlines() if row.startswith(f"| {label} |"))
         rate = float(data["rate"][i].mean())
         assert f"{rate:+.3f}" in line
-        assert common.classify(rate, threshold=data["threshold"]) in line
+        assert verdict_of(rate, threshold=data["threshold"]) in line
     alive = [lab for i, lab in enumerate(data["labels"]) if abs(data["rate"][i].mean()) <= data["threshold"]]
     assert ("holds for: " + (", ".join(alive) if alive else "none")) in md
 

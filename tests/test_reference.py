@@ -1,6 +1,7 @@
 """The generated API reference (docs/reference.py, `make docs`): complete, checked, and committed current."""
 
 import importlib
+import re
 import sys
 import types
 from pathlib import Path
@@ -92,3 +93,29 @@ def test_check_fails_on_a_stale_file(tmp_path, capsys):
     assert reference.main(["--check", "--output", str(stale)]) == 1
     assert "is stale" in capsys.readouterr().err
     assert stale.read_text(encoding="utf-8") == "# an old reference\n"  # --check writes nothing
+
+
+def _contract_layout() -> dict[str, set[str]]:
+    """The module names docs/CONTRACT.md's layout block lists under gradflow/ and analyses/."""
+    text = (ROOT / "docs" / "CONTRACT.md").read_text()
+    block = text.split("## Layout and ownership", 1)[1].split("```")[1]
+    listed: dict[str, set[str]] = {}
+    folder = None
+    for line in block.splitlines():
+        m = re.match(r"^(\w+)/", line)
+        if m:
+            folder = m.group(1)
+            continue
+        if folder:  # a line may name two modules ("decay.py  ...   lengths.py  ...")
+            for name, kind in re.findall(r"(?:^  |\s{2,})(\w+)(\.py|/)(?=\s)", line):
+                listed.setdefault(folder, set()).add(name + kind)
+    return listed
+
+
+def test_contract_lists_every_module_of_the_package():
+    """docs/CONTRACT.md's layout names exactly the modules (and sub-packages) gradflow/ and analyses/ hold."""
+    listed = _contract_layout()
+    for folder in ("gradflow", "analyses"):
+        here = {p.name for p in (ROOT / folder).glob("*.py")}
+        here |= {p.name + "/" for p in (ROOT / folder).iterdir() if (p / "__init__.py").exists()}
+        assert listed.get(folder, set()) == here, (folder, sorted(here ^ listed.get(folder, set())))

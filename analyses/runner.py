@@ -29,15 +29,15 @@ Files (``out``: ``figures/`` by default, ``figures/.quick/`` with ``--quick``, `
 - ``figures/.cache/partial/<mode>/<name>/<key>/<label>.npz`` (git-ignored): per-part results of an
   unfinished analysis, dropped when it finishes.
 
-Caching. The data key hashes the configuration, ``gradflow.__version__``, the source of the gradflow
+Caching. The data key hashes the configuration, ``gradflow.__version__``, the code of the gradflow
 package, the shared helpers ``analyses/common.py``, the analysis module's code and that of every
-``analyses`` module it imports, transitively (``dropout`` imports ``decay.select_lags``), each without its
-``plot`` / ``_plot*`` functions, docstrings and comments (so a change to the code that produces numbers
-recomputes them; a change to a figure's looks or to the text only redraws). The plot key hashes the data
-key, the whole module source and ``analyses/style.py``. An analysis whose sidecar holds the current data key
-is not recomputed if its files read back in full (a truncated or corrupt data file, sidecar or saved part is
-named in a warning and recomputed); it is redrawn from its saved data when the plot key differs or a figure
-file is missing.
+``analyses`` module it imports, transitively (``dropout`` imports ``decay.select_lags``), all without
+docstrings and comments, and the analyses' without their ``plot`` / ``_plot*`` functions (so a change to
+the code that produces numbers recomputes them; a change to a figure's looks or to any text only redraws).
+The plot key hashes the data key, the whole module source and ``analyses/style.py``. An analysis whose
+sidecar holds the current data key is not recomputed if its files read back in full (a truncated or corrupt
+data file, sidecar or saved part is named in a warning and recomputed); it is redrawn from its saved data
+when the plot key differs or a figure file is missing.
 ``--force`` recomputes. Every file is written atomically (temporary file + ``os.replace``) and the sidecar is
 written last, so a run killed at any point leaves only complete results, and the next run resumes after the
 last finished analysis (and, inside an analysis, after the last finished ``memo`` part).
@@ -298,15 +298,31 @@ def _sha(text: str | bytes) -> str:
 
 
 def gradflow_code_hash() -> str:
-    """Hash of gradflow's version and the source of every module in the package."""
+    """Hash of gradflow's version and the code of every module in the package (:func:`code_only`: a change
+    to a docstring or a comment does not recompute any analysis)."""
     import gradflow
 
     pkg = Path(gradflow.__file__).parent
     h = hashlib.sha256(str(getattr(gradflow, "__version__", "?")).encode())
     for p in sorted(pkg.rglob("*.py")):
         h.update(str(p.relative_to(pkg)).encode())
-        h.update(p.read_bytes())
+        h.update(code_only(p.read_text()).encode())
     return h.hexdigest()
+
+
+def _strip_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_only(source: str) -> str:
+    """Module source without docstrings and comments (``ast`` form): what a data key hashes."""
+    return ast.unparse(_strip_docstrings(ast.parse(source)))
 
 
 def _source_without_plot(source: str) -> str:
@@ -315,13 +331,7 @@ def _source_without_plot(source: str) -> str:
     tree.body = [n for n in tree.body
                  if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
                          and (n.name == "plot" or n.name.startswith("_plot")))]
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+    return ast.unparse(_strip_docstrings(tree))
 
 
 #: Module -> source, held weakly: keyed by the module object, not ``id(module)``, because an id is reused

@@ -234,8 +234,9 @@ def test_forward_lognorms_and_lag_norms_match_explicit_products(x64):
             np.testing.assert_allclose(r["frobenius"][lag - 1], np.linalg.norm(P), rtol=1e-9)
 
 
-def test_fit_rate_and_classify():
+def test_fit_rate_and_verdict():
     from analyses import common
+    from gradflow.summary import verdict_of
 
     lags = np.arange(1, 51)
     rate, se = common.fit_rate(lags, -0.2 * lags + 3.0, lag_min=5)
@@ -243,7 +244,7 @@ def test_fit_rate_and_classify():
     noisy = -0.05 * lags + np.random.default_rng(0).normal(0, 0.1, lags.size)
     rate, se = common.fit_rate(lags, noisy)
     assert abs(rate + 0.05) < 4 * se and se > 0
-    assert [common.classify(r) for r in (0.02, -0.02, 0.005)] == ["explodes", "vanishes", "neutral"]
+    assert [verdict_of(r) for r in (0.02, -0.02, 0.005)] == ["explodes", "vanishes", "neutral"]
     with pytest.raises(ValueError, match="at least 3"):
         common.fit_rate([1, 2], [0.0, 1.0])
 
@@ -360,3 +361,22 @@ def test_memory_curve_flags_exact_zeros_and_refuses_nan():
     for bad in (np.nan, np.inf):
         with pytest.raises(FloatingPointError, match="NaN or \\+inf"):
             memory.exact_zeros(np.array([bad, 1.0]))
+
+
+def test_data_key_hashes_code_not_docstrings_or_comments(tmp_path, monkeypatch):
+    """A docstring or comment edit in gradflow leaves the data keys as they were; a code edit does not."""
+    import gradflow
+
+    src = 'def f(x):\n    """Doc."""\n    return x + 1  # note\n'
+    pkg = tmp_path / "gradflow"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(src)
+    monkeypatch.setattr(gradflow, "__file__", str(pkg / "__init__.py"))
+    keys = []
+    for text in (src, src.replace("Doc.", "Other words.").replace("# note", "# changed"),
+                 src.replace("x + 1", "x + 2")):
+        (pkg / "__init__.py").write_text(text)
+        keys.append(runner.gradflow_code_hash())
+    assert keys[0] == keys[1] != keys[2]
+    assert runner.code_only(src) == runner.code_only(src.replace('"""Doc."""', "'''Doc.'''")) \
+        == "def f(x):\n    return x + 1"

@@ -142,10 +142,12 @@ FULL = {
         "s6",
         "lru_stack",
     ],
+    # controls double to T = 80 (160 for 19 cells does not fit the ~3 h budget on 2 cores; "solved at 80"
+    # reads "at least 80")
     "tasks": [
         ["adding", [10, 20, 40]],
-        ["adding_product", [10, 20, 40, 80, 160]],
-        ["recall", [10, 20, 40, 80, 160]],
+        ["adding_product", [10, 20, 40, 80]],
+        ["recall", [10, 20, 40, 80]],
     ],
     "budget": {"factor": 10, "tasks": ["adding", "adding_product", "recall"]},
     "cell_tasks": {},

@@ -151,6 +151,9 @@ FULL = {
     ],
     "budget": {"factor": 10, "tasks": ["adding", "adding_product", "recall"]},
     "cell_tasks": {},
+    # committed (one small JSON per run): a later session or a reader resumes or re-reads the study instead
+    # of recomputing its ~3 hours
+    "store": "figures/full/store/training_study",
 }
 
 #: Flossing as in the study's flossing variants: pre-flossing, then flossing every 10th step during training.

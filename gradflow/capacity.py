@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gradflow.checks import int_at_least
+from gradflow.checks import finite_float, int_at_least, nonneg_float
 
 __all__ = ["MemoryCurve", "memory_curve"]
 
@@ -62,6 +62,8 @@ def memory_curve(
     if not (np.all(np.isfinite(h)) and np.all(np.isfinite(u))):
         raise ValueError("memory_curve: states or inputs hold non-finite values")
     K = int_at_least("max_lag", max_lag, 1)
+    ridge = nonneg_float("ridge", ridge)
+    test_fraction = finite_float("test_fraction", test_fraction)
     if K > u.shape[1]:
         raise ValueError(f"max_lag {K} exceeds the {u.shape[1]} inputs")
     n_test = int(round(test_fraction * h.shape[0]))

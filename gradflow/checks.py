@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from gradflow.statemap import is_traced
@@ -47,6 +48,7 @@ __all__ = [
     "prng_key",
     "real_array",
     "singular_values",
+    "float32_representable",
     "raise_if_nonfinite",
     "atomic_write_bytes",
     "remove_orphan_temporaries",
@@ -190,9 +192,13 @@ def prng_key(name: str, value: Any, required: bool = False):
     if is_int(value):
         return jax.random.PRNGKey(seed(name, value))
     dtype = getattr(value, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return value
-    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(value)[-1:] == (2,):
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype is not None and not typed and np.dtype(dtype) == np.uint32 and np.shape(value)[-1:] == (2,)
+    if (typed and np.shape(value) != ()) or (raw and np.shape(value) != (2,)):
+        raise ValueError(f"{name} must be one PRNG key, got a batch of keys of shape "
+                         f"{np.shape(value)[:None if typed else -1]}: pass a single key (e.g. keys[0]), or "
+                         "jax.vmap over the keys")
+    if typed or raw:
         return value
     raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) or an "
                      "int "
@@ -214,6 +220,24 @@ def real_array(name: str, value: Any, min_ndim: int = 0) -> np.ndarray:
     if a.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} axes, got shape {a.shape}")
     return a.astype(np.float64)
+
+
+def float32_representable(name: str, value: Any) -> None:
+    """Raise ValueError when a concrete float64 array (NumPy, or a Python float list) holds finite nonzero
+    values beyond float32's normal range while ``jax_enable_x64`` is off: JAX would cast them to inf or 0
+    silently. No-op under tracing, under x64, and for other dtypes."""
+    if is_traced(value) or jax.config.jax_enable_x64:
+        return
+    a = np.asarray(value)
+    if a.dtype != np.float64 or a.size == 0:
+        return
+    m = np.abs(a[np.isfinite(a) & (a != 0)])
+    info = np.finfo(np.float32)
+    if m.size and (m.max() > info.max or m.min() < info.tiny):
+        raise ValueError(
+            f"{name} (float64) holds values beyond float32's range ({m.min():.3g} .. {m.max():.3g}; float32 "
+            f"keeps {info.tiny:.3g} .. {info.max:.3g}) and jax_enable_x64 is off, so JAX would turn them "
+            "into 0 or inf: enable x64 (jax.config.update('jax_enable_x64', True)) or rescale them")
 
 
 def singular_values(name: str, value: Any) -> None:

@@ -30,7 +30,7 @@ import optax
 from gradflow.cache import compiled
 from gradflow.cells import GradflowCell
 from gradflow.checks import nonneg_float, positive_float, positive_int, prng_key
-from gradflow.statemap import StateMap, validate_inputs
+from gradflow.statemap import StateMap, check_finite_inputs, validate_inputs
 from gradflow.step import as_step, check_finite
 
 __all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_STATE_WINDOW", "clip_to_adam_rms", "floss", "floss_schedule",
@@ -67,7 +67,8 @@ def _check_k(k: Any, n: int) -> int:
 
 def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=None,
                        state_window: int | None = DEFAULT_STATE_WINDOW) -> jax.Array:
-    """Top-k Lyapunov exponents by a differentiable QR iteration (traceable; no host-side checks).
+    """Top-k Lyapunov exponents by a differentiable QR iteration (traceable; concrete NaN/inf in ``carry0`` or
+    ``xs`` raise ValueError, traced values are not checked).
 
     Args:
         step: ``step(carry, x_t) -> carry`` (e.g. ``gradflow.as_step(cell, variables)``); gradients flow to
@@ -97,6 +98,8 @@ def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=
         result is smooth in the parameters), natural log per step.
     """
     smap, T = validate_inputs(step, carry0, xs, check_values=False)  # shapes only: runs under jit / grad
+    check_finite(carry0)  # concrete leaves only (skipped under tracing)
+    check_finite_inputs(xs)
     k = _check_k(k, smap.n)
     if isinstance(transient, bool) or not isinstance(transient, (int, np.integer)) or not 0 <= transient < T:
         raise ValueError(f"transient must be an int with 0 <= transient < T = {T}, got {transient!r}")

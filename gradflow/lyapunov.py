@@ -181,9 +181,9 @@ def qr_log_diagonals(
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))
     every = resolve(progress, T, long=T * k * n >= 10**8)
     with reporting(progress, f"lyapunov_spectrum (k={k}, n={n})", every):
-        if interval == 1:
+        if interval == 1 and not isinstance(interval, bool):  # True == 1
             fn = lambda c, x: _qr_jit(step, k, c, x, Q0, every=every)  # noqa: E731
-        elif interval == "auto":
+        elif isinstance(interval, str) and interval == "auto":
             nxt = jnp.asarray(_next_forced(boundaries, T))
             fn = lambda c, x: _qr_adaptive_jit(step, k, c, x, Q0, nxt, every=every)  # noqa: E731
         else:
@@ -396,8 +396,15 @@ def lyapunov_statistics(result: LyapunovResult) -> SpectrumStatistics:
     whole, parts = stats(lam), stats(seg)
     S = seg.shape[-2]
     out = []
-    for w, p in zip(whole, parts, strict=True):
-        out += [_scalar(w), _scalar(np.std(p, axis=-1, ddof=1) / np.sqrt(S))]
+    with np.errstate(invalid="ignore"):  # inf - inf in the spread: reported below
+        for w, p in zip(whole, parts, strict=True):
+            out += [_scalar(w), _scalar(np.std(p, axis=-1, ddof=1) / np.sqrt(S))]
+    if not np.all(np.isfinite(lam)):
+        bad = [f for f, v in zip(SpectrumStatistics._fields, out, strict=True) if not np.all(np.isfinite(v))]
+        odd = sorted(set(map(str, lam[~np.isfinite(lam)])))
+        warnings.warn(f"lyapunov_statistics: the exponents include {odd}"
+                      f" (−inf: a singular Jacobian), so {', '.join(bad)} are not finite", RuntimeWarning,
+                      stacklevel=2)
     return SpectrumStatistics(*out)
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.checks import finite_float, real_array
+from gradflow.checks import finite_float, float32_representable, real_array
 from gradflow.checks import singular_values as check_singular_values
 from gradflow.jacobians import (
     JacobianResult,
@@ -95,24 +95,62 @@ class GrowthRate(NamedTuple):
         return short_repr(self)
 
 
+def _relative(singular_values):
+    """(s / c per row, max(s)) with c = max(s) (a power of two near it under tracing): the scale-free values
+    the rank and the condition number depend on. A concrete input is divided on the host in float64, so
+    float64 values beyond float32's range keep their ratios without x64; a row of zeros stays zero; a row
+    with an inf becomes NaN (an overflowed spectrum has no ratios)."""
+    if isinstance(singular_values, jax.core.Tracer):
+        s = jnp.asarray(singular_values)
+        top = jnp.max(s, axis=-1)
+        # exponent arithmetic, not s / top: XLA divides by multiplying with 1 / top, which is flushed to zero
+        # for top above ~1e38 in float32
+        mant, ex = jnp.frexp(s)
+        _, ex_top = jnp.frexp(jnp.where(top > 0, top, 1.0))
+        return jnp.where(jnp.isfinite(s), jnp.ldexp(mant, ex - ex_top[..., None]), s / top[..., None]), top
+    a = np.asarray(singular_values, np.float64)
+    top = np.max(a, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return jnp.asarray(a / np.where(top > 0, top, 1.0)[..., None]), top
+
+
 def effective_rank(singular_values):
     """Roy–Vetterli effective rank exp(H(p)), p = s / sum(s), of singular values (..., n) -> (...).
 
-    NaN where a value is NaN (unresolved); ValueError for an empty, negative or non-numeric spectrum."""
+    0 for a row of zeros (the rank of a zero matrix); NaN where a value is NaN (unresolved) or inf
+    (overflowed); ValueError for
+    an empty, negative or non-numeric spectrum. Computed from s / max(s), so the scale of s does not matter.
+    """
     check_singular_values("singular_values", singular_values)
-    s = jnp.asarray(singular_values)
-    p = s / jnp.sum(s, axis=-1, keepdims=True)
+    r, _ = _relative(singular_values)
+    total = jnp.sum(r, axis=-1, keepdims=True)
+    p = r / jnp.where(total > 0, total, 1.0)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    return jnp.where(jnp.any(jnp.isnan(s), axis=-1), jnp.nan, jnp.exp(-jnp.sum(plogp, axis=-1)))
+    rank = jnp.where(total[..., 0] > 0, jnp.exp(-jnp.sum(plogp, axis=-1)), 0.0)
+    return jnp.where(jnp.any(jnp.isnan(r), axis=-1), jnp.nan, rank)
 
 
 def condition_number(singular_values):
     """s_max / s_min of singular values (..., n) -> (...); inf where s_min is 0, NaN where a value is NaN
-    (unresolved). ValueError for an empty, negative or non-numeric spectrum."""
+    (unresolved) or inf (overflowed). ValueError for an empty, negative or non-numeric spectrum; a warning
+    where the ratio of concrete float64 values exceeds the result dtype's range (it is inf there; enable
+    x64)."""
     check_singular_values("singular_values", singular_values)
-    s = jnp.asarray(singular_values)
-    hi, lo = jnp.max(s, axis=-1), jnp.min(s, axis=-1)  # max/min propagate NaN
-    return jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1.0), jnp.where(jnp.isnan(lo), jnp.nan, jnp.inf))
+    r, _ = _relative(singular_values)
+    hi, lo = jnp.max(r, axis=-1), jnp.min(r, axis=-1)  # max/min propagate NaN
+    cond = jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1.0), jnp.where(jnp.isnan(lo), jnp.nan, jnp.inf))
+    if not isinstance(singular_values, jax.core.Tracer):
+        a = np.asarray(singular_values, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            exact = np.max(a, axis=-1) / np.min(a, axis=-1)
+        lost = np.isfinite(exact) & ~np.isfinite(np.asarray(cond))
+        if np.any(lost):
+            warnings.warn(
+                f"condition_number: {int(lost.sum())} condition number(s) (largest "
+                f"{np.max(exact[lost]):.3g}) "
+                f"exceed {cond.dtype}'s range and are inf; enable x64 (jax.config.update('jax_enable_x64', "
+                "True)) for float64", RuntimeWarning, stacklevel=2)
+    return cond
 
 
 #: a singular value is resolved when it is at least this many times the rounding floor eps * sqrt(n) * s_1
@@ -182,6 +220,7 @@ def spectrum_of(result_or_matrices, lags=None) -> SpectrumResult:
     M = result_or_matrices.matrices if isinstance(result_or_matrices, JacobianResult) else result_or_matrices
     if M is None:
         raise ValueError("the JacobianResult has no matrices (computed with norms only)")
+    float32_representable("matrices", M)
     M = jnp.asarray(M)
     if M.ndim != 3 or M.shape[1] != M.shape[2]:
         raise ValueError(f"matrices must have shape (T, n, n), got {M.shape}")
@@ -311,6 +350,7 @@ def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
     if max_lag is not None:
         window &= x <= max_lag
     keep = window & np.isfinite(y)
+    x_all = x
     if keep.sum() < window.sum():
         warnings.warn(
             f"growth_rate: {int(window.sum() - keep.sum())} of {int(window.sum())} log norms in the lag "
@@ -321,7 +361,11 @@ def growth_rate(log_norms, lags=None, *, min_lag=1, max_lag=None) -> GrowthRate:
     x, y = x[keep], y[keep]
     m = x.size
     if m < 3:
-        raise ValueError(f"need at least 3 finite points in the lag window to fit a growth rate, got {m}")
+        raise ValueError(
+            f"growth_rate needs at least 3 finite log norms in the lag window min_lag={min_lag!r} .. "
+            f"max_lag={max_lag!r}, got {m} (the lags run {x_all.min():g} .. {x_all.max():g}; "
+            f"{int(window.sum())} in the window): widen min_lag/max_lag"
+            if x_all.size else "growth_rate needs at least 3 finite log norms, got none")
     xm, ym = x.mean(), y.mean()
     sxx = np.sum((x - xm) ** 2)
     rate = np.sum((x - xm) * (y - ym)) / sxx

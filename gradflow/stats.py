@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gradflow import checks
+
 __all__ = ["MannWhitney", "mann_whitney", "median_difference", "rank", "spearman"]
 
 #: Above this many splits of the pooled sample the exact null distribution gives way to the normal
@@ -93,6 +95,19 @@ def mann_whitney(a, b) -> MannWhitney:
     return MannWhitney(u, float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))), False)
 
 
+def _bootstrap_args(level, resamples, seed) -> tuple[float, int, int]:
+    """Checked (level, resamples, seed) of a percentile bootstrap; ValueError naming a bad one."""
+    level = checks.finite_float("level", level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    resamples = checks.int_at_least("resamples", resamples, MIN_RESAMPLES)
+    return level, resamples, checks.seed("seed", seed)
+
+
+#: Fewest bootstrap resamples accepted (fewer leave the tails of a 95 % interval to a handful of values).
+MIN_RESAMPLES = 200
+
+
 def median_difference(
     a, b, *, level: float = 0.95, resamples: int = 4000, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -103,8 +118,7 @@ def median_difference(
         interval infinite.
     """
     a, b = _clean("a", a), _clean("b", b)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    level, resamples, seed = _bootstrap_args(level, resamples, seed)
     rng = np.random.default_rng(seed)
     ma = np.median(rng.choice(a, (resamples, a.size)), axis=1)
     mb = np.median(rng.choice(b, (resamples, b.size)), axis=1)
@@ -133,6 +147,7 @@ def spearman(
         ValueError: samples of different lengths, fewer than 3 pairs, or NaN values.
     """
     x, y = _clean("x", x), _clean("y", y)
+    level, resamples, seed = _bootstrap_args(level, resamples, seed)
     if x.size != y.size or x.size < 3:
         raise ValueError(f"spearman needs paired samples of at least 3, got {x.size} and {y.size}")
 

@@ -235,6 +235,10 @@ def tanh_fixed_point(
     g = effective_gain(_check_number("gain", gain, nonneg=True), dropout)
     sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
     sb = _check_number("sigma_b2", sigma_b2, nonneg=True)
+    tol = _check_number("tol", tol, positive=True)
+    if tol > 1e-3:
+        raise ValueError(f"tol is a relative tolerance and must be <= 1e-3 (the fixed point would be off "
+                         f"by up to tol), got {tol}")
     if sx + sb == 0.0 and g <= 1.0:
         return 0.0
     q = 1.0
@@ -669,6 +673,19 @@ def tied_weight_correction(W_hh, gain: float) -> float:
 # normalized recurrences without tanh (docs/theory.md §8)
 
 
+def _lru_logs(params) -> tuple[np.ndarray, np.ndarray]:
+    """(ν_log, θ_log) as float64 arrays from an LRU's params; ValueError naming what is missing or wrong."""
+    if not hasattr(params, "keys") or not {"nu_log", "theta_log"} <= set(params.keys()):
+        have = sorted(map(str, params.keys())) if hasattr(params, "keys") else type(params).__name__
+        raise ValueError(f"params must be an LRU's params, a mapping with 'nu_log' and 'theta_log' (the "
+                         f"cell's variables['params'], or its 'cell' entry in an LRU block), "
+                         f"got {have}"[:300])
+    try:
+        return (np.asarray(params["nu_log"], np.float64), np.asarray(params["theta_log"], np.float64))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"params['nu_log'] and params['theta_log'] must be real arrays: {e}") from None
+
+
 def lru_eigenvalues(params) -> np.ndarray:
     """The LRU's diagonal λ_j = exp(−exp(ν_j) + i·exp(θ_j)) from its parameters (``nu_log``, ``theta_log``).
 
@@ -678,8 +695,7 @@ def lru_eigenvalues(params) -> np.ndarray:
     Returns:
         (N,) complex128.
     """
-    nu = np.asarray(params["nu_log"], np.float64)
-    th = np.asarray(params["theta_log"], np.float64)
+    nu, th = _lru_logs(params)
     if nu.shape != th.shape or nu.ndim != 1:
         raise ValueError(f"nu_log and theta_log must be (N,) arrays, got shapes {nu.shape} and {th.shape}")
     if not (np.all(np.isfinite(nu)) and np.all(np.isfinite(th))):
@@ -699,13 +715,13 @@ def lru_rate(params) -> float:
         -0.01
     """
     lam = lru_eigenvalues(params)
-    return float(-np.exp(np.asarray(params["nu_log"], np.float64)).min()) if lam.size else float("nan")
+    return float(-np.exp(_lru_logs(params)[0]).min()) if lam.size else float("nan")
 
 
 def lru_spectrum(params) -> np.ndarray:
     """Exact Lyapunov spectrum of an LRU's real state (2N): every ln|λ_j| twice, largest first."""
-    r = -np.exp(np.asarray(params["nu_log"], np.float64))
     lru_eigenvalues(params)  # checks
+    r = -np.exp(_lru_logs(params)[0])
     return np.sort(np.repeat(r, 2))[::-1]
 
 
@@ -755,7 +771,8 @@ def input_variance_share(gamma_x: float, gamma_h: float = 1.0) -> float:
     `ln_notanh` (h_t = γ_h N(W_hh h_{t−1}) + γ_x BN(W_xh x_t): two independent unit-variance terms)."""
     gx = _check_number("gamma_x", gamma_x, nonneg=True)
     gh = _check_number("gamma_h", gamma_h, positive=True)
-    return gx**2 / (gh**2 + gx**2)
+    r = gx / gh  # the share depends on the ratio only: no square to overflow
+    return 1.0 / (1.0 + (1.0 / r) ** 2) if r > 1.0 else r**2 / (1.0 + r**2)
 
 
 def critical_input_gamma(name: str, *, batch_size=None, hidden_size=None, gamma_h: float = 1.0) -> float:

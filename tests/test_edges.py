@@ -165,3 +165,122 @@ def test_selected_block_matches_the_whole_state_block_in_float64(x64):
     whole = gf.jacobians(step, carry0, xs)
     np.testing.assert_allclose(np.asarray(part.matrices), np.asarray(whole.matrices)[:, :2, :2],
                                rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------- what the edge probe found (docs/edge_probe.md), fixed
+
+
+def _roy_vetterli(s):
+    """Reference effective rank in float64 NumPy."""
+    s = np.asarray(s, np.float64)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e37, 1e38])
+def test_effective_rank_and_condition_number_do_not_depend_on_scale_in_float32(scale):
+    """[1e38] * 3 in float32 gave rank 1 (the sum overflowed); jitted, 1 / max was flushed to zero."""
+    s = np.array([3.0, 1.0, 0.5], np.float32) * np.float32(scale / 3.0)
+    for f in (gf.effective_rank, jax.jit(gf.effective_rank)):
+        assert float(f(s)) == pytest.approx(_roy_vetterli([3.0, 1.0, 0.5]), rel=1e-5)
+    for f in (gf.condition_number, jax.jit(gf.condition_number)):
+        assert float(f(s)) == pytest.approx(6.0, rel=1e-5)
+
+
+def test_effective_rank_of_zeros_is_zero_and_float64_values_keep_their_ratios():
+    assert float(gf.effective_rank(np.zeros(4))) == 0.0
+    assert float(gf.effective_rank(np.zeros((2, 3)))[1]) == 0.0
+    # float64 beyond float32's range, x64 off: the ratios are taken in float64 before the cast
+    for scale in (1e-40, 1e200):
+        s = np.array([2.0, 1.0]) * scale
+        assert float(gf.effective_rank(s)) == pytest.approx(_roy_vetterli([2.0, 1.0]), rel=1e-6)
+        assert float(gf.condition_number(s)) == pytest.approx(2.0, rel=1e-6)
+    if not jax.config.jax_enable_x64:
+        with pytest.warns(RuntimeWarning, match="exceed float32's range"):
+            assert np.isinf(gf.condition_number(np.array([1e30, 1e-30])))
+
+
+def test_spectrum_of_refuses_float64_matrices_beyond_float32_without_x64():
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 on: float64 matrices are computed in float64")
+    for scale in (1e200, 1e-45):
+        with pytest.raises(ValueError, match="matrices \\(float64\\) holds values beyond float32's range"):
+            gf.spectrum_of(np.eye(3)[None] * scale)
+    np.testing.assert_allclose(gf.spectrum_of(np.eye(3)[None] * 2.0).singular_values, 2.0)
+
+
+def test_theory_arguments_are_checked_by_name():
+    from gradflow import theory
+
+    for bad, msg in ((True, "tol must be a real number"), (float("nan"), "tol must be finite"),
+                     (-1.0, "tol must be > 0"), (0.5, "tol is a relative tolerance")):
+        with pytest.raises(ValueError, match=msg):
+            theory.tanh_fixed_point(2.0, tol=bad)
+    assert theory.input_variance_share(1e200, 1e200) == 0.5  # overflowed in gx**2 before
+    assert theory.input_variance_share(1e200, 1.0) == 1.0
+    assert theory.input_variance_share(0.5, 1.0) == pytest.approx(0.25 / 1.25, rel=1e-15)
+    for bad in ({}, 3, {"nu_log": [0.0]}):
+        with pytest.raises(ValueError, match="params must be an LRU's params"):
+            theory.lru_rate(bad)
+    lam = np.array([0.9, 0.5])
+    assert theory.lru_rate({"nu_log": np.log(-np.log(lam)), "theta_log": np.zeros(2)}) == pytest.approx(
+        math.log(0.9), rel=1e-12)
+
+
+def test_flossing_exponents_refuse_non_finite_concrete_inputs():
+    W = jnp.eye(2) * 0.5
+    step = lambda h, x: jnp.tanh(h @ W.T + x)  # noqa: E731
+    h0, xs = jnp.ones((1, 2)), jnp.zeros((5, 1, 2))
+    with pytest.raises(ValueError, match="non-finite values .* in carry0"):
+        gf.flossing_exponents(step, h0.at[0, 0].set(jnp.nan), xs)
+    with pytest.raises(ValueError, match="the inputs have NaN or inf: xs\\[3\\]"):
+        gf.flossing_exponents(step, h0, xs.at[3].set(jnp.inf))
+    # the exact value: a diagonal linear step at h = 0 keeps ln 0.5 per step
+    lin = lambda h, x: h @ W.T  # noqa: E731
+    assert float(gf.flossing_exponents(lin, h0, xs)[0]) == pytest.approx(math.log(0.5), abs=1e-5)
+
+
+def test_lyapunov_interval_must_be_one_or_auto_and_statistics_name_infinite_exponents():
+    W = jnp.diag(jnp.array([2.0, 0.0]))
+    step = lambda h, x: h @ W.T  # noqa: E731
+    with pytest.raises(ValueError, match="interval must be 1 or 'auto', got True"):
+        gf.lyapunov_spectrum(step, jnp.ones((1, 2)), jnp.zeros((40, 1, 1)), interval=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = gf.lyapunov_spectrum(step, jnp.ones((1, 2)), jnp.zeros((40, 1, 1)), transient=10, segments=3)
+    with pytest.warns(RuntimeWarning, match="mean_exponent, mean_exponent_stderr are not finite"):
+        st = gf.lyapunov_statistics(r)
+    assert st.entropy_rate == pytest.approx(math.log(2.0), abs=1e-5)
+
+
+def test_growth_rate_window_error_names_the_window():
+    with pytest.raises(ValueError, match="min_lag=50 .. max_lag=None, got 0 \\(the lags run 1 .. 10"):
+        gf.growth_rate(np.zeros(10), min_lag=50)
+
+
+def test_a_batch_of_keys_is_refused_by_name():
+    cell = gf.make_cell("tanh", 4, 2)
+    for keys in (jax.random.split(jax.random.key(0), 3), jax.random.split(jax.random.PRNGKey(0), 3)):
+        with pytest.raises(ValueError, match=r"must be one PRNG key, got a batch of keys of shape \(3,\)"):
+            gf.init_cell(cell, keys)
+    v = gf.init_cell(cell, jax.random.key(0))
+    with pytest.raises(ValueError, match="one PRNG key"):
+        gf.as_step(gf.make_cell("bn_notanh", 4, 2), gf.init_cell(gf.make_cell("bn_notanh", 4, 2), 0),
+                   train=True, key=jax.random.split(jax.random.key(0), 2))
+    assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(gf.init_cell(cell, 0))
+
+
+def test_bootstrap_and_memory_curve_arguments_are_checked():
+    from gradflow import capacity, stats
+
+    for kw, msg in ((dict(resamples=0), "resamples must be an int >= 200"),
+                    (dict(level="a"), "level must be a finite number"),
+                    (dict(seed=-1), "seed must be an int")):
+        with pytest.raises(ValueError, match=msg):
+            stats.median_difference([1.0, 2.0], [3.0, 4.0], **kw)
+        with pytest.raises(ValueError, match=msg):
+            stats.spearman([1.0, 2.0, 3.0], [3.0, 4.0, 5.0], **kw)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0"):
+        capacity.memory_curve(rng.normal(size=(40, 3)), rng.normal(size=(40, 5)), 3, ridge=-1.0)

@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from gradflow import cache
 from gradflow.checks import atomic_write_bytes, atomic_write_json, json_default
 
 #: Every analysis, in the order the runner runs them (``findings`` last: it reads the others' data).
@@ -587,6 +588,7 @@ def _run_one(ctx: _RunContext, tag: str, name: str, mod: ModuleType) -> str:
     if status == "computed":
         save_data(stem, data, meta)
         shutil.rmtree(ctx.partial_root / name, ignore_errors=True)
+        cache.clear()  # the next analysis compiles its own programs: free these (memory maps, gradflow.cache)
     else:
         atomic_write_json(stem.with_suffix(".json"), {**side, **meta})
     made = ", ".join(sorted(figs)) or "(no figures)"

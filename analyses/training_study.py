@@ -769,7 +769,10 @@ def run(config: dict, progress=None, cells: dict | None = None) -> dict:
     for task_name, lengths in config["tasks"]:
         for name in [*config["cells"], *(cells or {})]:
             if task_name in only.get(name, [task_name]):
+                before = st.computed
                 st.cell_task(name, task_name, [int(x) for x in lengths])
+                if st.computed > before:  # free the compiled programs (a full study exhausts memory maps)
+                    cache.clear()
     say(progress, f"{st.done} runs ({st.computed} computed) in {time.perf_counter() - st.t0:.0f}s")
     return _columns(config, st.rows, sorted(set(st.notes)))
 

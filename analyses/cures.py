@@ -69,7 +69,7 @@ CONFIG = {
     "threshold": 0.01,
 }
 QUICK = {"hidden": 6, "batch": 5, "T": 20, "n_lags": 8, "fit_from": 4, "lyap_T": 60, "lyap_transient": 10,
-         "burn_in": 3, "seeds": [0], "dtype": "float32", "baselines": [], "irnn": False,
+         "burn_in": 3, "seeds": [0], "dtype": "float32", "baselines": ["tanh", "bn_notanh"], "irnn": False,
          "lru_rings": [[0.9, 0.999]], "critical": ["ln_notanh"], "floss_presets": ["tanh"], "floss_steps": 3,
          "floss_T": 20, "families": []}
 FULL = {"hidden": 64, "batch": 16, "T": 300, "n_lags": 30, "fit_from": 20, "lyap_T": 1000,
@@ -256,8 +256,9 @@ def plot(data: dict) -> dict:
             style.note(ax, "none in this configuration", loc="upper right")
     ax = axes[2]
     y = np.arange(len(labels))
-    ax.errorbar(data["lam"].mean(1), y, xerr=data["lam"].std(1), fmt="o", ms=4, mfc="none", capsize=2,
-                label="λ₁ (measured)")
+    one = data["lam"].shape[1] == 1  # one seed: no spread to draw
+    ax.errorbar(data["lam"].mean(1), y, xerr=None if one else data["lam"].std(1), fmt="o", ms=4, mfc="none",
+                capsize=2, label="λ₁ (measured)")
     ax.plot(data["rate"].mean(1), y, "s", ms=3, label="rate (fit)")
     pred = data["prediction"].mean(axis=1)  # nan where there is none
     ax.plot(pred, y, "k+", ms=7, label="prediction")
@@ -274,7 +275,7 @@ def plot(data: dict) -> dict:
     ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"What keeps the gradients alive at initialization: d = {data['hidden']}, "
                  f"batch {data['batch']}, train mode, inputs N(0, {data['input_scale']:g}²), "
-                 f"{len(data['seeds'])} seeds", fontsize=9)
+                 f"{_seeds(len(data['seeds']))}", fontsize=9)
     return {"cures": fig}
 
 
@@ -295,12 +296,35 @@ def table_rows(data: dict) -> list[dict]:
     return out
 
 
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def _spread(mean: float, sd: float, n_seeds: int) -> str:
+    """``mean ± sd`` over seeds; the mean alone for one seed (its sd of 0 is no measured spread)."""
+    return f"{mean:+.3f}" if n_seeds == 1 else f"{mean:+.3f} ± {sd:.3f}"
+
+
+def legend(data: dict, rows: list[dict]) -> str:
+    """The table's legend: what the rate, λ₁ and the verdict are, over how many seeds (one seed: "one seed (no
+    spread)", and the table prints no ± for it), and, where a row has a mean-field prediction, that it is
+    the wide layer's (d → ∞) at the measured d."""
+    S = len(data["seeds"])
+    over = "one seed (no spread)" if S == 1 else f"mean ± sd over {S} seeds"
+    text = (f"Rate: slope of ln‖∂h_T/∂h_t‖₂ against lag (lags {data['fit_from']}–{data['T']}), {over}; λ₁: "
+            f"top Lyapunov exponent (T = {data['lyap_T']}); verdict at ±{data['threshold']:g} ln/step.")
+    if any(r["prediction_kind"] == "mean field" and not math.isnan(r["prediction"]) for r in rows):
+        text += (f" Mean field: the prediction for a wide layer (d → ∞; here d = {data['hidden']}), so "
+                 "measurement and prediction can differ at small d.")
+    return text
+
+
 def _findings(data: dict, rows: list[dict]) -> str:
     th = data["threshold"]
     alive = [r["label"] for r in rows if r["verdict"] == "neutral"]
     dead = [f"{r['label']} ({r['rate']:+.3f})" for r in rows if r["verdict"] != "neutral"]
     parts = [f"At initialization (d = {data['hidden']}, batch {data['batch']}, train mode, "
-             f"{len(data['seeds'])} seeds), |rate| ≤ {th:g} ln/step holds for: "
+             f"{_seeds(len(data['seeds']))}), |rate| ≤ {th:g} ln/step holds for: "
              + (", ".join(alive) if alive else "none") + "; not for "
              + (", ".join(dead) if dead else "none") + "."]
     for i, label in enumerate(data["labels"]):
@@ -323,16 +347,13 @@ def write_extra(data: dict) -> dict:
     """``cures.md``: the table "what keeps the gradients alive" and a findings paragraph from the data."""
     data = nan_view(data)
     rows = table_rows(data)
-    th = data["threshold"]
-    lines = ["### What keeps the gradients alive", "",
-             f"Rate: slope of ln‖∂h_T/∂h_t‖₂ against lag (lags {data['fit_from']}–{data['T']}), mean ± sd "
-             f"over {len(data['seeds'])} seeds; λ₁: top Lyapunov exponent (T = {data['lyap_T']}); verdict at "
-             f"±{th:g} ln/step.", "",
+    S = len(data["seeds"])
+    lines = ["### What keeps the gradients alive", "", legend(data, rows), "",
              "| cell | kind | rate at init | λ₁ | prediction | verdict |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         pred = "—" if math.isnan(r["prediction"]) else f"{r['prediction']:+.3f} ({r['prediction_kind']})"
-        lines.append(f"| {r['label']} | {r['kind']} | {r['rate']:+.3f} ± {r['rate_sd']:.3f} | "
-                     f"{r['lam']:+.3f} ± {r['lam_sd']:.3f} | {pred} | {r['verdict']} |")
+        lines.append(f"| {r['label']} | {r['kind']} | {_spread(r['rate'], r['rate_sd'], S)} | "
+                     f"{_spread(r['lam'], r['lam_sd'], S)} | {pred} | {r['verdict']} |")
     lines += ["", _findings(data, rows), ""]
     return {"cures.md": "\n".join(lines)}

@@ -183,6 +183,12 @@ MAJORITY = 0.5
 #: baseline (more than half of the target's variance explained); the controls' lengths double while it is.
 LEARNED = 0.5
 
+#: The findings' first line: how to read the losses in them.
+LEGEND = (
+    "Losses are test loss as % of the memoryless baseline (the loss of predicting the target's mean; "
+    f"100 % = nothing learned, < {100 * LEARNED:.0f} % = learned)."
+)
+
 #: A failure is the budget's when ``budget["factor"]`` × the steps bring the loss to at most this share of it.
 BUDGET_GAIN = 0.5
 
@@ -609,16 +615,31 @@ def _next_rate(lr: float, up: bool) -> float:
 
 
 def edge_of(runs: list[dict], mode: str, limits) -> str:
-    """Where the chosen rate sits in its grid: "interior", or "low"/"high" with why the grid stops there
-    ("limit": the configured bound; "diverged": every seed diverged one step further)."""
+    """Where the chosen rate sits in its grid: "interior", "high" / "low" (an edge of the grid), or
+    "high (limit)" / "low (limit)" (an edge the grid could not be extended past: the next rate,
+    :func:`_next_rate` as :func:`_extend` adds it, lies beyond ``limits``, the configured ``rate_limits``).
+    :func:`edge_words` says it in words."""
     rates = sorted({r["learning_rate"] for r in runs})
     lr = choose_rate(runs, mode)
     if len(rates) > 1 and rates[0] < lr < rates[-1]:
         return "interior"
     up = lr == rates[-1] and len(rates) > 1
-    if up and lr * 3.0 > limits[1] * 1.001 or not up and lr / 3.0 < limits[0] * 0.999:
+    nxt = _next_rate(lr, up)
+    if up and nxt > limits[1] * 1.001 or not up and nxt < limits[0] * 0.999:
         return f"{'high' if up else 'low'} (limit)"
     return f"{'high' if up else 'low'}"
+
+
+def edge_words(edge: str) -> str:
+    """:func:`edge_of`'s answer in words: "" (interior), "high edge" / "low edge", or "high edge, at the grid
+    limit" / "low edge, at the grid limit" (the grid could not be extended further: the best rate may lie
+    beyond ``rate_limits``)."""
+    if edge == "interior":
+        return ""
+    side, _, why = edge.partition(" ")
+    if side not in ("high", "low") or why not in ("", "(limit)"):
+        raise ValueError(f"not an edge of edge_of: {edge!r}")
+    return f"{side} edge" + (", at the grid limit" if why else "")
 
 
 def _extend(runs: list[dict], modes, limits) -> float | None:
@@ -1143,13 +1164,8 @@ def csv_text(data: dict) -> str:
 
 def cell_text(s: dict) -> str:
     """One table cell: median [min, max] of loss / baseline, seeds solved, the chosen rate (edge marked)."""
-    edge = (
-        ""
-        if s["edge"] == "interior"
-        else f" ({s['edge'].replace(' (limit)', ' edge, at the grid limit')}"
-        + ("" if "limit" in s["edge"] else " edge")
-        + ")"
-    )
+    words = edge_words(s["edge"])
+    edge = f" ({words})" if words else ""
     div = f", {s['diverged']} div." if s["diverged"] else ""
     return (
         f"{_pct(s['median'])} [{_pct(s['min'])}, {_pct(s['max'])}] {s['solved']}/{s['n']}"
@@ -1269,7 +1285,7 @@ def findings_markdown(data: dict) -> str:
     summ = summarize(data)
     controls = [t for t in data["tasks"] if t != "adding"]
     labels = list(dict.fromkeys(s["label"] for s in summ))
-    lines = []
+    lines = [LEGEND, ""]
     short = in_short(summ, controls)
     if short:
         lines += ["**In short** (the normalizations that replace tanh; details below):", ""]
@@ -1309,10 +1325,15 @@ def findings_markdown(data: dict) -> str:
         ]
     edges = [s for s in summ if s["edge"] != "interior"]
     if edges:
+        lo, hi = data["rate_limits"]
         lines += [
             "",
-            f"Rates at an edge of their grid ({len(edges)} of {len(summ)}): "
-            + "; ".join(f"{s['label']} {s['col']} {s['learning_rate']:g} ({s['edge']})" for s in edges)
+            f"Chosen learning rates at an edge of their grid ({len(edges)} of {len(summ)}; the best rate may "
+            f"lie beyond it; \"at the grid limit\": the grid could not be extended past rate_limits "
+            f"[{lo:g}, {hi:g}]): "
+            + "; ".join(
+                f"{s['label']} {s['col']} lr {s['learning_rate']:g} ({edge_words(s['edge'])})" for s in edges
+            )
             + ".",
         ]
     if data["notes"]:

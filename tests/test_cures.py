@@ -59,6 +59,41 @@ def test_table_follows_the_data(small):
     assert ("holds for: " + (", ".join(alive) if alive else "none")) in md
 
 
+def test_one_seed_prints_no_spread_and_mean_field_names_the_wide_layer(small):
+    config, data = small
+    assert len(data["seeds"]) == 1
+    md = cures.write_extra(data)["cures.md"]
+    table = [row for row in md.splitlines() if row.startswith("| ")]
+    assert len(table) == len(data["labels"]) + 2  # header, rule, rows
+    assert not any("±" in row for row in table)  # no "± 0.000" that reads like a measured spread
+    assert "mean ± sd" not in md
+    assert "one seed (no spread)" in md and "train mode, 1 seed)" in md
+    assert f"wide layer (d → ∞; here d = {config['hidden']})" in md  # the γx* rows' mean-field prediction
+    for i, label in enumerate(data["labels"]):
+        line = next(row for row in md.splitlines() if row.startswith(f"| {label} |"))
+        assert f"| {data['rate'][i, 0]:+.3f} | {data['lam'][i, 0]:+.3f} |" in line
+    # two seeds (the same numbers, and 0.01 more): mean ± sd over 2 seeds
+    R = len(data["labels"])
+    two = {k: (np.concatenate([v, v + 0.01], axis=1) if isinstance(v, np.ndarray) and v.shape[:2] == (R, 1)
+               else v) for k, v in data.items()}
+    two["seeds"] = np.asarray([0, 1])
+    md2 = cures.write_extra(two)["cures.md"]
+    assert "one seed" not in md2 and "mean ± sd over 2 seeds" in md2 and "2 seeds)" in md2
+    for i, label in enumerate(data["labels"]):
+        line = next(row for row in md2.splitlines() if row.startswith(f"| {label} |"))
+        assert f"{data['rate'][i, 0] + 0.005:+.3f} ± 0.005" in line
+    # no mean-field prediction among the rows: no note
+    kinds = ["exact" if k == "mean field" else k for k in data["prediction_kind"]]
+    other = {**data, "prediction_kind": kinds}
+    assert "wide layer" not in cures.write_extra(other)["cures.md"]
+
+
+def test_quick_config_has_the_baselines():
+    assert cures.QUICK["baselines"] == ["tanh", "bn_notanh"]
+    rows = cures.candidates({**cures.CONFIG, **cures.QUICK})
+    assert [r["label"] for r in rows if r["kind"] == "baseline"] == ["tanh", "bn_notanh"]
+
+
 def test_flossed_row_and_plot():
     config = {**cures.CONFIG, **cures.QUICK, "baselines": [], "lru_rings": [], "critical": [],
               "floss_presets": ["tanh"], "floss_steps": 2}

@@ -109,6 +109,49 @@ def test_rate_grid_extends_until_the_choice_is_interior(fake):
     assert s["rates"] == [0.001, 0.01, 0.03] and s["learning_rate"] == 0.01 and s["edge"] == "interior"
 
 
+def test_edge_words():
+    assert ts.edge_words("interior") == ""
+    assert ts.edge_words("high") == "high edge" and ts.edge_words("low") == "low edge"
+    assert ts.edge_words("high (limit)") == "high edge, at the grid limit"
+    assert ts.edge_words("low (limit)") == "low edge, at the grid limit"
+    with pytest.raises(ValueError, match="not an edge"):
+        ts.edge_words("middle")
+
+
+def test_edge_at_the_limit_agrees_with_the_grid_extension(fake):
+    # the next rate below 0.0004 is 0.0001 (one significant digit), below the limit 0.00013: the grid is not
+    # extended, so the edge is the limit's (0.0004 / 3 alone would pass the limit)
+    fake.fn = lambda task, lr, seed, cell, steps: _record(lr + 0.0001 * seed, 0.1)
+    data = ts.run({**BASE, "learning_rates": [0.0004, 0.001], "rate_limits": [0.00013, 0.01]})
+    (s,) = ts.summarize(data)
+    assert s["rates"] == [0.0004, 0.001] and s["learning_rate"] == 0.0004 and s["edge"] == "low (limit)"
+
+
+def test_findings_open_with_the_legend_and_say_where_a_rate_is_at_its_grid_limit(fake):
+    # validation is best at the highest rate and the limits are the grid itself: the high edge, at the limit
+    fake.fn = lambda task, lr, seed, cell, steps: _record(1.0 / lr + 0.001 * seed, 0.05)
+    data = ts.run({**BASE, "rate_limits": [0.001, 0.01]})
+    md = ts.findings_markdown(data)
+    first = md.splitlines()[0]
+    assert first == ts.LEGEND
+    assert first.startswith("Losses are test loss as % of the memoryless baseline (the loss of predicting")
+    assert "100 % = nothing learned, < 50 % = learned" in first
+    assert "tanh adding T=4 lr 0.01 (high edge, at the grid limit)" in md
+    assert "rate_limits [0.001, 0.01]" in md
+    assert "lr 0.01 (high edge, at the grid limit)" in ts.table_markdown(data)
+    # the same runs read against wider limits: an edge, but not the limit's
+    wide = ts.findings_markdown({**data, "rate_limits": [0.0001, 1.0]})
+    assert "tanh adding T=4 lr 0.01 (high edge)" in wide and "(high edge, at the grid limit)" not in wide
+    # best at the lowest rate: the low edge
+    fake.fn = lambda task, lr, seed, cell, steps: _record(lr + 0.0001 * seed, 0.05)
+    md = ts.findings_markdown(ts.run({**BASE, "rate_limits": [0.001, 0.01]}))
+    assert "tanh adding T=4 lr 0.001 (low edge, at the grid limit)" in md
+    # an interior choice: no edge sentence, the legend still first
+    fake.fn = lambda task, lr, seed, cell, steps: _record(abs(math.log(lr / 0.003)) + 0.01 * seed, 0.05)
+    md = ts.findings_markdown(ts.run({**BASE, "learning_rates": [0.001, 0.003, 0.01]}))
+    assert md.splitlines()[0] == ts.LEGEND and "edge" not in md
+
+
 def test_seed_statistics_against_plain_python(fake):
     rng = np.random.default_rng(0)
     table = {

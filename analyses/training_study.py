@@ -32,7 +32,10 @@ measured at initialization and after training (eval mode, task inputs), so a flo
 from its base run.
 
 Runs are stored one JSON file per run (:class:`RunStore`, keyed by the run's configuration), so an interrupted
-study resumes with the runs not yet done and a study whose configuration grows reuses every run it has.
+study resumes with the runs not yet done and a study whose configuration grows reuses every run it has. The
+store (``figures/store/training_study``) is committed: the default and the full design share it, and a fresh
+clone re-reads its runs. A run is keyed by its configuration and :data:`RUN_VERSION` (not by gradflow's code):
+bump RUN_VERSION when a change alters what a run computes, or delete the folder to retrain everything.
 
 Files (:func:`write_extra`): ``training_study.csv`` (every run × split × mode), ``training_study_table.md``
 (the one table) and ``training_study_findings.md`` (the answer with the numbers and tests behind it).
@@ -100,7 +103,9 @@ CONFIG = {
     "recal_batches": 10,
     # one longer run (factor × steps, seed of the first) of each failing (cell, task, T) on these tasks
     "budget": {"factor": 5, "tasks": ["adding"]},
-    "store": "figures/.cache/training_study",
+    # one JSON file per run, committed and shared by the default and the full design (a run is the same run in
+    # both): a fresh clone re-reads the runs instead of retraining them; delete the folder to retrain everything
+    "store": "figures/store/training_study",
 }
 QUICK = {
     "cells": ["tanh", "linear", "bn_notanh"],
@@ -151,9 +156,6 @@ FULL = {
     ],
     "budget": {"factor": 10, "tasks": ["adding", "adding_product", "recall"]},
     "cell_tasks": {},
-    # committed (one small JSON per run): a later session or a reader resumes or re-reads the study instead
-    # of recomputing its ~3 hours
-    "store": "figures/full/store/training_study",
 }
 
 #: Flossing as in the study's flossing variants: pre-flossing, then flossing every 10th step during training.

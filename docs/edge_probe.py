@@ -131,6 +131,24 @@ def names_in(text: str, names) -> bool:
     return False
 
 
+def raised_in(exc: BaseException) -> str | None:
+    """The third-party package (jax, flax, numpy, ...) whose code raised ``exc``, or None when gradflow (or
+    the caller's own code) raised it: the innermost Python frame of its traceback decides."""
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if path.is_relative_to(ROOT):
+        return None
+    parts = path.parts
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        return parts[i + 1] if i + 1 < len(parts) else "site-packages"
+    return path.name
+
+
 def _short(text: str, n: int = 150) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -220,8 +238,10 @@ def classify(
     if hung:
         return "hang", f"no result within {timeout:g} s"
     if exc is not None:
-        msg = f"{type(exc).__name__}: {_short(exc)}"
-        if isinstance(exc, ValueError | TypeError) and (names_in(str(exc), expect.names) or named_w):
+        where = raised_in(exc)
+        msg = f"{type(exc).__name__}: {_short(exc)}" + (f" [raised in {where}]" if where else "")
+        own = where is None  # a library's internal error is cryptic whatever words it contains
+        if isinstance(exc, ValueError | TypeError) and own and (names_in(str(exc), expect.names) or named_w):
             return "clear", msg
         return "cryptic", msg
     if expect.kind == "bad":
@@ -265,6 +285,8 @@ def run_case(case: Case, timeout: float = 20.0) -> Outcome:
     """Call ``case.call()`` under an alarm of ``timeout`` seconds with every warning recorded; classify."""
     result, exc, hung = None, None, False
     t0 = time.perf_counter()
+    filtering = jax.config.jax_traceback_filtering
+    jax.config.update("jax_traceback_filtering", "off")  # keep JAX's frames: who raised decides the class
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         old = signal.signal(signal.SIGALRM, _on_alarm)
@@ -282,6 +304,7 @@ def run_case(case: Case, timeout: float = 20.0) -> Outcome:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
+            jax.config.update("jax_traceback_filtering", filtering)
     seconds = time.perf_counter() - t0
     cls, happened = classify(case.expect, result, exc, hung, caught, timeout)
     return Outcome(case, cls, happened, seconds)
@@ -2731,7 +2754,7 @@ def _engine_cases() -> list[Case]:
             ),
         )
     )
-    bb = {"step": lin_step, "carry0": C0B, "xs": XSB}
+    bb = {"step": lin_step, "carry0": C0, "xs": XS}  # the bad values have a batch of 1
     for fname in ("batch_blocks", "batch_block_norms"):
         out += engine_common(M, fname, getattr(gf, fname), bb, subset=5)
     add(
@@ -3991,8 +4014,9 @@ def report(outcomes: list[Outcome], seconds: float | None = None, timeout: float
     ]
     meaning = {
         "clear": "refused (or warned), the message names the argument or quantity",
-        "cryptic": "raised, but the message does not name it (or KeyError, AttributeError, OverflowError, …)",
-        "correct": "valid call, matches the reference (or NaN with a warning)",
+        "cryptic": "raised, but not a ValueError/TypeError of gradflow's naming it (KeyError, OverflowError, "
+        "a JAX/Flax/NumPy internal error, …)",
+        "correct": "valid call, matches the reference (or NaN with a warning saying so)",
         "silent-wrong": "a finite result that disagrees, or a bad argument accepted without a word",
         "silent-NaN": "NaN or inf with no warning or error",
         "hang": f"no result within {timeout:g} s",

@@ -75,6 +75,15 @@ def test_key_error_and_other_exception_types_are_cryptic_even_when_naming():
     assert run(raises(OverflowError("k out of range")), ep.bad("k")).cls == "cryptic"
 
 
+def test_an_error_raised_inside_a_library_is_cryptic_even_when_naming():
+    import jax
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    o = run(lambda: jax.random.normal(keys, ()), ep.bad("key"))  # JAX: "normal accepts a single key, ..."
+    assert o.cls == "cryptic"
+    assert "[raised in jax]" in o.happened
+
+
 def test_refusing_a_valid_call_is_clear_only_when_it_names_why():
     refuse = raises(ValueError("the arguments overflow float64"))
     assert run(refuse, ep.ref(1.0, names=("overflow",))).cls == "clear"

@@ -24,11 +24,13 @@ accepts a bad argument with a warning that does not name it).
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import functools
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -3429,6 +3431,13 @@ def _cell_cases() -> list[Case]:
 # ------------------------------------------------------------------------------------------ tasks, train
 
 
+def _scratch(prefix: str) -> str:
+    """A temporary folder for the file cases, removed when the process exits."""
+    td = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, td, True)
+    return td
+
+
 def _task_cases() -> list[Case]:
     M, out = "tasks", []
     add = out.append
@@ -3754,7 +3763,7 @@ def _train_cases() -> list[Case]:
         names=XS_NAMES,
     )
     out += vary(M, "gradient_flow", gtrain.gradient_flow, ebase, "train", [("yes", "'yes'")])
-    td = tempfile.mkdtemp(prefix="edge_probe_")
+    td = _scratch("edge_probe_")
     txt = Path(td) / "not_a_checkpoint.npz"
     txt.write_text("hello")
     template = {"params": params, "batch_stats": bs, "opt_state": None}
@@ -3881,7 +3890,7 @@ def _sweep_cases() -> list[Case]:
         [(["a"], "['a'] (rows repeat)"), (["c"], "['c']"), ("a", "'a'")],
         names=("axes", "a", "c", "repeated"),
     )
-    td = tempfile.mkdtemp(prefix="edge_probe_sweep_")
+    td = _scratch("edge_probe_sweep_")
     f = Path(td) / "file.txt"
     f.write_text("x")
     out += vary(

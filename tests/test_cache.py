@@ -39,5 +39,5 @@ def test_clear_frees_the_memory_maps_of_compiled_programs():
     grown = _maps()
     cache.clear()
     freed = _maps()
-    assert grown - base > 40, "each compiled program should hold memory maps (else this test measures nothing)"
+    assert grown - base > 40, "each compiled program should hold memory maps (else this measures nothing)"
     assert freed - base < 0.25 * (grown - base)

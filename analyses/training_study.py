@@ -103,8 +103,8 @@ CONFIG = {
     "recal_batches": 10,
     # one longer run (factor × steps, seed of the first) of each failing (cell, task, T) on these tasks
     "budget": {"factor": 5, "tasks": ["adding"]},
-    # one JSON file per run, committed and shared by the default and the full design (a run is the same run in
-    # both): a fresh clone re-reads the runs instead of retraining them; delete the folder to retrain everything
+    # one JSON file per run, committed and shared by the default and the full design (a run is the same run
+    # in both): a fresh clone re-reads the runs instead of retraining them; delete the folder to retrain all
     "store": "figures/store/training_study",
 }
 QUICK = {

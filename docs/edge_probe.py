@@ -142,12 +142,12 @@ def raised_in(exc: BaseException) -> str | None:
     while tb.tb_next is not None:
         tb = tb.tb_next
     path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    if path.is_relative_to(ROOT):
-        return None
     parts = path.parts
-    if "site-packages" in parts:
+    if "site-packages" in parts:  # first: the checkout's own .venv lies under ROOT
         i = parts.index("site-packages")
         return parts[i + 1] if i + 1 < len(parts) else "site-packages"
+    if path.is_relative_to(ROOT):
+        return None
     return path.name
 
 

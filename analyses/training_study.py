@@ -1228,25 +1228,31 @@ def _comparisons(summ: list[dict]) -> tuple[list[str], list[float]]:
 
 
 def in_short(summ: list[dict], controls) -> list[str]:
-    """One line per normalization cell (eval and train mode): its cause on adding and how it fares against
-    tanh on the representable controls (counts of better / worse / no difference at p < 0.05)."""
+    """One line per normalization cell (eval and train mode): its cause on adding with the measurement that
+    shows it, and how it fares against tanh on the representable controls (counts of better / worse / no
+    difference at p < 0.05, each better or worse named with its p)."""
     out = []
     for s0 in summ:
         if s0["cell"] not in ("bn_notanh", "ln_notanh") or s0["task"] != "adding" or s0["length"] != min(
             x["length"] for x in summ if x["task"] == "adding"
         ):
             continue
-        verdicts = [
-            compare(s, b)["verdict"]
+        tests = [
+            (s["col"], compare(s, b))
             for s in summ
             if s["label"] == s0["label"] and s["task"] in controls
             for b in summ
             if b["label"] == "tanh" and b["col"] == s["col"]
         ]
-        counts = ", ".join(f"{v} {verdicts.count(v)}" for v in ("better", "worse", "no difference detected"))
+        counts = []
+        for v in ("better", "worse", "no difference detected"):
+            named = [f"{col} p {c['p']:.2g}" for col, c in tests if c["verdict"] == v]
+            shown = named and v != "no difference detected"
+            counts.append(f"{v} {len(named)}" + (f" ({'; '.join(named)})" if shown else ""))
+        why = cause(summ, s0["label"], controls)
         out.append(
-            f"**{s0['label']}**: {cause(summ, s0['label'], controls)['kind']} on adding; against tanh on the "
-            f"representable controls ({len(verdicts)} task × T): {counts}"
+            f"**{s0['label']}**: {why['kind']} on adding ({why['text'].split('; ')[0]}); against "
+            f"tanh on the representable controls ({len(tests)} task × T): {', '.join(counts)}"
         )
     return out
 

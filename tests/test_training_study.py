@@ -319,6 +319,30 @@ def test_causes_from_summaries():
     assert "60 %" in ts.cause(summ, "ln", ["recall"])["text"]  # the budget run is quoted
 
 
+def test_in_short_quotes_the_cause_and_names_each_better_or_worse_with_its_p():
+    def s(label, task, length, values, affine=False, floor=math.nan):
+        return {"label": label, "cell": label.split(" ")[0], "task": task, "length": length,
+                "col": f"{task} T={length}", "values": values, "median": float(np.median(values)),
+                "solved": sum(v < 0.01 for v in values), "n": len(values), "affine": affine, "floor": floor,
+                "budget": math.nan, "budget_steps": 100}
+
+    low, high = [0.001, 0.002, 0.003, 0.004, 0.005], [0.5, 0.6, 0.7, 0.8, 0.9]
+    summ = [
+        s("bn_notanh", "adding", 10, [0.9] * 5, affine=True, floor=0.8),
+        s("bn_notanh", "recall", 10, high),
+        s("bn_notanh", "recall", 20, low),
+        s("tanh", "adding", 10, low),
+        s("tanh", "recall", 10, low),
+        s("tanh", "recall", 20, low),
+    ]
+    (line,) = ts.in_short(summ, ["recall"])
+    assert line.startswith("**bn_notanh**: expressivity on adding (affine in its inputs")
+    assert "90 %" in line and "80 %" in line  # the loss beside the affine floor
+    p = 2 / math.comb(10, 5)
+    assert f"worse 1 (recall T=10 p {p:.2g})" in line
+    assert "better 0, " in line and "no difference detected 1" in line
+
+
 def test_comparison_uses_the_rank_test():
     a = {"values": [0.1, 0.2, 0.15, 0.12, 0.11]}
     b = {"values": [0.9, 0.95, 0.85, 0.99, 0.91]}

@@ -62,7 +62,7 @@ import numpy as np
 
 import gradflow
 from analyses import common, style
-from analyses.runner import ROOT, say
+from analyses.runner import ROOT, relieve_memory_maps, say
 from gradflow import cache, measure, stats, tasks, train
 from gradflow.capacity import memory_curve
 from gradflow.cells import GradflowCell
@@ -792,10 +792,8 @@ def run(config: dict, progress=None, cells: dict | None = None) -> dict:
     for task_name, lengths in config["tasks"]:
         for name in [*config["cells"], *(cells or {})]:
             if task_name in only.get(name, [task_name]):
-                before = st.computed
                 st.cell_task(name, task_name, [int(x) for x in lengths])
-                if st.computed > before:  # free the compiled programs (a full study exhausts memory maps)
-                    cache.clear()
+                relieve_memory_maps()  # a full study compiles ~1000 programs: more than the kernel maps
     say(progress, f"{st.done} runs ({st.computed} computed) in {time.perf_counter() - st.t0:.0f}s")
     return _columns(config, st.rows, sorted(set(st.notes)))
 

@@ -61,8 +61,8 @@ def clear() -> None:
     XLA's CPU backend keeps each compiled program's machine code mapped (~800 memory maps per training
     program measured here): a process that compiles a few hundred programs reaches the kernel's limit of
     65,530 maps and fails with "LLVM compilation error: Cannot allocate memory". Long jobs call this between
-    independent groups of work (the training study after each cell and task, the runner after each
-    analysis); the next call recompiles what it needs.
+    independent groups of work when the process nears that limit (``analyses.runner.relieve_memory_maps``);
+    the next call recompiles what it needs.
     """
     _CACHE.clear()
     jax.clear_caches()

@@ -41,3 +41,14 @@ def test_clear_frees_the_memory_maps_of_compiled_programs():
     freed = _maps()
     assert grown - base > 40, "each compiled program should hold memory maps (else this measures nothing)"
     assert freed - base < 0.25 * (grown - base)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/vm/max_map_count"), reason="needs Linux's map limit")
+def test_relieve_clears_only_near_the_kernels_limit():
+    from analyses.runner import relieve_memory_maps
+
+    f = cache.compiled(_scaled, 7.0)
+    assert relieve_memory_maps(share=1.01) is False  # never above the whole limit
+    assert cache.compiled(_scaled, 7.0) is f  # kept
+    assert relieve_memory_maps(share=0.0) is True
+    assert cache.compiled(_scaled, 7.0) is not f  # cleared

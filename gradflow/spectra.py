@@ -118,8 +118,8 @@ def effective_rank(singular_values):
     """Roy–Vetterli effective rank exp(H(p)), p = s / sum(s), of singular values (..., n) -> (...).
 
     0 for a row of zeros (the rank of a zero matrix); NaN where a value is NaN (unresolved) or inf
-    (overflowed); ValueError for
-    an empty, negative or non-numeric spectrum. Computed from s / max(s), so the scale of s does not matter.
+    (overflowed); ValueError for an empty, negative or non-numeric spectrum. Computed from s / max(s), so
+    the scale of s does not matter.
     """
     check_singular_values("singular_values", singular_values)
     r, _ = _relative(singular_values)

@@ -1264,9 +1264,11 @@ def _theory_cases() -> list[Case]:
         fn,
         {"n_modes": 4},
         "r_min",
-        float_variants(lo=0.0) + [(0.95, "0.95 (> r_max)")],
+        float_variants(lo=0.0),
         names=("r_min",),
     )
+    out += vary(M, "lru_init_rate", fn, {"n_modes": 4, "r_max": 0.9}, "r_min",
+                [(0.95, "0.95 (> r_max = 0.9)")], names=("r_min",))
     out += vary(
         M,
         "lru_init_rate",

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gradflow.checks import finite_float, int_at_least, nonneg_float
+from gradflow.checks import finite_float, int_at_least, nonneg_float, real_array
 
 __all__ = ["MemoryCurve", "memory_curve"]
 
@@ -42,7 +42,8 @@ def memory_curve(
     """The memory curve of ``states`` for the input stream ``inputs``.
 
     Args:
-        states: (N, n) the state h_T (or any features) of N independent sequences.
+        states: (N, n) the state h_T (or any features) of N independent sequences (any scale: r² does not
+            depend on it).
         inputs: (N, T) the scalar i.i.d. input stream of the same sequences, in time order (``inputs[:, -1]``
             is the last input, lag 0).
         max_lag: lags k = 0..max_lag−1 (at most T).
@@ -55,8 +56,8 @@ def memory_curve(
     Raises:
         ValueError: mismatched shapes, non-finite values, too few sequences.
     """
-    h = np.asarray(states, np.float64)
-    u = np.asarray(inputs, np.float64)
+    h = real_array("states", states)
+    u = real_array("inputs", inputs)
     if h.ndim != 2 or u.ndim != 2 or h.shape[0] != u.shape[0]:
         raise ValueError(f"states must be (N, n) and inputs (N, T) with the same N, got {h.shape}, {u.shape}")
     if not (np.all(np.isfinite(h)) and np.all(np.isfinite(u))):
@@ -70,8 +71,10 @@ def memory_curve(
     if not 2 <= n_test <= h.shape[0] - 2:
         raise ValueError(f"test_fraction {test_fraction} of {h.shape[0]} sequences leaves no usable split")
     fit, held = slice(n_test, None), slice(0, n_test)
-    mean = h[fit].mean(axis=0)
-    a = np.concatenate([h - mean, np.ones((h.shape[0], 1))], axis=1)
+    # r² does not depend on the states' scale: scaled by a power of 2 (exact) to max |h| < 1, states of
+    # 1e200 or 1e-200 keep their Gram matrix in range (it was inf or 0)
+    h = np.ldexp(h, -np.frexp(np.max(np.abs(h), initial=0.0))[1])
+    a = np.concatenate([h - h[fit].mean(axis=0), np.ones((h.shape[0], 1))], axis=1)
     gram = a[fit].T @ a[fit]
     gram[:-1, :-1] += ridge * max(np.trace(gram[:-1, :-1]) / max(h.shape[1], 1), 1e-300) * np.eye(h.shape[1])
     targets = u[:, ::-1][:, :K]  # column k = u_{T-k}

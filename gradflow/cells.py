@@ -477,6 +477,10 @@ def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options
     if unknown:
         raise ValueError(f"unknown cell option(s) {unknown}; CellSpec fields are {sorted(fields)}")
     spec = dataclasses.replace(spec, **options)
+    if spec.gain > float(jnp.finfo(spec.dtype).max):
+        raise ValueError(f"gain {spec.gain:g} exceeds {spec.dtype}'s range (max "
+                         f"{jnp.finfo(spec.dtype).max:.3g}): W_hh's init (gain · I, or gain times a "
+                         "unit-scale matrix) would be inf")
     if spec.family == "lru" and hidden_size % 2:
         raise ValueError(
             f"an LRU's hidden_size counts real numbers (2 × N complex modes): must be even, got {hidden_size}"

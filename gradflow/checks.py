@@ -225,8 +225,8 @@ def real_array(name: str, value: Any, min_ndim: int = 0) -> np.ndarray:
 def float32_representable(name: str, value: Any) -> None:
     """Raise ValueError when a concrete float64 array (NumPy, or a Python float list) holds finite nonzero
     values beyond float32's normal range while ``jax_enable_x64`` is off: JAX would cast them to inf or 0
-    silently. No-op under tracing, under x64, and for other dtypes."""
-    if is_traced(value) or jax.config.jax_enable_x64:
+    silently. No-op under tracing, under x64, for JAX arrays (already cast) and for other dtypes."""
+    if is_traced(value) or jax.config.jax_enable_x64 or isinstance(value, jax.Array):
         return
     a = np.asarray(value)
     if a.dtype != np.float64 or a.size == 0:
@@ -241,8 +241,8 @@ def float32_representable(name: str, value: Any) -> None:
 
 
 def singular_values(name: str, value: Any) -> None:
-    """Check singular values (..., n): real, n >= 1, none negative (NaN allowed: an unresolved value gives a
-    NaN result); skipped under tracing."""
+    """Check singular values (..., n): real, n >= 1, none negative or inf (NaN allowed: an unresolved value
+    gives a NaN result); skipped under tracing."""
     if is_traced(value):
         return
     a = real_array(name, value, min_ndim=1)
@@ -251,6 +251,9 @@ def singular_values(name: str, value: Any) -> None:
                          f"{a.shape}")
     if np.any(a < 0):
         raise ValueError(f"{name} must be >= 0 (singular values), got a negative value {a[a < 0].min()}")
+    if np.any(np.isinf(a)):
+        raise ValueError(f"{name} holds inf (an overflowed spectrum has no ratios): pass the singular values "
+                         "divided by their largest (or their logs' differences, exp(log s - log s_1))")
 
 
 def raise_if_nonfinite(flags, consequence: str = "the Jacobians are undefined") -> None:
@@ -373,3 +376,35 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def folder_path(name: str, value: Any) -> str:
+    """``os.fspath(value)`` for a folder or file path (a ``str`` or ``os.PathLike`` giving a ``str``); else
+    ValueError naming ``name`` (None, a number, bytes).
+
+    >>> folder_path("store", 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: store must be a path (a str or os.PathLike), got int 3
+    """
+    path = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    if not isinstance(path, str):
+        raise ValueError(f"{name} must be a path (a str or os.PathLike), got {type(value).__name__} "
+                         f"{value!r}"[:300])
+    return path
+
+
+def finite_array(name: str, value: Any, min_ndim: int = 0) -> np.ndarray:
+    """:func:`real_array` that also refuses NaN and ±inf entries (naming ``name`` and the first bad index).
+
+    >>> finite_array("xs", [[1.0, float("nan")]])
+    Traceback (most recent call last):
+    ...
+    ValueError: xs must be finite, got nan at index (0, 1)
+    """
+    a = real_array(name, value, min_ndim)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be finite, got {float(a[at])!r} at index {at}")
+    return a

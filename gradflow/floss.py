@@ -29,8 +29,8 @@ import optax
 
 from gradflow.cache import compiled
 from gradflow.cells import GradflowCell
-from gradflow.checks import nonneg_float, positive_float, positive_int, prng_key
-from gradflow.statemap import StateMap, check_finite_inputs, validate_inputs
+from gradflow.checks import nonneg_float, positive_float, positive_int, prng_key, real_array
+from gradflow.statemap import StateMap, check_carry_and_inputs, validate_inputs
 from gradflow.step import as_step, check_finite
 
 __all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_STATE_WINDOW", "clip_to_adam_rms", "floss", "floss_schedule",
@@ -68,7 +68,8 @@ def _check_k(k: Any, n: int) -> int:
 def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=None,
                        state_window: int | None = DEFAULT_STATE_WINDOW) -> jax.Array:
     """Top-k Lyapunov exponents by a differentiable QR iteration (traceable; concrete NaN/inf in ``carry0`` or
-    ``xs`` raise ValueError, traced values are not checked).
+    ``xs``, or float64 values beyond float32's range without x64, raise ValueError; traced values are not
+    checked).
 
     Args:
         step: ``step(carry, x_t) -> carry`` (e.g. ``gradflow.as_step(cell, variables)``); gradients flow to
@@ -98,8 +99,7 @@ def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=
         result is smooth in the parameters), natural log per step.
     """
     smap, T = validate_inputs(step, carry0, xs, check_values=False)  # shapes only: runs under jit / grad
-    check_finite(carry0)  # concrete leaves only (skipped under tracing)
-    check_finite_inputs(xs)
+    check_carry_and_inputs(carry0, xs)  # concrete leaves only (skipped under tracing)
     k = _check_k(k, smap.n)
     if isinstance(transient, bool) or not isinstance(transient, (int, np.integer)) or not 0 <= transient < T:
         raise ValueError(f"transient must be an int with 0 <= transient < T = {T}, got {transient!r}")
@@ -192,7 +192,9 @@ def _floss_setup(cell, variables, xs, steps, learning_rate, carry0):
         raise ValueError("variables must be a dict with a 'params' entry (see gradflow.init_cell)")
     check_finite(variables, "variables")
     sample = xs if callable(xs) else None
-    xs = jnp.asarray(sample(jax.random.key(0)) if sample is not None else xs)
+    xs = sample(jax.random.key(0)) if sample is not None else xs
+    real_array("xs" if sample is None else "xs(key)", xs)  # None, strings: refused naming xs
+    xs = jnp.asarray(xs)
     if xs.ndim != 3:
         raise ValueError(f"xs must have shape (T, B, input_size), got {xs.shape}")
     if carry0 is None:

@@ -34,9 +34,10 @@ import numpy as np
 from gradflow import theory
 from gradflow.cache import cached, compiled
 from gradflow.cells import init_cell, make_cell
+from gradflow.checks import nonneg_int, positive_int, prng_key
 from gradflow.jacobians import jacobian_norms, jacobians
 from gradflow.lyapunov import lyapunov_spectrum
-from gradflow.statemap import StateMap
+from gradflow.statemap import StateMap, check_carry_and_inputs
 from gradflow.step import as_step
 
 # ---------------------------------------------------------------------------------------------- cells
@@ -80,7 +81,7 @@ def _init_core(cell, batch, key):
 
 def init_variables(cell, batch: int, key) -> dict:
     """``gradflow.init_cell(cell, key, batch_size=batch)``, compiled once per (cell, batch)."""
-    return compiled(_init_core, cell, int(batch))(key)
+    return compiled(_init_core, cell, positive_int("batch", batch))(key)
 
 
 def final_carry(cell, train: bool, variables, carry0, xs, key):
@@ -122,7 +123,12 @@ def lag_norms(cell, variables, carry0, xs, key=None, train: bool = True, wrt: di
 
     Returns:
         dict: ``lags`` (T,) 1..T ascending, ``spectral`` (T,), ``frobenius`` (T,) (numpy, float64).
+
+    Raises:
+        ValueError: NaN or inf in ``carry0`` or ``xs``, or float64 values beyond float32's range without x64
+            (checked here, on the concrete values, as in every measurement of this module taking them).
     """
+    check_carry_and_inputs(carry0, xs)  # the compiled engine sees tracers: check the concrete values here
     f = compiled(_norms_core, cell, bool(train), _wrt_key(wrt))
     s, fr = f(variables, carry0, xs, _default_key(key))
     T = xs.shape[0]
@@ -153,6 +159,7 @@ def lag_singular_values(cell, variables, carry0, xs, key=None, train: bool = Tru
     lags = tuple(int(v) for v in lags)
     if any(v < 1 or v > T for v in lags):
         raise ValueError(f"lags must lie in [1, T={T}], got {lags}")
+    check_carry_and_inputs(carry0, xs)
     f = compiled(_matrices_core, cell, bool(train), tuple(T - v for v in lags), _wrt_key(wrt))
     fro, mats = f(variables, carry0, xs, _default_key(key))
     sv = np.stack([np.linalg.svd(m, compute_uv=False) for m in np.asarray(mats, np.float64)])
@@ -218,6 +225,7 @@ def forward_lognorms(cell, variables, carry0, xs, key=None, train: bool = True,
     checkpoints = tuple(int(c) for c in (checkpoints or (n_steps,)))
     if any(c < 1 or c > n_steps for c in checkpoints):
         raise ValueError(f"checkpoints must lie in [1, {n_steps}], got {checkpoints}")
+    check_carry_and_inputs(carry0, xs)
     f = compiled(forward_core, cell, bool(train), checkpoints)
     logfro, hnorm, buf = f(variables, carry0, xs, _default_key(key))
     logfro = np.asarray(logfro, np.float64)
@@ -252,6 +260,7 @@ def lyapunov(cell, variables, carry0, xs, key=None, train: bool = True, k: int |
     Raises:
         ValueError: non-finite exponents (the states overflowed).
     """
+    check_carry_and_inputs(carry0, xs)
     f = compiled(_lyapunov_core, cell, bool(train), None if k is None else int(k), int(transient),
                  int(segments))
     e, s = f(variables, carry0, xs, _default_key(key), jax.random.PRNGKey(seed))
@@ -328,16 +337,17 @@ def top_exponent(step, carry0, xs, key, burn: int | None = None) -> tuple[float,
         step: ``step(carry, x_t) -> carry``.
         carry0: initial carry (leaves with a leading batch axis).
         xs: (T, B, input_size) inputs.
-        key: PRNG key of the random initial tangent.
-        burn: steps discarded as transient (default T // 3).
+        key: PRNG key of the random initial tangent (or an int seed, see ``gradflow.checks.prng_key``).
+        burn: steps discarded as transient, an int (default T // 3).
 
     Returns:
         (mean log growth per step after the transient, its standard error from the per-step scatter).
     """
     T = int(jnp.shape(xs)[0])
-    burn = T // 3 if burn is None else int(burn)
+    burn = T // 3 if burn is None else nonneg_int("burn", burn)
     if not 0 <= burn < T - 1:
         raise ValueError(f"burn must be in [0, T-1) with T={T}, got {burn}")
+    key = prng_key("key", key, required=True)
     split, join = _carry_split(carry0)
     fl0, ot0 = split(carry0)
     if not fl0:

@@ -25,18 +25,45 @@ With ``per_step_stats=False`` one (features,) pair is shared over time.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from gradflow.checks import float32_representable, positive_float, real_array
+from gradflow.statemap import check_finite, is_traced
 
 __all__ = ["batch_moments", "normalize", "batch_norm", "layer_norm", "BatchNorm", "LayerNorm"]
 
 
 def _check_eps(eps: float) -> None:
-    if not (eps > 0.0) or not math.isfinite(eps):
-        raise ValueError(f"normalization eps must be a finite number > 0, got {eps!r}")
+    positive_float("eps", eps)
+
+
+def _check_operands(z, scale, bias, axis: int) -> None:
+    """Refuse, naming the argument, what batch_norm / layer_norm cannot normalize: z without the axis
+    ``axis`` or empty along it, scale / bias not of shape (F,) (a scalar broadcasts), and concrete values
+    that are not real numbers, not finite, or float64 beyond float32's range without x64 (JAX would make
+    them inf or 0). Shapes only for traced values."""
+    named = (("z", z), ("scale", scale)) + ((("bias", bias),) if bias is not None else ())
+    for name, v in named:
+        if not is_traced(v):
+            real_array(name, v)  # None, strings, bools, complex numbers
+            check_finite(v, name)
+            float32_representable(name, v)
+    shape = np.shape(z)
+    if axis == 0 and len(shape) < 2:
+        raise ValueError(f"batch_norm expects z of shape (B, F) (statistics over the batch axis 0), got "
+                         f"shape {shape}: for one example's features use layer_norm")
+    if len(shape) == 0:
+        raise ValueError("layer_norm expects z of shape (..., F) (statistics over the last axis), got a "
+                         "scalar")
+    if shape[axis] == 0:
+        raise ValueError(f"z is empty along the normalized axis {axis} (shape {shape}): nothing to normalize")
+    for name, v in named[1:]:
+        if np.shape(v) not in ((), (shape[-1],)):
+            raise ValueError(f"{name} must have shape ({shape[-1]},), one value per feature of z (shape "
+                             f"{shape}), got shape {np.shape(v)}")
 
 
 def batch_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -93,7 +120,7 @@ def batch_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
     """Batch normalization with batch statistics (train mode).
 
     Args:
-        z: (B, F).
+        z: (B, F), B >= 1.
         scale: γ, (F,).
         bias: β, (F,) or None for β = 0.
         eps: > 0.
@@ -101,15 +128,18 @@ def batch_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
     Returns:
         (B, F) array ``β + γ ⊙ (z − mean_B z) / sqrt(var_B z + eps)``.
 
+    Raises:
+        ValueError: naming ``z``, ``scale``, ``bias`` or ``eps``: a bad shape (scale / bias not (F,); a
+            scalar broadcasts), an empty batch, and (concrete values only; traced ones are not checked)
+            values that are not real numbers, NaN or inf, or float64 beyond float32's range without x64.
+
     Example:
         >>> import jax.numpy as jnp
         >>> batch_norm(jnp.array([[1.0], [3.0]]), jnp.ones(1)).round(3).tolist()
         [[-1.0], [1.0]]
     """
     _check_eps(eps)
-    if jnp.ndim(z) < 2:
-        raise ValueError(f"batch_norm expects z of shape (B, F) (statistics over the batch axis 0), got "
-                         f"shape {jnp.shape(z)}: for one example's features use layer_norm")
+    _check_operands(z, scale, bias, 0)
     out = scaled_statistics(z, 0, eps)[2] * scale
     return out if bias is None else out + bias
 
@@ -118,15 +148,19 @@ def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
     """Layer normalization over the last axis.
 
     Args:
-        z: (..., F).
+        z: (..., F), F >= 1.
         scale: γ, (F,).
         bias: β, (F,) or None for β = 0.
         eps: > 0.
 
     Returns:
         Array of ``z``'s shape: ``β + γ ⊙ (z − mean_F z) / sqrt(var_F z + eps)``.
+
+    Raises:
+        ValueError: as :func:`batch_norm` (F = 0 is empty here).
     """
     _check_eps(eps)
+    _check_operands(z, scale, bias, -1)
     out = scaled_statistics(z, -1, eps)[2] * scale
     return out if bias is None else out + bias
 

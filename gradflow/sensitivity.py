@@ -334,7 +334,7 @@ def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=No
 
     Raises:
         ValueError: bad step / carry / inputs, non-floating or non-finite params, a non-finite state,
-            unknown ``groups``, probes without a key.
+            unknown ``groups``, probes without a key, a non-finite ``cotangent``.
     """
     leaf_group_names, leaf_group = param_groups(params, groups)
     check_floating(params, "params")
@@ -357,6 +357,7 @@ def param_sensitivity(pstep: PStep, params: Any, carry0: Any, xs: Any, *, wrt=No
             raise ValueError(f"cotangent must have the carry's structure and shapes (∂L/∂h_T): {e}") from None
         if rows.shape[1] != smap.n:
             raise ValueError(f"cotangent's selected leaves hold {rows.shape[1]} numbers; the state {smap.n}")
+        check_finite(cotangent, "cotangent")
     fn = functools.partial(_sensitivity_jit, pstep, smap.mask, leaf_group, len(leaf_group_names),
                            probes is not None, params)
     if per_example:

@@ -29,7 +29,7 @@ from gradflow.jacobians import (
     warn_out_of_range,
 )
 from gradflow.reprs import short_repr
-from gradflow.statemap import StateMap, all_finite, validate_inputs
+from gradflow.statemap import StateMap, all_finite, check_finite, is_traced, validate_inputs
 
 __all__ = [
     "SpectrumResult",
@@ -96,33 +96,33 @@ class GrowthRate(NamedTuple):
 
 
 def _relative(singular_values):
-    """(s / c per row, max(s)) with c = max(s) (a power of two near it under tracing): the scale-free values
-    the rank and the condition number depend on. A concrete input is divided on the host in float64, so
-    float64 values beyond float32's range keep their ratios without x64; a row of zeros stays zero; a row
-    with an inf becomes NaN (an overflowed spectrum has no ratios)."""
-    if isinstance(singular_values, jax.core.Tracer):
+    """s / c per row, c = max(s) (a power of two near it under tracing): the scale-free values the rank and
+    the condition number depend on. A concrete input is divided on the host in float64, so float64 values
+    beyond float32's range keep their ratios without x64; a row of zeros stays zero; a traced row with an inf
+    becomes NaN (an overflowed spectrum has no ratios; a concrete one is refused before)."""
+    if is_traced(singular_values):
         s = jnp.asarray(singular_values)
         top = jnp.max(s, axis=-1)
         # exponent arithmetic, not s / top: XLA divides by multiplying with 1 / top, which is flushed to zero
         # for top above ~1e38 in float32
         mant, ex = jnp.frexp(s)
         _, ex_top = jnp.frexp(jnp.where(top > 0, top, 1.0))
-        return jnp.where(jnp.isfinite(s), jnp.ldexp(mant, ex - ex_top[..., None]), s / top[..., None]), top
+        return jnp.where(jnp.isfinite(s), jnp.ldexp(mant, ex - ex_top[..., None]), s / top[..., None])
     a = np.asarray(singular_values, np.float64)
     top = np.max(a, axis=-1)
     with np.errstate(invalid="ignore", over="ignore"):
-        return jnp.asarray(a / np.where(top > 0, top, 1.0)[..., None]), top
+        return jnp.asarray(a / np.where(top > 0, top, 1.0)[..., None])
 
 
 def effective_rank(singular_values):
     """Roy–Vetterli effective rank exp(H(p)), p = s / sum(s), of singular values (..., n) -> (...).
 
-    0 for a row of zeros (the rank of a zero matrix); NaN where a value is NaN (unresolved) or inf
-    (overflowed); ValueError for an empty, negative or non-numeric spectrum. Computed from s / max(s), so
-    the scale of s does not matter.
+    0 for a row of zeros (the rank of a zero matrix); NaN where a value is NaN (unresolved); ValueError for an
+    empty, negative, infinite (overflowed) or non-numeric spectrum (traced values are not checked: an inf
+    gives NaN). Computed from s / max(s), so the scale of s does not matter.
     """
     check_singular_values("singular_values", singular_values)
-    r, _ = _relative(singular_values)
+    r = _relative(singular_values)
     total = jnp.sum(r, axis=-1, keepdims=True)
     p = r / jnp.where(total > 0, total, 1.0)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
@@ -132,14 +132,14 @@ def effective_rank(singular_values):
 
 def condition_number(singular_values):
     """s_max / s_min of singular values (..., n) -> (...); inf where s_min is 0, NaN where a value is NaN
-    (unresolved) or inf (overflowed). ValueError for an empty, negative or non-numeric spectrum; a warning
-    where the ratio of concrete float64 values exceeds the result dtype's range (it is inf there; enable
-    x64)."""
+    (unresolved). ValueError for an empty, negative, infinite (overflowed) or non-numeric spectrum (traced
+    values are not checked: an inf gives NaN); a warning where the ratio of concrete float64 values exceeds
+    the result dtype's range (it is inf there; enable x64)."""
     check_singular_values("singular_values", singular_values)
-    r, _ = _relative(singular_values)
+    r = _relative(singular_values)
     hi, lo = jnp.max(r, axis=-1), jnp.min(r, axis=-1)  # max/min propagate NaN
     cond = jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1.0), jnp.where(jnp.isnan(lo), jnp.nan, jnp.inf))
-    if not isinstance(singular_values, jax.core.Tracer):
+    if not is_traced(singular_values):
         a = np.asarray(singular_values, np.float64)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             exact = np.max(a, axis=-1) / np.min(a, axis=-1)
@@ -216,10 +216,17 @@ def spectrum_of(result_or_matrices, lags=None) -> SpectrumResult:
 
     Returns:
         SpectrumResult.
+
+    Raises:
+        ValueError: matrices that are not (T, n, n) real numbers, hold NaN or inf, or (float64 without x64)
+            values beyond float32's range; bad ``lags``.
     """
     M = result_or_matrices.matrices if isinstance(result_or_matrices, JacobianResult) else result_or_matrices
     if M is None:
         raise ValueError("the JacobianResult has no matrices (computed with norms only)")
+    if not is_traced(M):
+        real_array("matrices", M)  # None, strings, bools, complex numbers
+        check_finite(M, "matrices (entries that overflowed? spectra(...) gives log singular values)")
     float32_representable("matrices", M)
     M = jnp.asarray(M)
     if M.ndim != 3 or M.shape[1] != M.shape[2]:

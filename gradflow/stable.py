@@ -21,58 +21,86 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["tanh", "sigmoid", "sech2", "sigmoid_prime"]
 
 
-@jax.custom_jvp
+def _numeric(fname: str, a):
+    """``a`` when it is a number or a numeric array (JAX arrays and tracers pass unlooked-at); else TypeError
+    naming the argument (a string would otherwise reach ``jax.custom_jvp`` and fail there, cryptically)."""
+    if isinstance(a, jax.Array | bool | int | float | complex | np.number):
+        return a
+    if isinstance(a, np.ndarray) and jnp.issubdtype(a.dtype, jnp.number):
+        return a
+    raise TypeError(f"gradflow.stable.{fname}: the argument a = {a!r} must be a number or a numeric array, "
+                    f"got {type(a).__name__}"[:300])
+
+
 def tanh(a):
     """tanh(a), values equal to ``jnp.tanh``; derivative sech²(a) without cancellation (any shape)."""
+    return _tanh(_numeric("tanh", a))
+
+
+def sech2(a):
+    """sech²(a) = (2e/(1 + e²))², e = e^{−|a|}: relative error a few ulps wherever the result is normal."""
+    return _sech2(_numeric("sech2", a))
+
+
+def sigmoid(a):
+    """The logistic sigmoid, values equal to ``jax.nn.sigmoid``; derivative e/(1 + e)², e = e^{−|a|}."""
+    return _sigmoid(_numeric("sigmoid", a))
+
+
+def sigmoid_prime(a):
+    """σ'(a) = σ(a)(1 − σ(a)) = e/(1 + e)², e = e^{−|a|} (no cancellation)."""
+    return _sigmoid_prime(_numeric("sigmoid_prime", a))
+
+
+@jax.custom_jvp
+def _tanh(a):
     return jnp.tanh(a)
 
 
 @jax.custom_jvp
-def sech2(a):
-    """sech²(a) = (2e/(1 + e²))², e = e^{−|a|}: relative error a few ulps wherever the result is normal."""
+def _sech2(a):
     e = jnp.exp(-jnp.abs(a))
     s = 2.0 * e / (1.0 + e * e)
     return s * s
 
 
 @jax.custom_jvp
-def sigmoid(a):
-    """The logistic sigmoid, values equal to ``jax.nn.sigmoid``; derivative e/(1 + e)², e = e^{−|a|}."""
+def _sigmoid(a):
     return jax.nn.sigmoid(a)
 
 
 @jax.custom_jvp
-def sigmoid_prime(a):
-    """σ'(a) = σ(a)(1 − σ(a)) = e/(1 + e)², e = e^{−|a|} (no cancellation)."""
+def _sigmoid_prime(a):
     e = jnp.exp(-jnp.abs(a))
     return e / jnp.square(1.0 + e)
 
 
-@tanh.defjvp
+@_tanh.defjvp
 def _tanh_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    return tanh(a), sech2(a) * da
+    return _tanh(a), _sech2(a) * da
 
 
-@sech2.defjvp
+@_sech2.defjvp
 def _sech2_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    y = sech2(a)
-    return y, -2.0 * tanh(a) * y * da
+    y = _sech2(a)
+    return y, -2.0 * _tanh(a) * y * da
 
 
-@sigmoid.defjvp
+@_sigmoid.defjvp
 def _sigmoid_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    return sigmoid(a), sigmoid_prime(a) * da
+    return _sigmoid(a), _sigmoid_prime(a) * da
 
 
-@sigmoid_prime.defjvp
+@_sigmoid_prime.defjvp
 def _sigmoid_prime_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    y = sigmoid_prime(a)
-    return y, -y * tanh(0.5 * a) * da
+    y = _sigmoid_prime(a)
+    return y, -y * _tanh(0.5 * a) * da

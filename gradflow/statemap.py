@@ -31,6 +31,7 @@ __all__ = [
     "validate_inputs",
     "check_finite",
     "check_finite_inputs",
+    "check_carry_and_inputs",
     "all_finite",
     "is_traced",
     "leaf_name",
@@ -237,7 +238,7 @@ def check_finite_inputs(xs) -> None:
     if is_traced(xs):
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(xs)[0]:
-        if not _is_inexact(leaf):
+        if not _is_inexact(leaf) or np.size(leaf) == 0:
             continue
         ok = np.all(np.isfinite(np.reshape(np.asarray(leaf), (np.shape(leaf)[0], -1))), axis=1)
         if not ok.all():
@@ -247,6 +248,19 @@ def check_finite_inputs(xs) -> None:
                 f"{t + 1}) is not finite; fix the input data (the Jacobians along such a trajectory are "
                 "undefined)"
             )
+
+
+def check_carry_and_inputs(carry0, xs) -> None:
+    """The eager checks of concrete ``carry0`` and ``xs`` (traced leaves are skipped): finite, and, while
+    ``jax_enable_x64`` is off, no float64 value beyond float32's range (JAX would turn it into inf or 0
+    silently). Raises ValueError naming the leaf (``carry0['h']``, ``xs[3]``)."""
+    from gradflow.checks import float32_representable  # checks imports this module
+
+    check_finite(carry0)
+    check_finite_inputs(xs)
+    for name, tree in (("carry0", carry0), ("xs", xs)):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            float32_representable(leaf_name(name, path), leaf)
 
 
 def warn_casts(tree, name: str) -> None:
@@ -319,12 +333,29 @@ def dtype_hint(a, b, xs) -> str:
             f"(gradflow.make_cell(..., dtype='{b.dtype}'); with jax_enable_x64 the presets stay float32)")
 
 
+def eval_step(step, carry0, xs):
+    """The shapes and dtypes of ``carry0`` and of ``step(carry0, xs[0])``, by ``jax.eval_shape`` (free);
+    ValueError naming carry0 and xs when the step fails on them."""
+    x0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], jnp.result_type(x)), xs)
+    c0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), carry0)
+    try:
+        return c0, jax.eval_shape(step, c0, x0)
+    except Exception as e:
+        raise ValueError(
+            f"step(carry0, xs[0]) failed: carry0 and xs do not match the step "
+            f"(carry0 shapes {jax.tree_util.tree_map(np.shape, carry0)}, xs[0] shapes "
+            f"{jax.tree_util.tree_map(lambda x: np.shape(x)[1:], xs)}): {type(e).__name__}: {e}"
+            f"{_time_major_hint(carry0, xs)}"
+        ) from e
+
+
 def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[StateMap, int]:
     """Check that ``step``, ``carry0`` and ``xs`` fit together; return the StateMap and T.
 
     Checks (free, by ``jax.eval_shape``): ``xs`` leaves share a leading time axis T > 0; ``step(carry0,
-    xs[0])`` runs and returns a carry with the same structure, shapes and dtypes as ``carry0``. Eagerly (when
-    not traced): ``carry0`` is finite.
+    xs[0])`` runs and returns a carry with the same structure, shapes and dtypes as ``carry0``, which holds
+    at least one number. With ``check_values`` (the default), eagerly: :func:`check_carry_and_inputs`
+    and the step's own ``check_carry``; warnings for inputs JAX will cast.
 
     Raises:
         ValueError: naming the mismatch.
@@ -343,18 +374,12 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
     if T == 0:
         raise ValueError("xs is empty: the sequence length T (leading axis of xs) must be > 0")
     smap = StateMap.from_carry(carry0, wrt)
+    if smap.n == 0:
+        raise ValueError(f"carry0 is empty: its selected leaves hold no numbers (shapes "
+                         f"{jax.tree_util.tree_map(np.shape, carry0)}; an empty batch, B = 0?), so there is "
+                         "no state to differentiate")
     check_state_dtypes(carry0, smap)
-    x0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], jnp.result_type(x)), xs)
-    c0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), carry0)
-    try:
-        out = jax.eval_shape(step, c0, x0)
-    except Exception as e:
-        raise ValueError(
-            f"step(carry0, xs[0]) failed: carry0 and xs do not match the step "
-            f"(carry0 shapes {jax.tree_util.tree_map(np.shape, carry0)}, xs[0] shapes "
-            f"{jax.tree_util.tree_map(lambda x: np.shape(x)[1:], xs)}): {type(e).__name__}: {e}"
-            f"{_time_major_hint(carry0, xs)}"
-        ) from e
+    c0, out = eval_step(step, carry0, xs)
     s_in, s_out = jax.tree_util.tree_structure(carry0), jax.tree_util.tree_structure(out)
     if s_in != s_out:
         raise ValueError(f"step returned a carry with structure {s_out}, expected carry0's structure {s_in}")
@@ -372,8 +397,7 @@ def validate_inputs(step, carry0, xs, wrt=None, check_values=True) -> tuple[Stat
             )
     if check_values:
         getattr(step, "check_carry", lambda c: None)(carry0)  # a step's own check (as_step: its counter)
-        check_finite(carry0)
-        check_finite_inputs(xs)
+        check_carry_and_inputs(carry0, xs)
         warn_casts(carry0, "carry0")
         warn_casts(xs, "xs")
     return smap, T

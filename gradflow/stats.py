@@ -36,7 +36,9 @@ class MannWhitney(NamedTuple):
 
 
 def _clean(name: str, x) -> np.ndarray:
-    a = np.asarray(x, np.float64).ravel()
+    """``x`` flattened to float64; ValueError naming ``name`` for an empty sample, a NaN, or anything that is
+    not real numbers (strings, None, bools, complex numbers)."""
+    a = checks.real_array(name, x).ravel()
     if a.size == 0:
         raise ValueError(f"{name} is empty")
     if np.isnan(a).any():
@@ -47,8 +49,17 @@ def _clean(name: str, x) -> np.ndarray:
 
 
 def rank(x) -> np.ndarray:
-    """Ranks 1..n, ties getting the mean of their ranks (+inf is the largest value)."""
-    a = np.asarray(x, np.float64)
+    """Ranks 1..n of the values of ``x`` (flattened), ties getting the mean of their ranks (+inf is the
+    largest value).
+
+    Raises:
+        ValueError: naming ``x``: empty, a NaN (it has no rank), or not real numbers.
+    """
+    return _rank(_clean("x", x))
+
+
+def _rank(a: np.ndarray) -> np.ndarray:
+    """:func:`rank` of a checked 1-D float64 array."""
     order = np.argsort(a, kind="mergesort")
     ranks = np.empty(a.size)
     ranks[order] = np.arange(1, a.size + 1)
@@ -70,7 +81,7 @@ def mann_whitney(a, b) -> MannWhitney:
     5 against 5 seeds the smallest possible p-value is 2/252 = 0.0079.
 
     Raises:
-        ValueError: an empty sample or a NaN.
+        ValueError: naming the sample: empty, a NaN, or not real numbers (strings, None, bools, complex).
     """
     a, b = _clean("a", a), _clean("b", b)
     u = _u(a, b)
@@ -86,7 +97,7 @@ def mann_whitney(a, b) -> MannWhitney:
         )
         p = float(np.mean(np.abs(dist - mean) >= abs(u - mean) - 1e-9))
         return MannWhitney(u, min(p, 1.0), True)
-    r = rank(np.concatenate([a, b]))
+    r = _rank(np.concatenate([a, b]))
     ties = np.unique(r, return_counts=True)[1]
     var = n * m / 12.0 * ((n + m + 1) - np.sum(ties**3 - ties) / ((n + m) * (n + m - 1)))
     if var <= 0:
@@ -152,7 +163,7 @@ def spearman(
         raise ValueError(f"spearman needs paired samples of at least 3, got {x.size} and {y.size}")
 
     def rho(i):
-        rx, ry = rank(x[i]), rank(y[i])
+        rx, ry = _rank(x[i]), _rank(y[i])
         sx, sy = rx.std(), ry.std()
         return (
             math.nan

@@ -19,7 +19,7 @@ from flax import nnx
 from gradflow import cache
 from gradflow.cells import GradflowCell, init_cell, with_sequence_stats
 from gradflow.checks import flag, prng_key, raise_if_nonfinite
-from gradflow.statemap import check_finite, dtype_hint, is_traced
+from gradflow.statemap import check_carry_and_inputs, check_finite, dtype_hint, eval_step, is_traced
 
 __all__ = ["as_step", "unroll", "unroll_cell", "check_finite"]
 
@@ -77,12 +77,24 @@ def _check_no_extra(expected: dict, variables: dict) -> None:
                              "(variables of another cell? build them with gradflow.init_cell(cell, key))")
 
 
+def _leaf_dtype(leaf):
+    """A leaf's dtype, or None for a leaf that is no number (a string, an arbitrary object)."""
+    if isinstance(leaf, str | bytes):
+        return None
+    try:
+        return jnp.result_type(leaf)
+    except TypeError:
+        return None
+
+
 def check_floating(tree: Any, what: str = "variables") -> None:
     """Raise ValueError naming every leaf of ``tree`` whose dtype is not floating (an integer ``W_hh`` is
     silently truncated: ``jnp.array([[0.5]], int)`` is 0, and it has no gradient)."""
-    bad = [f"{jax.tree_util.keystr(p)} ({jnp.result_type(v)})"
-           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
-           if not jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+    bad = []
+    for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dt = _leaf_dtype(v)
+        if dt is None or not jnp.issubdtype(dt, jnp.floating):
+            bad.append(f"{jax.tree_util.keystr(p)} ({type(v).__name__ if dt is None else dt})")
     if bad:
         raise ValueError(f"{what} must be floating-point arrays; not so at {', '.join(bad)} "
                          "(e.g. write 0.5 or use .astype(jnp.float32))")
@@ -220,6 +232,11 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
     Returns:
         The carry pytree with a leading time axis T: ``states[t-1]`` = h_t (h_0 not included).
 
+    Raises:
+        ValueError: ``step`` not callable, ``carry0`` or ``xs`` not fitting the step or each other, or
+            (concrete values; traced ones are not checked) NaN/inf in them, or float64 values beyond
+            float32's range while ``jax_enable_x64`` is off.
+
     Example:
         >>> import jax, jax.numpy as jnp, gradflow
         >>> cell = gradflow.make_cell("linear", 3, 2)
@@ -227,9 +244,12 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
         >>> gradflow.unroll(step, cell.initialize_carry(4), jnp.ones((7, 4, 2)))["h"].shape
         (7, 4, 3)
     """
+    if not callable(step):
+        raise ValueError(f"step must be callable, step(carry, x_t) -> carry; got {type(step).__name__}")
     _check_sequence(carry0, xs)
     _check_carry_kept(step, carry0, xs)
     getattr(step, "check_carry", lambda c: None)(carry0)
+    check_carry_and_inputs(carry0, xs)
 
     def body(carry, x):
         new = step(carry, x)
@@ -241,9 +261,7 @@ def unroll(step: Step, carry0: Any, xs: Any) -> Any:
 
 def _check_carry_kept(step: Step, carry0: Any, xs: Any) -> None:
     """Raise ValueError when ``step`` changes a carry leaf's dtype (lax.scan's TypeError, with the fix)."""
-    x0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x)), xs)
-    c0 = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), carry0)
-    out = jax.eval_shape(step, c0, x0)
+    c0, out = eval_step(step, carry0, xs)
     if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(c0):
         return  # lax.scan names the structures
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(c0)[0], jax.tree_util.tree_leaves(out),
@@ -264,6 +282,9 @@ def _check_sequence(carry0: Any, xs: Any) -> None:
         )
     if len({s[0] for s in shapes}) != 1:
         raise ValueError(f"xs leaves disagree on the time axis T: shapes {shapes}")
+    if not jax.tree_util.tree_leaves(carry0):
+        raise ValueError(f"carry0 has no array leaves (got {type(carry0).__name__}): pass the initial carry, "
+                         "e.g. cell.initialize_carry(B)")
     B = shapes[0][1]
     for path, leaf in jax.tree_util.tree_flatten_with_path(carry0)[0]:
         s = jnp.shape(leaf)
@@ -293,7 +314,7 @@ def unroll_cell(
         cell: one of our cells (`gradflow.make_cell`).
         variables: ``{"params": ..., "batch_stats": ...}``.
         carry0: initial carry (``cell.initialize_carry(B)``).
-        xs: (T, B, input_size).
+        xs: (T, B, input_size), T >= 1.
         train: batch statistics, running-average updates and dropout (True) or eval mode (False).
         key: dropout key (required in train mode when the cell has dropout).
 
@@ -314,6 +335,8 @@ def unroll_cell(
         raise ValueError(f"unroll_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
     as_step(cell, variables, train=train, key=key)  # the same eager checks (shapes, finiteness, dropout key)
     _check_sequence(carry0, xs)
+    if jnp.shape(jax.tree_util.tree_leaves(xs)[0])[0] == 0:
+        raise ValueError("xs is empty: the sequence length T (leading axis of xs) must be > 0")
     check_step_counter(carry0)
     check_finite(carry0, "carry0")
     check_finite(xs, "xs")

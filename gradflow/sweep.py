@@ -61,7 +61,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gradflow import cache
-from gradflow.checks import atomic_write_npz, is_int
+from gradflow.checks import atomic_write_npz, folder_path, is_int
 
 __all__ = ["Grid", "run_sweep", "load_table", "pivot", "to_dataframe", "grid_sharding"]
 
@@ -155,6 +155,10 @@ class Grid:
     def __init__(
         self, static: Mapping[str, Sequence] | None = None, traced: Mapping[str, Sequence] | None = None
     ):
+        for kind, axes in (("static", static), ("traced", traced)):
+            if axes is not None and not isinstance(axes, Mapping):
+                raise ValueError(f"{kind} must be a dict {{axis name: values}}, got {type(axes).__name__} "
+                                 f"{axes!r}"[:300])
         static = {name: _static_axis(name, values) for name, values in dict(static or {}).items()}
         traced = dict(traced or {})
         if not traced:
@@ -555,7 +559,7 @@ class _Run:
 def _plan(grid: Grid, store, chunk: int, tag: str, progress, sharding: NamedSharding) -> _Run:
     writer = jax.process_index() == 0
     if store is not None:
-        store = os.fspath(store)
+        store = folder_path("store", store)
         if writer:
             os.makedirs(store, exist_ok=True)
     cols = grid.traced_columns()
@@ -668,8 +672,8 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
         ``{column: (N, ...) array}`` like ``run_sweep``'s table.
 
     Raises:
-        ValueError: not a folder, no completed chunks (with ``tag``), several tags and no ``tag``, chunks of
-            one tag with different axes/results, an unreadable chunk file (named).
+        ValueError: ``store`` not a path or not a folder, no completed chunks (with ``tag``), several tags
+            and no ``tag``, chunks of one tag with different axes/results, an unreadable chunk file (named).
 
     Example:
         >>> import tempfile
@@ -678,7 +682,7 @@ def load_table(store: str | os.PathLike, tag: str | None = None) -> dict[str, np
         >>> load_table(d)["y"].tolist()
         [2.0, 6.0]
     """
-    store = os.fspath(store)
+    store = folder_path("store", store)
     if not os.path.isdir(store):
         raise ValueError(f"store {store!r} is not a folder")
     files = sorted(f for f in os.listdir(store) if f.startswith(_PREFIX) and f.endswith(_SUFFIX))

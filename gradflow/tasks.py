@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradflow import cache
-from gradflow.checks import flag, int_at_least, is_int, unit_fraction
+from gradflow.checks import flag, int_at_least, is_int, prng_key, unit_fraction
 from gradflow.checks import seed as check_seed
 
 __all__ = [
@@ -123,13 +123,17 @@ class Task:
         """Draw a training batch (jittable: ``batch_size`` must be static).
 
         Args:
-            key: PRNG key.
+            key: one PRNG key (``jax.random.key(s)`` or ``jax.random.PRNGKey(s)``), or an int seed.
             batch_size: B.
 
         Returns:
             ``(xs, ys)``: ``xs`` (T, B, input_size) float32; ``ys`` (B,) float32 for adding, (B,) int32 class
             labels for the classification datasets, (T, B) int32 labels for copy.
+
+        Raises:
+            ValueError: ``key`` not one PRNG key or seed, ``batch_size`` not a positive int.
         """
+        key = prng_key("key", key, required=True)
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return _jitted(self._sampler)(key, int(batch_size))
@@ -344,7 +348,7 @@ def affine_fit(task: Task, key: jax.Array, n_train: int = 20_000, n_test: int = 
 
     Args:
         task: a synthetic regression task (adding, adding_product, recall).
-        key: PRNG key of the two samples.
+        key: PRNG key of the two samples (or an int seed).
         n_train, n_test: sequences to fit on and to evaluate on; n_train must exceed T·input_size.
 
     Returns:
@@ -357,6 +361,10 @@ def affine_fit(task: Task, key: jax.Array, n_train: int = 20_000, n_test: int = 
         >>> round(t.affine_floor, 3), abs(tasks.affine_fit(t, jax.random.key(0)) - t.affine_floor) < 0.03
         (0.8, True)
     """
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a gradflow.tasks.Task (e.g. tasks.adding(10)), got "
+                         f"{type(task).__name__}")
+    key = prng_key("key", key, required=True)
     if task.kind != "regression" or task.is_dataset:
         raise ValueError(f"affine_fit is for the synthetic regression tasks, not {task.name!r}")
     features = task.seq_len * task.input_size

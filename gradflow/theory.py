@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradflow.checks import flag, is_int, positive_int
-from gradflow.specs import PRESETS
+from gradflow.checks import finite_array, flag, is_int, nonneg_int, positive_float, positive_int
+from gradflow.specs import PRESETS, CellSpec
 
 __all__ = [
     "gauss_expectation",
@@ -66,14 +66,23 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("linear", "tanh")
+_IDENTITY = ("linear", "identity")  # names of φ(a) = a
 
 _GH_POINTS = 121
-_SPHERE_POINTS = 160
-_SPHERE_GAUSSIAN_ABOVE = 4096
+#: Gauss–Hermite (nodes in z, a = √q z) resolves tanh's transition at |a| ~ 1 only while √q is small: at
+#: q = 1 its E[sech⁴] is off by 5e-11, at q = 5 by 4e-4, at q = 1e12 by a factor 2e5. An integrand with a
+#: feature sharper than this (varying on less than √2 standard deviations) is integrated on panels instead
+#: (`_law_nodes`); so is every expectation over a normalized coordinate of finite size.
+_GH_MAX_SHARPNESS = math.sqrt(0.5)
+_FINE_REACH = 32.0  # panels of a feature's width within 32 widths of it (tanh's: e^-64 there), then doubling
+_LAW_PANEL = 1.0  # and no panel wider than one standard deviation of the law
+_TAIL_Z = 16.0  # laws are cut at 16 standard deviations (Gaussian mass beyond: 1e-57)
+_KINK_Z = 8.0  # a normalized coordinate's density within 1 sd of its end ±√(n−1) > 8 is < 1e-19 of its peak
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)  # nodes per panel
 
 
 def _phi(activation: str) -> tuple[Callable, Callable]:
-    if activation == "linear" or activation == "identity":
+    if activation in _IDENTITY:
         return (lambda a: a), (lambda a: np.ones_like(a))
     if activation == "tanh":
         return np.tanh, _sech2
@@ -139,46 +148,109 @@ def _check_rate_p(p) -> float:
 def _gh_nodes(n_points: int) -> tuple[np.ndarray, np.ndarray]:
     if not is_int(n_points) or n_points < 2:
         raise ValueError(f"n_points must be an int >= 2, got {n_points!r}")
+    return _gh_table(int(n_points))
+
+
+@functools.lru_cache(maxsize=8)
+def _gh_table(n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite nodes and weights for N(0, 1) (read-only: cached, hermegauss(121) takes 10 ms)."""
     z, w = np.polynomial.hermite_e.hermegauss(n_points)
-    return z, w / np.sqrt(2.0 * np.pi)
+    w = w / np.sqrt(2.0 * np.pi)
+    z.flags.writeable = w.flags.writeable = False
+    return z, w
+
+
+def _panel_edges(L: float, features) -> np.ndarray:
+    """Panel edges over [−L, L] (in standard deviations of the law) for an integrand with features.
+
+    A feature (c, k), an integrand varying on the scale 1/k about c, sharper than Gauss–Hermite resolves
+    (k > √½), gets panels of width 1/k within 32/k of c, doubling in width beyond (16 Gauss–Legendre nodes
+    a panel integrate tanh's transition, poles π/2 off the real axis, to ~1e-25); then every panel wider
+    than one standard deviation is split evenly (the law's own scale).
+    """
+    e = [np.array([-L, L])]
+    for c, k in features:
+        if k <= _GH_MAX_SHARPNESS or not abs(c) <= L + _FINE_REACH / k:  # smooth, or flat over [−L, L]
+            continue  # (c far out, ±inf or NaN)
+        reach = _FINE_REACH / k
+        m = math.ceil(math.log2(max(1.0, (L + abs(c)) / reach)))
+        steps = np.concatenate([np.arange(_FINE_REACH) / k, np.ldexp(reach, np.arange(m + 1))])
+        e += [c + steps, c - steps]
+    e = np.unique(np.clip(np.concatenate(e), -L, L))
+    width = np.diff(e)
+    pieces = np.ceil(width / _LAW_PANEL).astype(int)
+    j = np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # piece j of its panel
+    return np.append(np.repeat(e[:-1], pieces) + np.repeat(width / pieces, pieces) * j, L)
+
+
+def _gl_panels(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes and weights (16 a panel) on the panels between consecutive edges ``e``."""
+    half = 0.5 * np.diff(e)[:, None]
+    x = half * _GL_X + 0.5 * (e[1:] + e[:-1])[:, None]
+    return x.ravel(), (half * _GL_W).ravel()
+
+
+def _law_nodes(n: int | None, features=(), gh_points: int = _GH_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes y and weights (summing to 1) for E[f(Y)], Y one coordinate of a normalized vector of n entries
+    (`normalized_coordinate_expectation`; None: its n → ∞ limit N(0, 1)), for an f with ``features``:
+    pairs (c, k), f varying on the scale 1/k about Y = c.
+
+    N(0, 1) and no feature sharper than k = √½: Gauss–Hermite of ``gh_points`` nodes. Otherwise composite
+    Gauss–Legendre on the panels of `_panel_edges` over |y| <= min(16, √(n−1)): in y for N(0, 1), in
+    θ = arcsin(y/√(n−1)) for a finite n, where the density ∝ cos^{n−3} θ is smooth up to the ends whatever n.
+    """
+    if n is None and all(k <= _GH_MAX_SHARPNESS for _, k in features):
+        return _gh_table(gh_points)
+    r = math.inf if n is None else math.sqrt(n - 1.0)
+    e = _panel_edges(min(_TAIL_Z, r), features)
+    if n is None:
+        y, w = _gl_panels(e)
+        w = w * np.exp(-0.5 * y * y)
+    else:
+        t, w = _gl_panels(np.arcsin(np.clip(e / r, -1.0, 1.0)))
+        x = np.sin(t)
+        x2 = np.minimum(x * x, 0.5)  # log cos θ accurate near 0 (large n) and near ±π/2 (cos θ > 0) alike
+        log_cos = np.where(x * x < 0.5, 0.5 * np.log1p(-x2), np.log(np.cos(t)))
+        y, w = r * x, w * np.exp((n - 3) * log_cos)
+    return y, w / w.sum()
 
 
 def gauss_expectation(
     f: Callable[[np.ndarray], np.ndarray], q: float = 1.0, n_points: int = _GH_POINTS
 ) -> float:
-    """E_z[f(√q z)], z ~ N(0, 1), by Gauss–Hermite quadrature (probabilists' weight e^{-z²/2}).
+    """E_z[f(√q z)], z ~ N(0, 1).
+
+    For q <= 1/2, Gauss–Hermite quadrature of ``n_points`` nodes (probabilists' weight e^{-z²/2}; exact for
+    polynomials of degree < 2·n_points). For q > 1/2, a composite Gauss–Legendre rule in a = √q z (16
+    nodes per panel): panels of width 1 over |a| <= 32, then panels doubling in width, none wider than √q,
+    out to |a| = 16 √q. It resolves features of f at the scale of tanh's transition (|a| ~ 1) however wide
+    the Gaussian is (Gauss–Hermite, with nodes spread over √q z, misses them once q >~ 1: E[tanh²] at
+    q = 1e12 came out 0.886 instead of 1 − 8e-7), and assumes f varies on the Gaussian's scale beyond
+    |a| = 32. The BN/LN predictions (`bn_train_chi`, `ln_chi`, `ln_sum_chi`) use the same rule.
 
     Args:
         f: vectorized function of a NumPy array.
         q: variance (>= 0).
-        n_points: quadrature nodes.
+        n_points: Gauss–Hermite nodes (an int >= 2; used for q <= 1/2).
 
     Returns:
-        The expectation (float). Exact for polynomials of degree < 2·n_points.
+        The expectation (float).
 
     Example:
         >>> round(gauss_expectation(lambda a: a**2, q=2.0), 12)
         2.0
     """
+    _check_function("f", f)
     q = _check_number("q", q, nonneg=True)
-    z, w = _gh_nodes(n_points)
-    return float(np.sum(w * f(np.sqrt(q) * z)))
+    _gh_nodes(n_points)  # checks n_points whatever q
+    s = math.sqrt(q)
+    y, w = _law_nodes(None, [(0.0, s)], int(n_points))
+    return float(np.sum(w * f(s * y)))
 
 
-def _sphere_nodes(n: int | None, n_points: int = _SPHERE_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes/weights for one coordinate of a normalized vector of n entries (see
-    `normalized_coordinate_expectation`); n = None gives the Gaussian (n → ∞) limit."""
-    if n is None or n > _SPHERE_GAUSSIAN_ABOVE:
-        return _gh_nodes(_GH_POINTS)
-    if not is_int(n) or n < 3:
-        raise ValueError(f"normalized size n must be an int >= 3 (or None for n → ∞), got {n!r}")
-    # Y = sqrt(n-1) sin θ, density of θ ∝ cos^{n-3} θ on (-π/2, π/2): smooth, so Gauss–Legendre
-    # converges fast.
-    x, w = np.polynomial.legendre.leggauss(n_points)
-    theta = 0.5 * np.pi * x
-    wt = w * np.cos(theta) ** (n - 3)
-    wt = wt / wt.sum()
-    return np.sqrt(n - 1.0) * np.sin(theta), wt
+def _check_function(name: str, f) -> None:
+    if not callable(f):
+        raise ValueError(f"{name} must be a function of a NumPy array, got {type(f).__name__} {f!r}"[:300])
 
 
 def normalized_coordinate_expectation(f: Callable[[np.ndarray], np.ndarray], n: int | None) -> float:
@@ -188,45 +260,84 @@ def normalized_coordinate_expectation(f: Callable[[np.ndarray], np.ndarray], n: 
     This is the exact distribution of one example's BN output (over a batch of n, biased variance) or of one
     feature's LN output (over n features), when the normalized pre-activations are Gaussian and isotropic:
     Y_b = √(n−1)·w with w a coordinate of a uniform unit vector in R^{n−1}, density ∝ (1 − w²)^{(n−4)/2}.
-    E[Y_b] = 0, E[Y_b²] = 1 exactly; n = None gives the Gaussian limit.
+    E[Y_b] = 0, E[Y_b²] = 1 exactly; n = None gives the Gaussian limit. Quadrature: Gauss–Hermite for
+    None, else Gauss–Legendre in θ = arcsin(w) on panels no wider than one standard deviation of Y_b
+    (any n >= 3); f is assumed to vary on that scale.
 
     Example:
         >>> round(normalized_coordinate_expectation(lambda y: y**2, 4), 10)
         1.0
     """
-    y, w = _sphere_nodes(n)
+    _check_function("f", f)
+    if n is not None and (not is_int(n) or n < 3):
+        raise ValueError(f"normalized size n must be an int >= 3 (or None for n → ∞), got {n!r}")
+    y, w = _law_nodes(n)
     return float(np.sum(w * f(y)))
 
 
-def _expect2(f2: Callable[[np.ndarray, np.ndarray], np.ndarray], n_u: int | None, n_w: int | None) -> float:
-    """E[f2(u, w)] for independent u, w distributed as normalized coordinates (sizes n_u, n_w)."""
-    yu, wu = _sphere_nodes(n_u)
-    yw, ww = _sphere_nodes(n_w)
-    U, Wv = np.meshgrid(yu, yw, indexing="ij")
-    return float(np.sum(np.outer(wu, ww) * f2(U, Wv)))
+def _pair_nodes(gh: float, gx: float, b: float, n_u: int | None, n_w: int | None, sharp: bool):
+    """Nodes u, w and weights for E[f(u, w)], u and w independent normalized coordinates of sizes n_u, n_w
+    (None: N(0, 1)); gh ≠ 0. ``sharp``: f varies fast only through φ(y), y = gh·u + gx·w + b, φ with a
+    transition at |y| ~ 1 (tanh); else f is smooth (φ = identity: polynomials in u, w).
+
+    Conditional rule: the outer coordinate is the one with the smaller |γ|; for each of its nodes the inner
+    law gets panels about the inner value where y = 0 (`_law_nodes`). The inner expectation varies with the
+    outer coordinate on y's scale √(1 + γ_inner²) (φ's transition smoothed by the inner law), and on y's own
+    scale where the transition crosses an end of a finite inner law.
+    """
+    swap = abs(gx) > abs(gh)
+    (gi, ni), (go, no) = ((gx, n_w), (gh, n_u)) if swap else ((gh, n_u), (gx, n_w))
+    outer = []
+    if sharp and go != 0.0:
+        outer.append((-b / go, abs(go) / math.hypot(1.0, gi)))
+        if ni is not None and ni - 1 <= _KINK_Z**2:  # the inner law's ends ±√(n−1), where it has mass
+            outer += [((sign * gi * math.sqrt(ni - 1.0) - b) / go, abs(go)) for sign in (-1.0, 1.0)]
+    yo, wo = _law_nodes(no, outer)
+    with np.errstate(over="ignore", invalid="ignore"):  # a centre beyond float64 is one far out: no panels
+        centres, which = np.unique(-(go * yo + b) / gi, return_inverse=True)
+    inner = [_law_nodes(ni, [(c, abs(gi))] if sharp else []) for c in centres.tolist()]
+    counts = np.array([y.size for y, _ in inner])[which]
+    yi = np.concatenate([inner[j][0] for j in which])
+    p = np.concatenate([inner[j][1] for j in which]) * np.repeat(wo, counts)
+    yo = np.repeat(yo, counts)
+    return (yo, yi, p) if swap else (yi, yo, p)
 
 
 # ----------------------------------------------------------------------------------------------------
 # tanh RNN (Poole et al. 2016; Schoenholz et al. 2017)
 
 
+def _tanh2(a):
+    return np.tanh(a) ** 2
+
+
+def _variance_map(q: float, g: float, sx: float, sb: float) -> float:
+    return g**2 * gauss_expectation(_tanh2, q) + sx + sb
+
+
+@_in_float64
 def tanh_variance_map(q: float, gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0) -> float:
     """One step of the pre-activation variance map q ← g² E[tanh(√q z)²] + σ_x² + σ_b².
 
     Assumes W_hh entries N(0, g²/d) (d → ∞), an input drive W_xh x_t whose per-unit variance is σ_x²
-    (independent of h, see `input_drive_variance`) and bias entries of variance σ_b².
+    (independent of h, see `input_drive_variance`) and bias entries of variance σ_b². All four arguments
+    are finite numbers >= 0; a result beyond float64 (g above ~1e154) raises a ValueError.
     """
     q = _check_number("q", q, nonneg=True)
-    return gain**2 * gauss_expectation(lambda a: np.tanh(a) ** 2, q) + sigma_x2 + sigma_b2
+    g = _check_number("gain", gain, nonneg=True)
+    sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
+    return _variance_map(q, g, sx, _check_number("sigma_b2", sigma_b2, nonneg=True))
 
 
+@_in_float64
 def tanh_fixed_point(
     gain: float, sigma_x2: float = 0.0, sigma_b2: float = 0.0, *, dropout: float = 0.0, tol: float = 1e-13
 ) -> float:
     """Fixed point q* of the tanh pre-activation variance map (iterated from q = 1 until converged).
 
     Dropout p on h (inverted, fresh or per-sequence mask) enters as g² → g²/(1−p) (`effective_gain`).
-    Returns 0 in the ordered regime without drive (g_eff ≤ 1, σ_x² = σ_b² = 0).
+    Returns 0 in the ordered regime without drive (g_eff ≤ 1, σ_x² = σ_b² = 0). A q* beyond float64
+    (g_eff above ~1e154) raises a ValueError.
 
     Example:
         >>> round(tanh_fixed_point(2.0), 4)   # σ_w² = 4, σ_b = 0
@@ -243,7 +354,7 @@ def tanh_fixed_point(
         return 0.0
     q = 1.0
     for _ in range(100000):
-        qn = tanh_variance_map(q, g, sx, sb)
+        qn = _variance_map(q, g, sx, sb)
         if abs(qn - q) <= tol * max(1.0, q):
             return qn
         q = qn
@@ -301,13 +412,15 @@ def input_drive_variance(W_xh, x_second_moment: float = 1.0, gates: int = 1) -> 
         >>> input_drive_variance(W, x_second_moment=2.0)
         2.0
     """
-    W = np.asarray(W_xh, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W_xh must be 2-D (G*d, input_size), got shape {W.shape}")
+    gates = positive_int("gates", gates)
+    m2 = _check_number("x_second_moment", x_second_moment, nonneg=True)
+    W = finite_array("W_xh", W_xh)
+    if W.ndim != 2 or W.shape[0] == 0:
+        raise ValueError(f"W_xh must be 2-D (G*d, input_size) with at least one row, got shape {W.shape}")
     if W.shape[0] % gates:
         raise ValueError(f"W_xh rows {W.shape[0]} not divisible by gates={gates}")
     d = W.shape[0] // gates
-    return float(np.mean(np.sum(W[:d] ** 2, axis=1)) * _check_number("x_second_moment", x_second_moment))
+    return float(np.mean(np.sum(W[:d] ** 2, axis=1)) * m2)
 
 
 def effective_gain(gain: float, dropout: float = 0.0) -> float:
@@ -336,19 +449,21 @@ def linear_lyapunov_spectrum(W) -> np.ndarray:
         W: (n, n) recurrent matrix (column-vector convention, ∂h_t/∂h_{t-1} = W).
 
     Returns:
-        (n,) exponents, largest first (−inf for a zero eigenvalue).
+        (n,) exponents, largest first (−inf for a zero eigenvalue). A triangular W (diagonal included) has
+        its eigenvalues on its diagonal: they are read there, exact whatever their range (LAPACK's eigvals
+        scales the whole matrix by its norm, so diag(1e-300, 1e300) gave 0 for the small one).
 
     Example:
         >>> linear_lyapunov_spectrum(np.diag([2.0, 0.5])).round(4).tolist()
         [0.6931, -0.6931]
     """
-    M = np.asarray(W, dtype=np.float64)
+    M = finite_array("W", W)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"W must be a square matrix, got shape {M.shape}")
-    if not np.all(np.isfinite(M)):
-        raise ValueError("W has non-finite entries")
+    triangular = not np.any(np.tril(M, -1)) or not np.any(np.triu(M, 1))
+    lam = np.diag(M) if triangular else np.linalg.eigvals(M)
     with np.errstate(divide="ignore"):
-        return np.sort(np.log(np.abs(np.linalg.eigvals(M))))[::-1]
+        return np.sort(np.log(np.abs(lam)))[::-1]
 
 
 def bn_eval_matrix(W_hh, scale, var, eps: float = 1e-5) -> np.ndarray:
@@ -357,18 +472,20 @@ def bn_eval_matrix(W_hh, scale, var, eps: float = 1e-5) -> np.ndarray:
     Args:
         W_hh: (d, d).
         scale: (d,) BN γ.
-        var: (d,) running variance (for per-step statistics pass the row used, e.g. the last one, t_max
-        − 1).
-        eps: BN ε.
+        var: (d,) running variance (>= 0; for per-step statistics pass the row used, e.g. the last one,
+        t_max − 1).
+        eps: BN ε (a finite number > 0).
+
+    Every array must be finite.
     """
-    W = np.asarray(W_hh, dtype=np.float64)
-    s, v = np.asarray(scale, np.float64), np.asarray(var, np.float64)
+    W, s, v = finite_array("W_hh", W_hh), finite_array("scale", scale), finite_array("var", var)
+    eps = positive_float("eps", eps)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"W_hh must be square (d, d), got {W.shape}")
     if s.shape != (W.shape[0],) or v.shape != (W.shape[0],):
         raise ValueError(f"scale and var must have shape ({W.shape[0]},), got {s.shape}, {v.shape}")
-    if np.any(v + eps <= 0):
-        raise ValueError("var + eps must be > 0")
+    if np.any(v < 0):
+        raise ValueError(f"var must be >= 0 (a running variance), got {float(v.min())!r}")
     return (s / np.sqrt(v + eps))[:, None] * W
 
 
@@ -379,52 +496,95 @@ def cell_eval_matrix(spec, variables, t: int | None = None) -> np.ndarray:
         spec: a preset name or `gradflow.CellSpec` of the rnn family with identity activation and
         no LN.
         variables: the cell's variables ({"params", "batch_stats"}).
-        t: the step whose per-step statistics row is used (default: the last row, t_max − 1, i.e. the
-            asymptotic regime t ≥ t_max − 1).
+        t: the step whose per-step statistics row is used, an int >= 0 (row min(t, t_max − 1)); default:
+            the last row, t_max − 1, i.e. the asymptotic regime t ≥ t_max − 1.
 
     Returns:
         (d, d) matrix M; the exact exponents are `linear_lyapunov_spectrum(M)`.
     """
-    s = PRESETS[spec] if isinstance(spec, str) and spec in PRESETS else spec
     if isinstance(spec, str) and spec not in PRESETS:
         raise ValueError(f"unknown cell {spec!r}; choose from the presets {tuple(PRESETS)}")
+    s = PRESETS[spec] if isinstance(spec, str) else spec
+    if not isinstance(s, CellSpec):
+        raise ValueError(f"spec must be a preset name or a gradflow.CellSpec, got {type(spec).__name__} "
+                         f"{spec!r}"[:300])
+    t = None if t is None else nonneg_int("t", t)
     if s.family != "rnn" or s.activation != "identity" or "ln" in (s.norm_h, s.norm_sum):
         raise ValueError(
             "cell_eval_matrix needs an rnn cell with identity activation and no LN (linear in h)"
         )
     if s.norm_sum == "bn":
         raise ValueError("norm_sum='bn' is not supported by cell_eval_matrix")
-    W = np.asarray(variables["params"]["W_hh"], np.float64)
+    W = finite_array("variables['params']['W_hh']", _variable(variables, "params", "W_hh"))
     if s.norm_h != "bn":
         return W
-    bs = variables["batch_stats"]["bn_h"]
-    var = np.asarray(bs["var"], np.float64)
+    var = finite_array("variables['batch_stats']['bn_h']['var']",
+                       _variable(variables, "batch_stats", "bn_h", "var"))
     if var.ndim == 2:
-        row = var.shape[0] - 1 if t is None else min(int(t), var.shape[0] - 1)
-        var = var[row]
-    return bn_eval_matrix(W, variables["params"]["bn_h"]["scale"], var, s.bn_eps)
+        var = var[var.shape[0] - 1 if t is None else min(t, var.shape[0] - 1)]
+    return bn_eval_matrix(W, _variable(variables, "params", "bn_h", "scale"), var, s.bn_eps)
+
+
+def _variable(variables, *path):
+    """``variables[path[0]][path[1]]...``; a ValueError naming what is missing (the cell's variables)."""
+    node = variables
+    for i, key in enumerate(path):
+        if not hasattr(node, "keys") or key not in node.keys():
+            where = "variables" + "".join(f"[{k!r}]" for k in path[:i])
+            have = f"has keys {sorted(map(str, node.keys()))}" if hasattr(node, "keys") else \
+                f"is {type(node).__name__}"
+            raise ValueError(f"variables must be the cell's variables, with "
+                             f"{'variables' + ''.join(f'[{k!r}]' for k in path)}; {where} {have}"[:300])
+        node = node[key]
+    return node
 
 
 # ----------------------------------------------------------------------------------------------------
 # batch norm in train mode (batch-coupled), layer norm
 
 
-def _bn_bracket(dphi, phi, gamma_h, gamma_x, bias, n, n_x):
-    """Moments shared by the BN/LN predictions (see docs/theory.md §3)."""
-
-    def y(u, w):
-        return gamma_h * u + gamma_x * w + bias
-
-    E = lambda f: _expect2(lambda u, w: f(u, w, y(u, w)), n, n_x)
+def _bn_bracket(activation, gamma_h, gamma_x, bias, n, n_x):
+    """Moments shared by the BN/LN predictions (see docs/theory.md §3): expectations over
+    y = γ_h u + γ_x w + b, u, w the normalized coordinates of sizes n, n_x (None: n → ∞) (`_pair_nodes`)."""
+    phi, dphi = _phi(activation)
+    u, w, p = _pair_nodes(gamma_h, gamma_x, bias, n, n_x, sharp=activation not in _IDENTITY)
+    y = gamma_h * u + gamma_x * w + bias
+    h, dh = phi(y), dphi(y)
+    E = lambda v: float(np.sum(p * v))
+    mu = E(h)
+    # centred about E φ (two passes): a large bias b would otherwise cancel catastrophically in E φ² − (E φ)²
     return {
-        "dphi2": E(lambda u, w, a: dphi(a) ** 2),
-        "dphi": E(lambda u, w, a: dphi(a)),
-        "u2dphi2": E(lambda u, w, a: u**2 * dphi(a) ** 2),
-        "phi2": E(lambda u, w, a: phi(a) ** 2),
-        "phi": E(lambda u, w, a: phi(a)),
-        "uphi": E(lambda u, w, a: u * phi(a)),
-        "wphi": E(lambda u, w, a: w * phi(a)),
+        "dphi2": E(dh**2),
+        "dphi": E(dh),
+        "u2dphi2": E(u**2 * dh**2),
+        "phi2": E(h**2),
+        "phi": mu,
+        "var_phi": E((h - mu) ** 2),
+        "uphi": E(u * (h - mu)),
+        "wphi": E(w * (h - mu)),
     }
+
+
+def _unit_scale(activation: str, *values: float) -> tuple[float, tuple[float, ...]]:
+    """(c, values / c) with c = max |value| for φ = identity, (1, values) otherwise.
+
+    φ(c y) = c φ(y) for the identity, so the BN/LN χ depends on (γ, γ_x, b) only up to a common factor:
+    dividing it out keeps γ = 1e-200 or 1e200 from underflowing or overflowing in γ² and the variances.
+    """
+    if activation not in _IDENTITY:
+        return 1.0, values
+    c = max(abs(v) for v in values)
+    return c, tuple(v / c for v in values)
+
+
+def _positive_moment(value: float, what: str, where: str, floor: float = 0.0) -> float:
+    """``value`` when > ``floor``; else a ValueError: a moment of h that is 0 in float64 (a vanishing φ),
+    or a variance lost in the rounding of φ's mean (a tanh saturated by a huge bias), leaves χ = 0/0."""
+    if not value > floor:
+        raise ValueError(f"{where}: {what} is {value!r}, not resolved in float64 (underflow: φ vanishes, or "
+                         "is constant to rounding over the whole Gaussian, e.g. a tanh saturated by a huge "
+                         "bias); no prediction")
+    return value
 
 
 def bn_train_chi(
@@ -458,7 +618,12 @@ def bn_train_chi(
         dropout: hidden dropout p (no effect at this order).
 
     Returns:
-        χ (squared-norm growth per step).
+        χ (squared-norm growth per step). With φ = identity it depends on γ_h, γ_x only through their
+        ratio and not on b, at any scale (1e-200 or 1e200 included).
+
+    Raises:
+        ValueError: a bad argument, or a batch variance of h not resolved in float64 (tanh saturated by a
+            huge bias: h is constant to rounding, χ would be 0/0).
 
     Example:
         >>> round(bn_train_chi(1.0, 0.0, 8), 6)   # (B-2)/(B-3)
@@ -471,13 +636,17 @@ def bn_train_chi(
     gx = _check_number("gamma_x", gamma_x)
     b = _check_number("bias", bias)
     _check_rate_p(dropout)
-    phi, dphi = _phi(activation)
+    _phi(activation)  # checks the name
     if gh == 0.0:  # γ_h = 0: h_t does not depend on h_{t-1}, the Jacobian is exactly 0
         return 0.0
-    m = _bn_bracket(dphi, phi, gh, gx, b, B, B if gx != 0.0 else None)
-    var_phi = m["phi2"] - m["phi"] ** 2
+    _, (gh, gx) = _unit_scale(activation, gh, gx)
+    if activation in _IDENTITY:
+        b = 0.0  # BN's batch statistics remove a constant shift of h = y: χ does not depend on b
+    m = _bn_bracket(activation, gh, gx, b, B, B if gx != 0.0 else None)
+    var_phi = m["var_phi"]
     resid = var_phi - m["uphi"] ** 2 - m["wphi"] ** 2
-    v = var_phi - resid / B
+    v = _positive_moment(var_phi - resid / B, "the batch variance of h", "bn_train_chi",
+                         (1e-14 * m["phi"]) ** 2)
     bracket = m["dphi2"] - (m["u2dphi2"] + m["dphi2"] - m["dphi"] ** 2) / (B - 1)
     return gh**2 * (B - 1) / ((B - 3) * v) * bracket
 
@@ -530,13 +699,15 @@ def ln_chi(
     gx = _check_number("gamma_x", gamma_x)
     b = _check_number("bias", bias)
     _check_rate_p(dropout)
-    phi, dphi = _phi(activation)
+    _phi(activation)  # checks the name
     if gh == 0.0:  # γ_h = 0: h_t does not depend on h_{t-1}, the Jacobian is exactly 0
         return 0.0
-    m = _bn_bracket(dphi, phi, gh, gx, b, d, None)
+    _, (gh, gx, b) = _unit_scale(activation, gh, gx, b)
+    m = _bn_bracket(activation, gh, gx, b, d, None)
+    m2 = _positive_moment(m["phi2"], "the second moment of h", "ln_chi")
     if d is None:
-        return gh**2 * m["dphi2"] / m["phi2"]
-    return gh**2 / m["phi2"] * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
+        return gh**2 * m["dphi2"] / m2
+    return gh**2 / m2 * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
 
 
 @_in_float64
@@ -565,15 +736,19 @@ def ln_sum_chi(
     d = hidden_size
     if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
-    g2 = effective_gain(gain, dropout) ** 2
+    g = effective_gain(gain, dropout)
     gm = _check_number("gamma", gamma)
     sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
     b = _check_number("bias", bias)
-    phi, dphi = _phi(activation)
-    if gm == 0.0 or g2 == 0.0:  # γ = 0 or W_hh = 0: h_t does not depend on h_{t-1}, the Jacobian is 0
+    _phi(activation)  # checks the name
+    if gm == 0.0 or g == 0.0:  # γ = 0 or W_hh = 0: h_t does not depend on h_{t-1}, the Jacobian is 0
         return 0.0
-    m = _bn_bracket(dphi, phi, gm, 0.0, b, d, None)
-    pref = gm**2 * g2 / (g2 * m["phi2"] + sx)
+    c, (gm, b) = _unit_scale(activation, gm, b)
+    m = _bn_bracket(activation, gm, 0.0, b, d, None)
+    # χ = γ² / (m + σ_x²/g²) with everything divided by c: no g² or γ² to under/overflow
+    gc = g * c
+    drive = 0.0 if sx == 0.0 else (sx / gc / gc if gc > 0.0 else math.inf)
+    pref = gm**2 / _positive_moment(m["phi2"] + drive, "the second moment of the pre-LN sum", "ln_sum_chi")
     if d is None:
         return pref * m["dphi2"]
     return pref * ((d - 1) * m["dphi2"] - m["u2dphi2"]) / (d - 3)
@@ -708,14 +883,15 @@ def lru_rate(params) -> float:
 
     The k-step state Jacobian is diag(λ)^k (the real form of it in the carry's layout [Re x, Im x]), whose
     spectral norm is max|λ|^k at every lag, input and batch, so the rate is exact, not mean-field:
-    −min_j exp(ν_j) < 0.
+    −min_j exp(ν_j) < 0. An LRU without modes (empty ``nu_log``) has no rate: ValueError.
 
     Example:
         >>> round(lru_rate({"nu_log": np.log([0.1, 0.01]), "theta_log": np.zeros(2)}), 6)
         -0.01
     """
-    lam = lru_eigenvalues(params)
-    return float(-np.exp(_lru_logs(params)[0]).min()) if lam.size else float("nan")
+    if lru_eigenvalues(params).size == 0:
+        raise ValueError("params has no modes (empty nu_log and theta_log): an LRU of size 0 has no rate")
+    return float(-np.exp(_lru_logs(params)[0]).min())
 
 
 def lru_spectrum(params) -> np.ndarray:

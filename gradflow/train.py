@@ -57,12 +57,22 @@ import optax
 
 from gradflow import cache, measure
 from gradflow.cells import GradflowCell, feature_size, init_cell, readout_features, with_sequence_stats
-from gradflow.checks import atomic_write_npz, finite_float, nonneg_int, positive_float, positive_int
+from gradflow.checks import (
+    atomic_write_npz,
+    finite_float,
+    flag,
+    int_at_least,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    prng_key,
+)
 from gradflow.checks import seed as check_seed
 from gradflow.floss import floss, flossing_loss
 from gradflow.lyapunov import LyapunovResult, lyapunov_spectrum
 from gradflow.sensitivity import param_groups, param_sensitivity, param_step
 from gradflow.spectra import growth_rate
+from gradflow.statemap import check_finite_inputs
 from gradflow.step import as_step, check_finite
 from gradflow.tasks import Task
 
@@ -271,13 +281,14 @@ def init_params(cell: GradflowCell, task: Task, key: jax.Array) -> tuple[dict, d
     Args:
         cell: one of our cells, with ``input_size == task.input_size``.
         task: the task (its ``output_size``).
-        key: PRNG key.
+        key: PRNG key (or an int seed).
 
     Returns:
         ``(params, batch_stats)``: ``params = {"cell": ..., "readout": {"W", "b"}}``; ``batch_stats`` is
         ``{}`` when the cell has no BN.
     """
     _check_cell_task(cell, task)
+    key = prng_key("key", key, required=True)
     kc, kr = jax.random.split(key)
     variables = init_cell(cell, kc)
     d = feature_size(cell)  # hidden_size, or the LRU block's output width
@@ -306,8 +317,9 @@ def forward(
         cell: one of our cells.
         params: ``{"cell": ..., "readout": {"W", "b"}}``.
         batch_stats: BN running statistics (``{}`` without BN).
-        xs: (T, B, input_size).
-        train: train mode (batch statistics with running-average updates, dropout) or eval mode.
+        xs: (T, B, input_size), finite (checked when concrete).
+        train: True for train mode (batch statistics with running-average updates, dropout), False for eval
+            mode.
         key: dropout key (required in train mode when the cell has dropout); one key per sequence, the cell
             folds in the step counter.
         perturb: optional (T, B, d) added to h_t after each step (zeros: the gradient with respect to it is
@@ -317,10 +329,13 @@ def forward(
     Returns:
         ``(outputs, hs, new_batch_stats)``: ``hs`` (T, B, d) the (perturbed) states h_1..h_T;
         ``new_batch_stats`` the running statistics after the sequence (unchanged in eval mode).
+
+    Raises:
+        ValueError: ``xs`` of another shape or (when concrete) not finite, ``train`` not a bool, a bad
+            ``readout`` or ``perturb``, train mode with dropout and no ``key``.
     """
-    xs = jnp.asarray(xs)
-    if xs.ndim != 3 or xs.shape[-1] != cell.input_size:
-        raise ValueError(f"xs must have shape (T, B, input_size={cell.input_size}), got {xs.shape}")
+    xs = _checked_xs(cell, xs)
+    train = flag("train", train)
     if readout not in ("last", "all"):
         raise ValueError(f"readout must be 'last' or 'all', got {readout!r}")
     T, B = xs.shape[:2]
@@ -355,6 +370,30 @@ def forward(
     W, b = params["readout"]["W"], params["readout"]["b"]
     h_out = _readout_input(cell, params, batch_stats, seq, hs, xs, readout, train)
     return h_out @ W.T + b, hs, new_bs
+
+
+def _checked_xs(cell, xs) -> jax.Array:
+    """``xs`` as a (T, B, input_size) array; ValueError naming it for another shape, or (concrete values only:
+    a traced call is not checked) a NaN or inf."""
+    xs = jnp.asarray(xs)
+    if xs.ndim != 3 or xs.shape[-1] != cell.input_size:
+        raise ValueError(f"xs must have shape (T, B, input_size={cell.input_size}), got {xs.shape}")
+    check_finite_inputs(xs)
+    return xs
+
+
+def _checked_batch(cell, task: Task, xs, ys) -> tuple[jax.Array, jax.Array]:
+    """``(xs, ys)`` checked as by :func:`_checked_xs`, ``ys`` of the task's target shape for the batch (B,)
+    or, for readout "all", (T, B), and finite when concrete."""
+    _check_cell_task(cell, task)
+    xs, ys = _checked_xs(cell, xs), jnp.asarray(ys)
+    T, B = xs.shape[:2]
+    want = (B,) if task.readout == "last" else (T, B)
+    if ys.shape != want:
+        raise ValueError(f"ys must have shape {want} (task {task.name!r}: the targets of the {B} sequences "
+                         f"of xs), got {ys.shape}")
+    check_finite(ys, "ys")
+    return xs, ys
 
 
 def _sequence_stats(cell, params, xs, train):
@@ -409,7 +448,12 @@ def gradient_flow(
 
     Returns:
         (T,) norms; entry t-1 belongs to h_t.
+
+    Raises:
+        ValueError: ``xs`` or ``ys`` of the wrong shape or (when concrete) not finite, ``train`` not a bool.
     """
+    xs, ys = _checked_batch(cell, task, xs, ys)
+    train = flag("train", train)
     T, B = xs.shape[:2]
     zeros = jnp.zeros((T, B, cell.hidden_size), cell.dtype)
     g = jax.grad(lambda e: _loss_fn(cell, task, params, e, batch_stats, xs, ys, key, train)[0])(zeros)
@@ -421,7 +465,11 @@ def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[jax.Arra
 
     Returns:
         ``(xs, ys, dropout_key)``.
+
+    Raises:
+        ValueError: ``step`` not an int with 0 <= step < 2**32 (it is folded into the key as 32 bits).
     """
+    step = check_seed("step", step)
     return batch_at(task, config.batch_size, jax.random.key(config.seed), step)
 
 
@@ -538,9 +586,13 @@ def evaluate(
 
     Returns:
         ``(loss, accuracy)`` as floats.
+
+    Raises:
+        ValueError: ``xs`` or ``ys`` of the wrong shape or (when concrete) not finite, ``train`` not a bool.
     """
+    xs, ys = _checked_batch(cell, task, xs, ys)
     f = _make_eval(cell, task)
-    loss, acc = f(params, batch_stats, xs, ys, key, bool(train))
+    loss, acc = f(params, batch_stats, xs, ys, key, flag("train", train))
     return float(loss), float(acc)
 
 
@@ -1071,8 +1123,8 @@ def lyapunov(
     """The ``k`` largest Lyapunov exponents of a cell (eval mode) driven by the task's inputs.
 
     The cell runs in eval mode (a per-example map: BN with its running statistics, no dropout) on one input
-    sequence of the task: synthetic tasks at about ``steps`` steps (adding: T = steps; copy: delay
-    steps - 20), datasets one test sequence of their own length. ``gradflow.lyapunov_spectrum`` (QR
+    sequence of the task: synthetic tasks at about ``steps`` steps (adding and its controls: T = steps; copy:
+    delay steps - 20), datasets one test sequence of their own length. ``gradflow.lyapunov_spectrum`` (QR
     method) gives the exponents of the whole state (h, and c for an LSTM), natural log per step.
 
     Args:
@@ -1080,27 +1132,32 @@ def lyapunov(
         variables: ``{"params": ..., ["batch_stats": ...]}`` (``TrainResult.variables``, or the initial ones:
             ``{"params": r.initial["params"]["cell"], "batch_stats": r.initial["batch_stats"]}``).
         task: the task driving the cell.
-        key: PRNG key of the input sequence.
-        k: number of exponents.
-        steps: sequence length for synthetic tasks (default 4 × the task's sequence length).
-        transient: steps discarded before averaging (default a quarter of the sequence).
+        key: PRNG key of the input sequence (or an int seed).
+        k: number of exponents (a positive int).
+        steps: sequence length for synthetic tasks, an int >= 2 (default 4 × the task's sequence length).
+        transient: steps discarded before averaging, a non-negative int (default a quarter of the sequence).
 
     Returns:
         ``gradflow.LyapunovResult`` (``exponents`` (k,) largest first, ``stderr`` (k,), ``n_steps``).
 
     Raises:
-        ValueError: from ``lyapunov_spectrum``, e.g. when the states overflow (non-finite).
+        ValueError: a bad ``key``, ``k``, ``steps`` or ``transient`` (named); from ``lyapunov_spectrum``,
+            e.g. when the states overflow (non-finite).
     """
+    _check_cell_task(cell, task)
+    key = prng_key("key", key, required=True)
+    k = positive_int("k", k)
+    steps = None if steps is None else int_at_least("steps", steps, 2)
+    transient = None if transient is None else nonneg_int("transient", transient)
     if task.is_dataset:
         xs, _ = task.eval_set(key)
         xs = xs[:, :1]
     else:
         n = steps if steps is not None else 4 * task.seq_len
-        t = task.with_length(n if task.name == "adding" else max(n - 20, 1))
+        t = task.with_length(max(n - 20, 1) if task.name == "copy" else n)
         xs, _ = t.sample(key, 1)
     T = xs.shape[0]
     transient = T // 4 if transient is None else transient
     variables = _cell_variables(variables["params"], variables.get("batch_stats", {}))
-    r = measure.lyapunov(cell, variables, cell.initialize_carry(1), xs, train=False, k=int(k),
-                         transient=int(transient))
+    r = measure.lyapunov(cell, variables, cell.initialize_carry(1), xs, train=False, k=k, transient=transient)
     return LyapunovResult(r["exponents"], r["stderr"], T - transient)

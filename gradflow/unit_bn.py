@@ -31,6 +31,9 @@ import math
 
 import numpy as np
 
+from gradflow.checks import finite_array, is_int
+from gradflow.checks import seed as check_seed
+
 __all__ = [
     "forward",
     "backward_log_norms",
@@ -59,6 +62,8 @@ def forward(xs, w, gamma: float, eps: float = 1e-5, h0=None) -> dict:
         eps: BN ε > 0.
         h0: (B, d) initial state, or None for zeros.
 
+    Every array must be finite (ValueError naming it).
+
     Returns:
         dict with ``yhat`` (T, B, d) the normalized pre-activations (z − mean)/√(var + ε), ``s`` (T, d)
         √(var + ε), ``h`` (B, d) the last state, ``gamma``, ``eps``.
@@ -69,12 +74,12 @@ def forward(xs, w, gamma: float, eps: float = 1e-5, h0=None) -> dict:
         >>> float(out["s"][0, 0]) == float(np.sqrt(1e-5))   # zero variance: s = √ε
         True
     """
-    xs, w = np.asarray(xs, np.float64), np.asarray(w, np.float64)
+    xs, w = finite_array("xs", xs), finite_array("w", w)
     gamma, eps = _check_positive("gamma", gamma), _check_positive("eps", eps)
     if xs.ndim != 2 or w.ndim != 1:
         raise ValueError(f"xs must be (T, B) and w (d,), got shapes {xs.shape} and {w.shape}")
     T, B = xs.shape
-    h = np.zeros((B, w.size)) if h0 is None else np.array(h0, np.float64)
+    h = np.zeros((B, w.size)) if h0 is None else finite_array("h0", h0)
     if h.shape != (B, w.size):
         raise ValueError(f"h0 must have shape (B={B}, d={w.size}), got {h.shape}")
     yhat = np.empty((T, B, w.size))
@@ -102,14 +107,15 @@ def backward_log_norms(fwd: dict, g_T) -> dict:
 
     Args:
         fwd: the output of :func:`forward` (T steps).
-        g_T: (B, d) ∂L/∂h_T.
+        g_T: (B, d) ∂L/∂h_T (finite).
 
     Returns:
         dict with ``log_mean_norm`` (T + 1,): ln of the batch mean of the per-example norms over units,
         ln mean_b ‖∂L/∂h_t[b, :]‖ (the paper's plotted quantity), t = 0..T; ``log_unit_norm`` (T + 1, d):
-        ln ‖∂L/∂h_t[:, j]‖ over the batch, per unit (−inf for a unit whose cotangent is exactly zero).
+        ln ‖∂L/∂h_t[:, j]‖ over the batch, per unit. An exactly zero cotangent gives −inf (per unit in
+        ``log_unit_norm``; at every t in ``log_mean_norm`` when all of g_T is zero).
     """
-    g = np.array(g_T, np.float64)
+    g = finite_array("g_T", g_T)
     T = fwd["yhat"].shape[0]
     if g.shape != fwd["h"].shape:
         raise ValueError(f"g_T must have shape {fwd['h'].shape}, got {g.shape}")
@@ -126,9 +132,13 @@ def backward_log_norms(fwd: dict, g_T) -> dict:
         with np.errstate(divide="ignore"):
             lg = 2.0 * (np.log(np.abs(g)) + scale)  # (B, d) ln g_{bj}²
         top = np.max(lg)
-        per_example = 0.5 * (top + np.log(np.sum(np.exp(lg - top), axis=1)))
-        m = np.max(per_example)
-        log_mean[t] = m + np.log(np.mean(np.exp(per_example - m)))
+        if top == -np.inf:  # the whole cotangent is exactly zero (and stays so going back)
+            log_mean[t] = -np.inf
+        else:
+            with np.errstate(divide="ignore"):  # an example whose cotangent is exactly zero: ln 0 = −inf
+                per_example = 0.5 * (top + np.log(np.sum(np.exp(lg - top), axis=1)))
+            m = np.max(per_example)
+            log_mean[t] = m + np.log(np.mean(np.exp(per_example - m)))
         if t > 0:
             g = _vjp(fwd, t - 1, g)
     return {"log_mean_norm": log_mean, "log_unit_norm": log_unit}
@@ -143,18 +153,17 @@ def unit_exponents(fwd: dict, t_from: int, t_to: int, seed: int = 0) -> np.ndarr
 
     Args:
         fwd: :func:`forward` output (T steps).
-        t_from, t_to: 0 ≤ t_from < t_to ≤ T.
-        seed: seed of the random start.
+        t_from, t_to: ints, 0 ≤ t_from < t_to ≤ T.
+        seed: seed of the random start (an int, 0 <= seed < 2**32).
 
     Returns:
         (d,) rates (natural log per step; negative: the gradient vanishes going back in time).
     """
     T = fwd["yhat"].shape[0]
-    if not (isinstance(t_from, int | np.integer) and isinstance(t_to, int | np.integer)
-            and 0 <= t_from < t_to <= T):
+    if not (is_int(t_from) and is_int(t_to) and 0 <= t_from < t_to <= T):
         raise ValueError(f"need integers 0 <= t_from < t_to <= T = {T}, got {t_from!r}, {t_to!r}")
     start = T
-    g = np.random.default_rng(seed).standard_normal(fwd["h"].shape)
+    g = np.random.default_rng(check_seed("seed", seed)).standard_normal(fwd["h"].shape)
     g -= g.mean(0)
     for t in range(start, t_to, -1):
         g = _vjp(fwd, t - 1, g)
@@ -194,6 +203,13 @@ def two_point_log_gain(gamma: float, q: float = 0.5) -> float:
     if isinstance(q, bool) or not isinstance(q, int | float | np.floating) or not 0.0 < q < 1.0:
         raise ValueError(f"q must be a fraction in (0, 1), got {q!r}")
     ya, yb = math.sqrt((1 - q) / q), -math.sqrt(q / (1 - q))
-    sigma = math.sqrt(q * (1 - q)) * abs(math.tanh(gamma * ya) - math.tanh(gamma * yb))
-    gains = [gamma / math.cosh(gamma * y) ** 2 / sigma for y in (ya, yb)]
-    return math.log(max(gains))
+    # tanh(γ ya) > 0 > tanh(γ yb): the difference is a sum of two positive terms, no cancellation
+    log_sigma = 0.5 * math.log(q * (1 - q)) + math.log(math.tanh(gamma * ya) - math.tanh(gamma * yb))
+    # in logs: cosh(γ y)² overflows beyond γ|y| ~ 355 (γ = 400, or q = 1e-9 where ya ≈ 3e4)
+    return math.log(gamma) + max(_log_sech2(gamma * y) for y in (ya, yb)) - log_sigma
+
+
+def _log_sech2(x: float) -> float:
+    """ln sech²(x) = 2 (ln 2 − |x| − ln(1 + e^{−2|x|})), finite for every finite x."""
+    x = abs(x)
+    return 2.0 * (math.log(2.0) - x - math.log1p(math.exp(-2.0 * x)))

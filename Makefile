@@ -55,4 +55,4 @@ bench: setup
 	$(VPY) -m benchmarks $(BENCHARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache figures/.cache figures/.quick
+	rm -rf $(VENV) .pytest_cache .ruff_cache .cache figures/.cache figures/.quick

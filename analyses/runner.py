@@ -60,6 +60,7 @@ import importlib
 import inspect
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -644,6 +645,64 @@ def figures_intact(out: Path, side: dict, say: Callable[[str], None], tag: str) 
     return True
 
 
+def _finite(value: Any) -> bool:
+    """Every number in ``value`` (array, scalar, list; strings pass) is finite."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    a = np.asarray(value)
+    return a.dtype.kind in "US" or bool(np.all(np.isfinite(a.astype(float))))
+
+
+def output_problems(out: Path | str, names: Sequence[str]) -> list[str]:
+    """What is wrong with the saved outputs of the analyses ``names`` in ``out``, one line each (empty: all
+    sound): a missing or unreadable sidecar or data file, no figures, a figure missing or under 2 kB, a
+    non-finite number in the data, and for ``findings`` a findings.md without a table or with nan/inf, or a
+    findings.json without rows or with a non-finite number. ``python -m analyses`` checks what it ran
+    (exit status 1 on a problem); CI runs it on every analysis in quick mode."""
+    out, problems = Path(out), []
+    for name in names:
+        side, stem = read_sidecar(out / "data" / name), out / "data" / name
+        if not isinstance(side, dict):
+            problems.append(f"{name}: no readable sidecar {stem.with_suffix('.json')}")
+            continue
+        if not side.get("figures"):
+            problems.append(f"{name}: made no figures")
+        for s in side.get("figures", []):
+            path = out / f"{s}.png"
+            if not path.exists() or path.stat().st_size <= 2000:
+                problems.append(f"{name}: figure {path} is missing or under 2 kB")
+        try:
+            data = load_data(stem)
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+            continue
+        if not data:
+            problems.append(f"{name}: returned no data")
+        bad = [k for k, v in data.items() if not _finite(v)]
+        if bad:
+            problems.append(f"{name}: non-finite entries {bad}")
+    if "findings" in names:
+        problems += _findings_problems(out)
+    return problems
+
+
+def _findings_problems(out: Path) -> list[str]:
+    try:
+        md, js = (out / "findings.md").read_text(), json.loads((out / "findings.json").read_text())
+    except (OSError, ValueError) as e:
+        return [f"findings: unreadable findings.md/.json ({type(e).__name__}: {e})"]
+    words = md.lower().replace("info", "")
+    problems = [] if "|" in md and "nan" not in words and "inf" not in words else [
+        "findings: findings.md has no table or holds nan/inf"]
+    rows = js.get("rows") if isinstance(js, dict) else None
+    numbers = [v for r in rows or [] for v in r.values() if isinstance(v, int | float)]
+    if not rows or not all(math.isfinite(float(v)) for v in numbers):
+        problems.append("findings: findings.json has no rows or a non-finite number")
+    return problems
+
+
 def _png_decodes(path: Path) -> bool:
     import matplotlib.image
 
@@ -861,10 +920,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     mode = "quick" if a.quick else "full" if a.full else "default"
     try:
-        run_all(a.only, mode=mode, out=a.out, force=a.force, quiet=a.quiet)
+        status = run_all(a.only, mode=mode, out=a.out, force=a.force, quiet=a.quiet)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    problems = output_problems(a.out or output_dir(mode), list(status))
+    for line in problems:
+        print(f"bad output: {line}", file=sys.stderr)
+    if problems:
+        return 1
     if a.check_verdicts is not None:
         try:
             flips = verdict_flips(a.out or output_dir(mode), a.check_verdicts)

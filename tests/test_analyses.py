@@ -1,9 +1,11 @@
-"""Tests of the analyses runner (caching, resumption, storage) and of every analysis' quick mode."""
+"""Tests of the analyses runner (caching, resumption, storage, output checks) and of the committed figures.
+
+Every analysis' quick mode runs end to end in CI (`make figures-quick FIGARGS="--check-verdicts figures"`,
+which also checks every output with ``runner.output_problems``), not here: it takes minutes."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import types
 from pathlib import Path
@@ -139,54 +141,6 @@ def test_killed_write_leaves_previous_result(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ real analyses
-def _all_finite(value) -> bool:
-    if isinstance(value, str):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_all_finite(v) for v in value)
-    a = np.asarray(value)
-    if a.dtype.kind in "US":
-        return True
-    return bool(np.all(np.isfinite(a.astype(float)))) if a.size else True
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figs")
-    status = runner.run_all(mode="quick", out=out, quiet=True)
-    return out, status
-
-
-def test_quick_mode_produces_every_file_and_finite_numbers(quick_run):
-    out, status = quick_run
-    present = [n for n in runner.ANALYSES if runner.load_module(n) is not None]
-    assert set(status) == set(present) and set(status.values()) == {"computed"}
-    for name in present:
-        side = json.loads((out / "data" / f"{name}.json").read_text())
-        assert side["figures"], f"{name} made no figures"
-        for stem in side["figures"]:
-            assert (out / f"{stem}.png").stat().st_size > 2000, stem
-        data = runner.load_data(out / "data" / name)
-        assert data, f"{name} returned no data"
-        bad = [k for k, v in data.items() if not _all_finite(v)]
-        assert not bad, f"{name}: non-finite entries {bad}"
-    if "findings" in present:
-        md = (out / "findings.md").read_text()
-        assert "|" in md and "nan" not in md.lower() and "inf" not in md.lower().replace("info", "")
-        js = json.loads((out / "findings.json").read_text())
-        assert js["rows"]
-        assert all(math.isfinite(float(v)) for r in js["rows"] for v in r.values()
-                   if isinstance(v, (int, float)))
-
-
-def test_quick_mode_second_run_recomputes_nothing(quick_run):
-    out, _ = quick_run
-    mt = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()}
-    status = runner.run_all(mode="quick", out=out, quiet=True)
-    assert set(status.values()) == {"cached"}
-    assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == mt
-
-
 # ------------------------------------------------------------------------------------------ shared helpers
 def test_setup_scaled_init_equals_init_cell_of_the_option():
     """Gain / γ options are applied by scaling one gain-free init: identical to init_cell of the option."""
@@ -249,10 +203,8 @@ def test_fit_rate_and_verdict():
         common.fit_rate([1, 2], [0.0, 1.0])
 
 
-def test_findings_numbers_come_from_the_data(quick_run):
-    out, _ = quick_run
-    if runner.load_module("findings") is None:
-        pytest.skip("findings not present")
+def test_findings_numbers_come_from_the_data():
+    out = _committed()
     js = json.loads((out / "findings.json").read_text())
     dec = runner.load_data(out / "data" / "decay")
     j = int(np.argmin(np.abs(np.asarray(dec["gains"]) - js["reference_gain"])))
@@ -263,17 +215,30 @@ def test_findings_numbers_come_from_the_data(quick_run):
         assert f"{row['rate']:+.3f}" in md
 
 
-def test_resume_after_interruption_recomputes_only_unfinished(quick_run):
-    """A run killed during `spectra` leaves no sidecar for it: the next run recomputes `spectra` only."""
-    out, _ = quick_run
-    (out / "data" / "spectra.json").unlink()
-    status = runner.run_all(mode="quick", out=out, quiet=True)
-    assert status["spectra"] == "computed"
-    assert {k for k, v in status.items() if v != "cached"} == {"spectra"}
+def test_output_problems_and_resume_after_a_lost_sidecar(tmp_path):
+    """``output_problems`` passes a sound run and names a missing figure, a non-finite number and a lost
+    sidecar; a run killed before writing a sidecar (here: deleted) recomputes that analysis only."""
+    calls = {}
+    mods = {n: _fake(n, calls) for n in ("a1", "a2")}
+    mods["a3"] = _fake("a3", calls, depends=("a1", "a2"))
+    out = tmp_path / "figs"
+    runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    assert runner.output_problems(out, list(mods)) == []
+    (out / "data" / "a2.json").unlink()
+    assert runner.output_problems(out, ["a2"]) == [f"a2: no readable sidecar {out / 'data' / 'a2.json'}"]
+    st = runner.run_all(mode="quick", out=out, modules=mods, quiet=True)
+    assert st == {"a1": "cached", "a2": "computed", "a3": "cached"} and calls == {"a1": 1, "a2": 2, "a3": 1}
+    (out / "a1_fig.png").unlink()
+    data = runner.load_data(out / "data" / "a3")
+    runner.save_data(out / "data" / "a3", {**data, "x": np.full(3, np.nan)},
+                     json.loads((out / "data" / "a3.json").read_text()))
+    problems = runner.output_problems(out, list(mods))
+    assert problems == [f"a1: figure {out / 'a1_fig.png'} is missing or under 2 kB",
+                        "a3: non-finite entries ['x']"], problems
 
 
-def test_update_readme_replaces_only_the_marked_block(quick_run, tmp_path):
-    out, _ = quick_run
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    out = _committed()
     readme, doc = tmp_path / "README.md", tmp_path / "findings_doc.md"
     readme.write_text(f"# t\n\nbefore\n\n{runner.BEGIN}\nold numbers\n{runner.END}\n\nafter\n")
     assert runner.update_readme(readme, out, doc) is True
@@ -292,6 +257,13 @@ def test_update_readme_replaces_only_the_marked_block(quick_run, tmp_path):
         runner.update_readme(readme, out, doc)
 
 
+def _committed() -> Path:
+    """The committed default figures (the outputs every analysis' checks read), or skip."""
+    if not (runner.FIGURES / "findings.md").exists():
+        pytest.skip("no committed figures")
+    return runner.FIGURES
+
+
 def test_committed_readme_and_figure_data_agree():
     """The README's answer and docs/findings.md are what the committed figures/ produce, and their data are
     finite."""
@@ -302,15 +274,13 @@ def test_committed_readme_and_figure_data_agree():
     assert block == runner.answer_block(runner.FIGURES), "README answer is stale: run `make figures`"
     assert runner.FINDINGS_DOC.read_text() == runner.findings_document(runner.FIGURES), \
         "docs/findings.md is stale: run `make figures`"
-    sides = sorted(runner.FIGURES.glob("data/*.json")) + sorted(runner.FIGURES.glob("full/data/*.json"))
-    for side in sides:
-        data = runner.load_data(side.with_suffix(""))
-        bad = [k for k, v in data.items() if not _all_finite(v)]
-        assert not bad, f"{side.relative_to(runner.FIGURES)}: non-finite entries {bad}"
+    for out in (runner.FIGURES, runner.FIGURES / "full"):
+        names = sorted(p.stem for p in out.glob("data/*.json"))
+        assert runner.output_problems(out, names) == []
 
 
-def test_theory_analysis_pairs_each_measurement_with_its_prediction(quick_run):
-    out, _ = quick_run
+def test_theory_analysis_pairs_each_measurement_with_its_prediction():
+    out = _committed()
     from analyses import theory as theory_analysis
     from gradflow import theory as th
 

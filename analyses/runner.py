@@ -42,6 +42,11 @@ when the plot key differs or a figure file is missing.
 written last, so a run killed at any point leaves only complete results, and the next run resumes after the
 last finished analysis (and, inside an analysis, after the last finished ``memo`` part).
 
+Checks. After a run, ``python -m analyses`` reads back the outputs of every analysis it ran
+(:func:`output_problems`: sidecar and data readable, every number finite, every figure present, the findings
+table finite) and exits with status 1 naming each problem; ``--check-verdicts DIR`` also fails when a verdict
+of the question's cells differs from ``DIR/findings.json`` (CI: the quick figures against the committed ones).
+
 Example (REPL)::
 
     from analyses import runner, decay

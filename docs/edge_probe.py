@@ -1565,71 +1565,18 @@ def _spectra_helper_cases() -> list[Case]:
     lags = np.arange(1, 21)
     y = 0.5 - 0.3 * lags
     rate = lambda r: r.rate
-    add(
-        case(
-            M,
-            "growth_rate",
-            "y = 0.5 − 0.3·lag",
-            functools.partial(fn, y, lags),
-            ref(-0.3, rtol=1e-9, get=rate),
-        )
-    )
-    add(
-        case(
-            M,
-            "growth_rate",
-            "y = 1e300·lag",
-            functools.partial(fn, 1e300 * lags, lags),
-            ref(1e300, rtol=1e-9, get=rate),
-        )
-    )
-    add(
-        case(
-            M,
-            "growth_rate",
-            "y = 1e-300·lag",
-            functools.partial(fn, 1e-300 * lags, lags),
-            ref(1e-300, rtol=1e-9, get=rate),
-        )
-    )
-    add(
-        case(
-            M,
-            "growth_rate",
-            "y = −1e5·lag (float32)",
-            functools.partial(fn, (-1e5 * lags).astype(np.float32), lags),
-            ref(-1e5, rtol=1e-6, get=rate),
-        )
-    )
     yinf = y.copy()
     yinf[5] = -INF
-    add(
-        case(
-            M,
-            "growth_rate",
-            "a -inf at one lag",
-            functools.partial(fn, yinf, lags),
-            ref(-0.3, rtol=1e-9, get=rate),
-        )
-    )
-    add(
-        case(
-            M,
-            "growth_rate",
-            "min_lag=5, max_lag=10",
-            functools.partial(fn, y, lags, min_lag=5, max_lag=10),
-            ref(-0.3, rtol=1e-9, get=rate),
-        )
-    )
-    add(
-        case(
-            M,
-            "growth_rate",
-            "per example (2, 20)",
-            functools.partial(fn, np.stack([y, 0.2 * lags]), lags),
-            ref(np.array([-0.3, 0.2]), rtol=1e-9, get=rate),
-        )
-    )
+    for label, args, kw, want, rtol in [
+        ("y = 0.5 − 0.3·lag", (y, lags), {}, -0.3, 1e-9),
+        ("y = 1e300·lag", (1e300 * lags, lags), {}, 1e300, 1e-9),
+        ("y = 1e-300·lag", (1e-300 * lags, lags), {}, 1e-300, 1e-9),
+        ("y = −1e5·lag (float32)", ((-1e5 * lags).astype(np.float32), lags), {}, -1e5, 1e-6),
+        ("a -inf at one lag", (yinf, lags), {}, -0.3, 1e-9),
+        ("min_lag=5, max_lag=10", (y, lags), {"min_lag": 5, "max_lag": 10}, -0.3, 1e-9),
+        ("per example (2, 20)", (np.stack([y, 0.2 * lags]), lags), {}, np.array([-0.3, 0.2]), 1e-9),
+    ]:
+        add(case(M, "growth_rate", label, functools.partial(fn, *args, **kw), ref(want, rtol=rtol, get=rate)))
     base = {"log_norms": y, "lags": lags}
     out += vary(
         M,
@@ -3145,19 +3092,12 @@ def _cell_cases() -> list[Case]:
             {"r_min": [-0.1, NAN, 1.0], "r_max": [1.5, NAN, 0.0], "max_phase": [0.0, -1.0, NAN]},
         ),
     ]
-    for names, opts in per_kind:
-        for name in names:
-            for opt, vals in opts.items():
-                for v in vals:
-                    add(
-                        case(
-                            M,
-                            "make_cell",
-                            f"{name!r}, {opt}={_label(v)}",
-                            functools.partial(mk, name, 4, 2, **{opt: v}),
-                            bad(opt),
-                        )
-                    )
+    bad_options = [(name, opt, v) for names, opts in per_kind for name in names
+                   for opt, vals in opts.items() for v in vals]
+    bad_options += [(name, opt, v) for name, opts in FAMILY_OPTIONS.items() for opt, v in opts]
+    for name, opt, v in bad_options:
+        call = functools.partial(mk, name, 4, 2, **{opt: v})
+        add(case(M, "make_cell", f"{name!r}, {opt}={_label(v)}", call, bad(opt)))
     add(
         case(
             M,
@@ -3167,17 +3107,6 @@ def _cell_cases() -> list[Case]:
             bad("r_min", "r_max"),
         )
     )
-    for name, opts in FAMILY_OPTIONS.items():
-        for opt, v in opts:
-            add(
-                case(
-                    M,
-                    "make_cell",
-                    f"{name!r}, {opt}={_label(v)}",
-                    functools.partial(mk, name, 4, 2, **{opt: v}),
-                    bad(opt),
-                )
-            )
     add(
         case(
             M,

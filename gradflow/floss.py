@@ -91,8 +91,13 @@ def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=
             it overstated dλ₁/d(scale of W_hh) 2.5-fold) and pre-flossing then mostly fails at gain 3. A
             window of 25 steps (the default) keeps the growth bounded (e^{25λ₁}). Measured with
             :func:`floss`'s defaults and fresh inputs (tanh RNN, d = 32, B = 8, T = 200, 300 steps, seeds
-            0–4): gain 0.5 reached |λ₁| < 0.1 for 5 of 5 seeds (all but one < 0.04), gain 3 reached
-            |λ₁| < 0.05 for 3 of 5 (the others ended at +0.17, stuck, and −0.13, overshot).
+            0–4, λ₁ on 800 fresh steps; programs compiled with and without XLA's optimizations): gain 0.5
+            (λ₁ ≈ −1.1) reached |λ₁| < 0.09 for 10 of 10 (8 < 0.04). In the chaotic regime the end point
+            hangs on rounding: gain 3 (λ₁ +0.16..+0.21) ended at −0.27, −0.35, +0.12, +0.08, −0.00
+            unoptimized and −0.15, +0.01, +0.01, +0.17, +0.01 optimized (the exponent always fell, by
+            0.03–0.51, but overshot or stuck as often as not); near the edge (gain 2, λ₁ ≈ 0) Adam's steps
+            of 0.03 per entry drifted λ₁ to −0.03..−0.27 in 8 of 10, and a smaller peak rate (0.01, 0.003)
+            left gain 3 stuck above +0.13. Use pre-flossing to lift a vanishing network to the edge.
 
     Returns:
         (k,) exponents in the column order of Q (asymptotically descending; not sorted, so that the

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -130,7 +129,7 @@ class GradflowCell(nn.Module):
 
     def initialize_carry(self, batch_size: int) -> dict[str, jax.Array]:
         """Zero state: ``{"h": (B, d), "t": (B,) int32}`` (plus ``"c": (B, d)`` for an LSTM)."""
-        _check_positive_int("batch_size", batch_size)
+        positive_int("batch_size", batch_size)
         carry = {
             "h": jnp.zeros((batch_size, self.hidden_size), self.dtype),
             "t": jnp.zeros((batch_size,), jnp.int32),
@@ -140,8 +139,8 @@ class GradflowCell(nn.Module):
         return carry
 
     def _check(self, carry, x) -> int:
-        _check_positive_int("hidden_size", self.hidden_size)
-        _check_positive_int("input_size", self.input_size)
+        positive_int("hidden_size", self.hidden_size)
+        positive_int("input_size", self.input_size)
         if not isinstance(carry, dict) or "h" not in carry or "t" not in carry:
             raise ValueError(
                 f"carry must be a dict with keys 'h' and 't' (see initialize_carry), got {type(carry)}"
@@ -438,10 +437,6 @@ class LRUCell(GradflowCell):
 _CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell, "lru": LRUCell}
 
 
-def _check_positive_int(name: str, v: Any) -> None:
-    positive_int(name, v)
-
-
 def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options) -> GradflowCell:
     """Build a cell from a preset name (or a `CellSpec`), overriding spec fields with ``options``.
 
@@ -470,8 +465,8 @@ def make_cell(name: str | CellSpec, hidden_size: int, input_size: int, **options
     if families.is_family(name):  # a registry family: its module builds it (gradflow.families)
         return families.make(name, hidden_size, input_size, **options)
     spec = name if isinstance(name, CellSpec) else preset_spec(name)
-    _check_positive_int("hidden_size", hidden_size)
-    _check_positive_int("input_size", input_size)
+    positive_int("hidden_size", hidden_size)
+    positive_int("input_size", input_size)
     fields = {f.name for f in dataclasses.fields(CellSpec)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -502,7 +497,7 @@ def init_cell(cell: GradflowCell, key: jax.Array, batch_size: int = 1) -> dict:
     """
     if not isinstance(cell, GradflowCell):
         raise ValueError(f"init_cell expects a gradflow cell (make_cell), got {type(cell).__name__}")
-    _check_positive_int("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     key = prng_key("key", key, required=True)
     cell.dtype  # noqa: B018 (raises for float64 without x64, before tracing)
     # the variables do not depend on the batch size: one compiled init per cell configuration

@@ -119,6 +119,14 @@ def positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def state_k(k: Any, n: int) -> int:
+    """``int(k)`` for a number of exponents or directions, ``1 <= k <= n`` (n: the state size); else
+    ValueError."""
+    if not is_int(k) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int with 1 <= k <= n = {n} (the state size), got {k!r}")
+    return int(k)
+
+
 def seed(name: str, value: Any) -> int:
     """``int(value)`` for a PRNG seed, ``0 <= value < 2**32``; else ValueError naming ``name``.
 

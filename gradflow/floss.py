@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ import optax
 
 from gradflow.cache import compiled
 from gradflow.cells import GradflowCell
-from gradflow.checks import nonneg_float, positive_float, positive_int, prng_key, real_array
+from gradflow.checks import nonneg_float, positive_float, positive_int, prng_key, real_array, state_k
 from gradflow.statemap import StateMap, check_carry_and_inputs, validate_inputs
 from gradflow.step import as_step, check_finite
 
@@ -57,12 +56,6 @@ def floss_schedule(steps: int, peak: float = DEFAULT_LEARNING_RATE, final_fracti
     if nonneg_float("final_fraction", final_fraction) > 1:
         raise ValueError(f"final_fraction must lie in [0, 1], got {final_fraction!r}")
     return optax.cosine_decay_schedule(peak, steps, alpha=float(final_fraction))
-
-
-def _check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int with 1 <= k <= n = {n} (the state size), got {k!r}")
-    return int(k)
 
 
 def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=None,
@@ -105,7 +98,7 @@ def flossing_exponents(step, carry0, xs, *, k: int = 1, transient: int = 0, key=
     """
     smap, T = validate_inputs(step, carry0, xs, check_values=False)  # shapes only: runs under jit / grad
     check_carry_and_inputs(carry0, xs)  # concrete leaves only (skipped under tracing)
-    k = _check_k(k, smap.n)
+    k = state_k(k, smap.n)
     if isinstance(transient, bool) or not isinstance(transient, (int, np.integer)) or not 0 <= transient < T:
         raise ValueError(f"transient must be an int with 0 <= transient < T = {T}, got {transient!r}")
     state_window = _check_window(state_window)

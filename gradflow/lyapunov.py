@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.checks import is_int, prng_key
+from gradflow.checks import is_int, prng_key, state_k
 from gradflow.jacobians import run_engine, warn_neg_inf
 from gradflow.per_example import ExamplePlan
 from gradflow.progress import reporting, resolve, tick
@@ -145,14 +145,6 @@ def _next_forced(boundaries, T):
     return np.asarray(forced, np.int32)[np.searchsorted(forced, np.arange(T))]
 
 
-def _check_k(k, n):
-    if k is None:
-        return n
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k > n:
-        raise ValueError(f"k must be an int with 1 <= k <= n = {n} (the state size), got {k!r}")
-    return int(k)
-
-
 def qr_log_diagonals(
     step, carry0, xs, *, k=None, key=None, per_example=False, progress=None, interval=1, boundaries=()
 ):
@@ -175,7 +167,7 @@ def qr_log_diagonals(
     """
     smap, T = validate_inputs(step, carry0, xs)
     n = smap.n // (ExamplePlan.build(step, carry0, xs, check=False).B if per_example else 1)
-    k = _check_k(k, n)
+    k = n if k is None else state_k(k, n)
     key = prng_key("key", key)
     key = jax.random.PRNGKey(0) if key is None else key
     Q0, _ = jnp.linalg.qr(jax.random.normal(key, (n, k), smap.dtype))

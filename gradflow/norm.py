@@ -36,10 +36,6 @@ from gradflow.statemap import check_finite, is_traced
 __all__ = ["batch_moments", "normalize", "batch_norm", "layer_norm", "BatchNorm", "LayerNorm"]
 
 
-def _check_eps(eps: float) -> None:
-    positive_float("eps", eps)
-
-
 def _check_operands(z, scale, bias, axis: int) -> None:
     """Refuse, naming the argument, what batch_norm / layer_norm cannot normalize: z without the axis
     ``axis`` or empty along it, scale / bias not of shape (F,) (a scalar broadcasts), and concrete values
@@ -112,7 +108,7 @@ def scaled_statistics(z: jax.Array, axis: int, eps: float):
 
 def normalize(z: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
     """(z - mean) / sqrt(var + eps), broadcasting ``mean`` and ``var`` against ``z``."""
-    _check_eps(eps)
+    positive_float("eps", eps)
     return (z - mean) * jax.lax.rsqrt(var + eps)
 
 
@@ -138,7 +134,7 @@ def batch_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
         >>> batch_norm(jnp.array([[1.0], [3.0]]), jnp.ones(1)).round(3).tolist()
         [[-1.0], [1.0]]
     """
-    _check_eps(eps)
+    positive_float("eps", eps)
     _check_operands(z, scale, bias, 0)
     out = scaled_statistics(z, 0, eps)[2] * scale
     return out if bias is None else out + bias
@@ -159,7 +155,7 @@ def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None, ep
     Raises:
         ValueError: as :func:`batch_norm` (F = 0 is empty here).
     """
-    _check_eps(eps)
+    positive_float("eps", eps)
     _check_operands(z, scale, bias, -1)
     out = scaled_statistics(z, -1, eps)[2] * scale
     return out if bias is None else out + bias
@@ -209,7 +205,7 @@ class BatchNorm(nn.Module):
         Returns:
             (B, F).
         """
-        _check_eps(self.eps)
+        positive_float("eps", self.eps)
         shape = (self.t_max, self.features) if self.per_step_stats else (self.features,)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, self.param_dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, self.param_dtype))
@@ -270,7 +266,7 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         """Normalize z: (..., F) -> (..., F)."""
-        _check_eps(self.eps)
+        positive_float("eps", self.eps)
         scale = self.param(
             "scale", nn.initializers.constant(self.gamma_init), (self.features,), self.param_dtype
         )

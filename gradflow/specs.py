@@ -308,9 +308,14 @@ def describe(spec: str | CellSpec) -> str:
     if not isinstance(spec, CellSpec):
         raise ValueError(f"describe expects a cell name (one of {', '.join(CELLS)}) or a CellSpec, got "
                          f"{type(spec).__name__} {spec!r}")
-    s = spec
-    if s.family == "lru":
-        return _describe_lru(s, name)
+    if spec.family == "lru":
+        return _describe_lru(spec, name)
+    head = f"[{name}: {_CITATION[name]}] " if name else ""
+    return "\n".join(_equation_lines(spec)) + "\n" + head + "; ".join(_notes(spec))
+
+
+def _equation_lines(s: CellSpec) -> list[str]:
+    """The update equations of a vanilla/LSTM/GRU spec (one string per line)."""
     hh, xx = _n(s, "h", "W_hh h_{t-1}"), _n(s, "x", "W_xh x_t")
     b = " + b" if s.bias else ""
     lines = []
@@ -329,6 +334,11 @@ def describe(spec: str | CellSpec) -> str:
         lines.append("r = σ(r̃_x + r̃_h);  z = σ(z̃_x + z̃_h);  n = tanh(ñ_x + r ⊙ ñ_h)")
         out = "(1 − z) ⊙ n + z ⊙ h_{t-1}"
         lines.append(f"h_t = D({out})" if s.dropout else f"h_t = {out}")
+    return lines
+
+
+def _notes(s: CellSpec) -> list[str]:
+    """The notes line of a vanilla/LSTM/GRU spec: shifts, γ inits, statistics, dropout, init."""
     notes = []
     shifts = [w for w in ("x", "h", "sum") if getattr(s, "norm_" + w) and s.shift_of(w)]
     if s.bias:
@@ -352,8 +362,7 @@ def describe(spec: str | CellSpec) -> str:
     notes.append(f"W_hh init {s.recurrent_init}, gain {s.gain}")
     if s.family == "lstm":
         notes.append(f"forget bias {s.forget_bias}")
-    head = f"[{name}: {_CITATION[name]}] " if name else ""
-    return "\n".join(lines) + "\n" + head + "; ".join(notes)
+    return notes
 
 
 def _describe_lru(s: CellSpec, name: str | None) -> str:

@@ -237,10 +237,6 @@ def _jitted(sampler):
     return cache.cached(("sampler", sampler), lambda: jax.jit(sampler, static_argnums=1))
 
 
-def _check_length(name: str, value: Any, minimum: int) -> int:
-    return int_at_least(name, value, minimum)
-
-
 def adding(seq_len: int) -> Task:
     """The adding problem (Hochreiter & Schmidhuber 1997).
 
@@ -256,7 +252,7 @@ def adding(seq_len: int) -> Task:
     Returns:
         The :class:`Task` (``xs`` (T, B, 2), ``ys`` (B,)).
     """
-    T = _check_length("adding seq_len", seq_len, 2)
+    T = int_at_least("adding seq_len", seq_len, 2)
     half = T // 2
 
     def sampler(key, batch_size):
@@ -283,7 +279,7 @@ def adding_affine_floor(seq_len: int) -> float:
     1 + Σ_t p_t (u_t − ½), which explains Σ_t p_t² / 12 of Var(y) = 1/6. For even T: 1 − 2/T (80 % at T = 10,
     96 % at T = 50). :func:`affine_fit` checks it by least squares on held-out data.
     """
-    T = _check_length("adding seq_len", seq_len, 2)
+    T = int_at_least("adding seq_len", seq_len, 2)
     half = T // 2
     return 1.0 - (1.0 / half + 1.0 / (T - half)) / 2.0
 
@@ -329,7 +325,7 @@ def recall(seq_len: int) -> Task:
     Returns:
         The :class:`Task` (``xs`` (T, B, 2), ``ys`` (B,)).
     """
-    T = _check_length("recall seq_len", seq_len, 2)
+    T = int_at_least("recall seq_len", seq_len, 2)
 
     def sampler(key, batch_size):
         kv, kn = jax.random.split(key)
@@ -397,7 +393,7 @@ def copy_memory(delay: int) -> Task:
     Returns:
         The :class:`Task` (``xs`` (T+20, B, 10), ``ys`` (T+20, B) int32).
     """
-    T = _check_length("copy delay", delay, 1)
+    T = int_at_least("copy delay", delay, 1)
     L = T + 2 * COPY_RECALL
 
     def sampler(key, batch_size):
@@ -551,7 +547,7 @@ def mnist1d(*, seed: int = 42, num_samples: int = 5000) -> Task:
     except ImportError as err:
         raise ValueError("the mnist1d task needs the mnist1d package: pip install mnist1d "
                          "(or pip install 'gradflow[tasks]')") from err
-    _check_length("mnist1d num_samples", num_samples, 10)
+    int_at_least("mnist1d num_samples", num_samples, 10)
     check_seed("seed", seed)
     args = get_dataset_args()
     args.seed = int(seed)

@@ -29,7 +29,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradflow.checks import finite_array, flag, is_int, nonneg_int, positive_float, positive_int
+from gradflow.checks import (
+    finite_array,
+    finite_float,
+    flag,
+    is_int,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from gradflow.specs import PRESETS, CellSpec
 
 __all__ = [
@@ -89,19 +98,6 @@ def _phi(activation: str) -> tuple[Callable, Callable]:
     raise ValueError(f"unknown activation {activation!r}; choose from {ACTIVATIONS}")
 
 
-def _check_number(name: str, v, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float | np.floating | np.integer):
-        raise ValueError(f"{name} must be a real number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be > 0, got {v}")
-    if nonneg and v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
-
-
 def _sech2(a):
     """sech²(a) = tanh'(a) without overflow: (2 e^{-|a|} / (1 + e^{-2|a|}))²."""
     e = np.exp(-np.abs(a))
@@ -139,7 +135,7 @@ def _in_float64(fn: Callable) -> Callable:
 
 
 def _check_rate_p(p) -> float:
-    p = _check_number("dropout", p, nonneg=True)
+    p = nonneg_float("dropout", p)
     if p >= 1.0:
         raise ValueError(f"dropout must be a rate in [0, 1), got {p}")
     return p
@@ -241,7 +237,7 @@ def gauss_expectation(
         2.0
     """
     _check_function("f", f)
-    q = _check_number("q", q, nonneg=True)
+    q = nonneg_float("q", q)
     _gh_nodes(n_points)  # checks n_points whatever q
     s = math.sqrt(q)
     y, w = _law_nodes(None, [(0.0, s)], int(n_points))
@@ -323,10 +319,10 @@ def tanh_variance_map(q: float, gain: float, sigma_x2: float = 0.0, sigma_b2: fl
     (independent of h, see `input_drive_variance`) and bias entries of variance σ_b². All four arguments
     are finite numbers >= 0; a result beyond float64 (g above ~1e154) raises a ValueError.
     """
-    q = _check_number("q", q, nonneg=True)
-    g = _check_number("gain", gain, nonneg=True)
-    sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
-    return _variance_map(q, g, sx, _check_number("sigma_b2", sigma_b2, nonneg=True))
+    q = nonneg_float("q", q)
+    g = nonneg_float("gain", gain)
+    sx = nonneg_float("sigma_x2", sigma_x2)
+    return _variance_map(q, g, sx, nonneg_float("sigma_b2", sigma_b2))
 
 
 @_in_float64
@@ -343,10 +339,10 @@ def tanh_fixed_point(
         >>> round(tanh_fixed_point(2.0), 4)   # σ_w² = 4, σ_b = 0
         2.1215
     """
-    g = effective_gain(_check_number("gain", gain, nonneg=True), dropout)
-    sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
-    sb = _check_number("sigma_b2", sigma_b2, nonneg=True)
-    tol = _check_number("tol", tol, positive=True)
+    g = effective_gain(nonneg_float("gain", gain), dropout)
+    sx = nonneg_float("sigma_x2", sigma_x2)
+    sb = nonneg_float("sigma_b2", sigma_b2)
+    tol = positive_float("tol", tol)
     if tol > 1e-3:
         raise ValueError(f"tol is a relative tolerance and must be <= 1e-3 (the fixed point would be off "
                          f"by up to tol), got {tol}")
@@ -413,7 +409,7 @@ def input_drive_variance(W_xh, x_second_moment: float = 1.0, gates: int = 1) -> 
         2.0
     """
     gates = positive_int("gates", gates)
-    m2 = _check_number("x_second_moment", x_second_moment, nonneg=True)
+    m2 = nonneg_float("x_second_moment", x_second_moment)
     W = finite_array("W_xh", W_xh)
     if W.ndim != 2 or W.shape[0] == 0:
         raise ValueError(f"W_xh must be 2-D (G*d, input_size) with at least one row, got shape {W.shape}")
@@ -431,7 +427,7 @@ def effective_gain(gain: float, dropout: float = 0.0) -> float:
     of a tangent vector alike by 1/(1 − p) before they reach W_hh; in the mean field this is g² → g²/(1−p).
     Where the recurrent product is normalized (BN_h or LN_h), g cancels, so dropout leaves χ unchanged.
     """
-    g = _check_number("gain", gain, nonneg=True)
+    g = nonneg_float("gain", gain)
     return g / math.sqrt(1.0 - _check_rate_p(dropout))
 
 
@@ -632,9 +628,9 @@ def bn_train_chi(
     B = batch_size
     if not is_int(B) or B < 4:
         raise ValueError(f"batch_size must be an int >= 4 (E[1/σ²] is infinite for B <= 3), got {B!r}")
-    gh = _check_number("gamma_h", gamma_h)
-    gx = _check_number("gamma_x", gamma_x)
-    b = _check_number("bias", bias)
+    gh = finite_float("gamma_h", gamma_h)
+    gx = finite_float("gamma_x", gamma_x)
+    b = finite_float("bias", bias)
     _check_rate_p(dropout)
     _phi(activation)  # checks the name
     if gh == 0.0:  # γ_h = 0: h_t does not depend on h_{t-1}, the Jacobian is exactly 0
@@ -695,9 +691,9 @@ def ln_chi(
     d = hidden_size
     if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
-    gh = _check_number("gamma_h", gamma_h)
-    gx = _check_number("gamma_x", gamma_x)
-    b = _check_number("bias", bias)
+    gh = finite_float("gamma_h", gamma_h)
+    gx = finite_float("gamma_x", gamma_x)
+    b = finite_float("bias", bias)
     _check_rate_p(dropout)
     _phi(activation)  # checks the name
     if gh == 0.0:  # γ_h = 0: h_t does not depend on h_{t-1}, the Jacobian is exactly 0
@@ -737,9 +733,9 @@ def ln_sum_chi(
     if d is not None and (not is_int(d) or d < 4):
         raise ValueError(f"hidden_size must be an int >= 4 or None, got {d!r}")
     g = effective_gain(gain, dropout)
-    gm = _check_number("gamma", gamma)
-    sx = _check_number("sigma_x2", sigma_x2, nonneg=True)
-    b = _check_number("bias", bias)
+    gm = finite_float("gamma", gamma)
+    sx = nonneg_float("sigma_x2", sigma_x2)
+    b = finite_float("bias", bias)
     _phi(activation)  # checks the name
     if gm == 0.0 or g == 0.0:  # γ = 0 or W_hh = 0: h_t does not depend on h_{t-1}, the Jacobian is 0
         return 0.0
@@ -839,7 +835,7 @@ def tied_weight_correction(W_hh, gain: float) -> float:
     in the Jacobian (tanh, BN per feature) mix the directions and follow the mean field instead
     (docs/theory.md §6).
     """
-    g = _check_number("gain", gain, positive=True)
+    g = positive_float("gain", gain)
     return float(linear_lyapunov_spectrum(W_hh)[0] - math.log(g))
 
 
@@ -916,8 +912,8 @@ def lru_init_rate(n_modes: int, r_min: float = 0.0, r_max: float = 1.0) -> float
     """
     if isinstance(n_modes, bool) or not isinstance(n_modes, int | np.integer) or n_modes < 1:
         raise ValueError(f"n_modes must be a positive int, got {n_modes!r}")
-    lo = _check_number("r_min", r_min, nonneg=True)
-    hi = _check_number("r_max", r_max, positive=True)
+    lo = nonneg_float("r_min", r_min)
+    hi = positive_float("r_max", r_max)
     if not lo < hi <= 1.0:
         raise ValueError(f"the ring needs 0 <= r_min < r_max <= 1, got r_min={lo}, r_max={hi}")
     if lo == 0.0:
@@ -945,8 +941,8 @@ def relu_rate_bound(W_hh) -> float:
 def input_variance_share(gamma_x: float, gamma_h: float = 1.0) -> float:
     """The input path's share γ_x²/(γ_h² + γ_x²) of the state's per-feature variance in `bn_notanh` /
     `ln_notanh` (h_t = γ_h N(W_hh h_{t−1}) + γ_x BN(W_xh x_t): two independent unit-variance terms)."""
-    gx = _check_number("gamma_x", gamma_x, nonneg=True)
-    gh = _check_number("gamma_h", gamma_h, positive=True)
+    gx = nonneg_float("gamma_x", gamma_x)
+    gh = positive_float("gamma_h", gamma_h)
     r = gx / gh  # the share depends on the ratio only: no square to overflow
     return 1.0 / (1.0 + (1.0 / r) ** 2) if r > 1.0 else r**2 / (1.0 + r**2)
 
@@ -985,7 +981,7 @@ def critical_input_gamma(name: str, *, batch_size=None, hidden_size=None, gamma_
             f"no critical input γ for {name!r}: defined for 'bn_notanh' (batch_size) and 'ln_notanh' "
             "(hidden_size), the normalized recurrences without tanh"
         )
-    gh = _check_number("gamma_h", gamma_h, positive=True)
+    gh = positive_float("gamma_h", gamma_h)
     what, n = sizes[name]
     if n is None:
         raise ValueError(f"critical_input_gamma({name!r}) needs {what}")
@@ -1005,8 +1001,8 @@ def critical_input_gamma(name: str, *, batch_size=None, hidden_size=None, gamma_
 
 
 def _memory_args(lam, rho) -> tuple[float, float]:
-    lam = _check_number("lam", lam)
-    rho = _check_number("rho", rho)
+    lam = finite_float("lam", lam)
+    rho = finite_float("rho", rho)
     if not -1.0 < lam < 1.0:
         raise ValueError(f"lam must lie in (-1, 1) (a stable recurrence; else E[h²] is infinite), got {lam}")
     if not -1.0 < rho < 1.0:

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from gradflow.checks import finite_array, is_int
+from gradflow.checks import finite_array, is_int, positive_float
 from gradflow.checks import seed as check_seed
 
 __all__ = [
@@ -41,15 +41,6 @@ __all__ = [
     "zero_variance_log_gain",
     "two_point_log_gain",
 ]
-
-
-def _check_positive(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float | np.floating | np.integer):
-        raise ValueError(f"{name} must be a real number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {v}")
-    return v
 
 
 def forward(xs, w, gamma: float, eps: float = 1e-5, h0=None) -> dict:
@@ -75,7 +66,7 @@ def forward(xs, w, gamma: float, eps: float = 1e-5, h0=None) -> dict:
         True
     """
     xs, w = finite_array("xs", xs), finite_array("w", w)
-    gamma, eps = _check_positive("gamma", gamma), _check_positive("eps", eps)
+    gamma, eps = positive_float("gamma", gamma), positive_float("eps", eps)
     if xs.ndim != 2 or w.ndim != 1:
         raise ValueError(f"xs must be (T, B) and w (d,), got shapes {xs.shape} and {w.shape}")
     T, B = xs.shape
@@ -184,7 +175,7 @@ def zero_variance_log_gain(gamma: float, eps: float = 1e-5) -> float:
         >>> round(zero_variance_log_gain(0.1, 1e-5), 4)   # ln(0.1 / 0.00316)
         3.4539
     """
-    gamma, eps = _check_positive("gamma", gamma), _check_positive("eps", eps)
+    gamma, eps = positive_float("gamma", gamma), positive_float("eps", eps)
     return math.log(gamma) - 0.5 * math.log(eps)
 
 
@@ -199,7 +190,7 @@ def two_point_log_gain(gamma: float, q: float = 0.5) -> float:
         >>> round(two_point_log_gain(1.0), 4) == round(math.log(2 / math.sinh(2)), 4)
         True
     """
-    gamma = _check_positive("gamma", gamma)
+    gamma = positive_float("gamma", gamma)
     if isinstance(q, bool) or not isinstance(q, int | float | np.floating) or not 0.0 < q < 1.0:
         raise ValueError(f"q must be a fraction in (0, 1), got {q!r}")
     ya, yb = math.sqrt((1 - q) / q), -math.sqrt(q / (1 - q))

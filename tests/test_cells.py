@@ -152,7 +152,7 @@ def run_and_compare(name, B, dtype, atol, T=3, d=5, n_in=3):
     xs = rng.normal(size=(T, B, n_in))
     # train and eval differ only through BN (and dropout, off here): eval is run for the BN presets
     for train in (True, False) if cell.spec.has_bn else (True,):
-        step = gradflow.as_step(cell, variables, train=train)
+        step = jax.jit(gradflow.as_step(cell, variables, train=train))  # one compile, not one per op
         carry = cell.initialize_carry(B)
         h, c = np.zeros((B, d)), np.zeros((B, d))
         for t in range(T):

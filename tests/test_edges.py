@@ -215,7 +215,8 @@ def test_theory_arguments_are_checked_by_name():
 
     for bad, msg in ((True, "tol must be a finite number > 0, got True"),
                      (float("nan"), "tol must be a finite number > 0, got nan"),
-                     (-1.0, "tol must be a finite number > 0, got -1.0"), (0.5, "tol is a relative tolerance")):
+                     (-1.0, "tol must be a finite number > 0, got -1.0"),
+                     (0.5, "tol is a relative tolerance")):
         with pytest.raises(ValueError, match=msg):
             theory.tanh_fixed_point(2.0, tol=bad)
     assert theory.input_variance_share(1e200, 1e200) == 0.5  # overflowed in gx**2 before

@@ -72,7 +72,9 @@ class Summary:
         exponent_halves: (2, k) the exponents from the first and the second half of the post-transient steps.
         converged: False when the halves disagree by more than 3 combined standard errors (a warning was
             issued: use a longer sequence or a larger transient).
-        spectra: SpectrumResult at a few lags (per-example: fields with a leading batch axis).
+        spectra: SpectrumResult at a few lags (per-example: fields with a leading batch axis). Singular
+            values below the precision of the computation are NaN (``spectra.resolved`` False); the repr
+            counts them instead of a warning (at long lags of a vanishing cell most are, in float32).
         prediction: mean-field prediction of the rate from gradflow.theory, or None.
         prediction_note: where the prediction comes from, or why there is none.
         lags: (T,) the lags of ``log_norms``.
@@ -107,9 +109,15 @@ class Summary:
             f"Summary(rate={self.rate:+.4f} ± {self.rate_stderr:.4f} ln/step ({self.uncertainty}, "
             f"{np.size(self.unit_rates)}), verdict={self.verdict!r} (±{self.threshold}), "
             f"exponents=[{exps}{more}] (converged={self.converged}), prediction={pred}, "
-            f"spectra at lags {np.asarray(self.spectra.lags).tolist()}, T={np.size(self.lags)}, "
+            f"spectra at lags {np.asarray(self.spectra.lags).tolist()}{self._unresolved()}, "
+            f"T={np.size(self.lags)}, "
             f"per_example={self.per_example})"
         )
+
+    def _unresolved(self) -> str:
+        ok = self.spectra.resolved
+        bad = 0 if ok is None else int(np.sum(~np.asarray(ok)))
+        return f" ({bad} of {np.size(ok)} singular values unresolved: NaN)" if bad else ""
 
     def to_dict(self) -> dict:
         """Plain Python values (floats, lists, strings): JSON-ready."""
@@ -269,8 +277,9 @@ def _preset_mismatch(preset, carry0, hidden_size, coupled) -> str | None:
 
 def _quiet_spectra(step, carry0, xs, lags, wrt, per_example):
     say("spectra")
-    with warnings.catch_warnings():  # plain singular values out of float32's range: the logs are kept
-        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)
+    with warnings.catch_warnings():  # plain singular values out of float32's range: the logs are kept;
+        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)  # unresolved ones: NaN,
+        warnings.filterwarnings("ignore", ".*lie below the precision", RuntimeWarning)  # counted in repr
         return spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
 
 

@@ -52,6 +52,22 @@ def test_summary_tanh_preset_with_inputs_needs_sigma_x2(tanh_setup):
     assert s.prediction == pytest.approx(ref, abs=1e-12) and ref < -0.1
 
 
+def test_summary_counts_unresolved_singular_values_instead_of_warning():
+    """The README's quick start printed a RuntimeWarning from inside summary (1474 of 2048 singular values
+    below float32's precision at lags up to 200): summary now says it in its repr, and spectra alone still
+    warns."""
+    W = jnp.diag(jnp.linspace(0.9, 0.1, 8))  # s_i / s_1 of dh_T/dh_t at lag L: (w_i / 0.9)**L
+    step, h0, xs = (lambda h, x: h @ W.T + x), jnp.zeros((1, 8)), jnp.zeros((60, 1, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = gf.summary(step, h0, xs, k=2, segments=4)
+    bad = int(np.sum(~np.asarray(s.spectra.resolved)))
+    assert bad > 0 and f"({bad} of {np.size(s.spectra.resolved)} singular values unresolved: NaN)" in repr(s)
+    assert np.all(np.isnan(np.asarray(s.spectra.singular_values)[~np.asarray(s.spectra.resolved)]))
+    with pytest.warns(RuntimeWarning, match="lie below the precision"):
+        gf.spectra(step, h0, xs, lags=[1, 60])
+
+
 def test_summary_zero_inputs_predict_the_input_free_rate(tanh_setup):
     step, carry0, xs = tanh_setup
     s = _summary(tanh_setup, preset="tanh", xs=jnp.zeros_like(xs))

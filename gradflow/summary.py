@@ -277,9 +277,11 @@ def _preset_mismatch(preset, carry0, hidden_size, coupled) -> str | None:
 
 def _quiet_spectra(step, carry0, xs, lags, wrt, per_example):
     say("spectra")
-    with warnings.catch_warnings():  # plain singular values out of float32's range: the logs are kept;
-        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)  # unresolved ones: NaN,
-        warnings.filterwarnings("ignore", ".*lie below the precision", RuntimeWarning)  # counted in repr
+    # The summary reports both itself: plain values beyond float32's range keep exact logs, and the singular
+    # values below the precision of the computation (NaN) are counted in its repr.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*outside .*range", RuntimeWarning)
+        warnings.filterwarnings("ignore", ".*lie below the precision", RuntimeWarning)
         return spectra(step, carry0, xs, lags=lags, wrt=wrt, per_example=per_example)
 
 

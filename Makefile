@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 # compiler once crashed late in a single-process run). TEST_WORKERS=0 runs in this process. tests/conftest.py
 # compiles without XLA's optimization passes (7.3 -> 5.3 min); JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test
 # runs the same suite on optimized programs. It also keeps JAX's persistent compilation cache in .cache/jax-tests:
-# 1052 tests took 5.9 min on a fresh clone and 2.3 min on the second run (.ci/run, 2 idle cores, 2026-12-04;
-# 8.2 and 3.0 min on the slower CPU of an earlier machine).
+# ~1050 tests took 5.9-6.2 min on fresh clones (three runs) and 2.3 min on the second run (.ci/run, 2 idle
+# cores, 2026-12-04; 8.2 and 3.0 min on the slower CPU of an earlier machine).
 TEST_WORKERS ?= 2
 
 test: setup

@@ -67,6 +67,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -693,13 +694,16 @@ def output_problems(out: Path | str, names: Sequence[str]) -> list[str]:
     return problems
 
 
+_NONFINITE_TOKEN = re.compile(r"(?<![\w.])[-+]?(nan|inf)(?![\w])", re.IGNORECASE)
+
+
 def _findings_problems(out: Path) -> list[str]:
     try:
         md, js = (out / "findings.md").read_text(), json.loads((out / "findings.json").read_text())
     except (OSError, ValueError) as e:
         return [f"findings: unreadable findings.md/.json ({type(e).__name__}: {e})"]
-    words = md.lower().replace("info", "")
-    problems = [] if "|" in md and "nan" not in words and "inf" not in words else [
+    # a number printed as nan or inf (a token, so words such as "infinite" or "information" pass)
+    problems = [] if "|" in md and not _NONFINITE_TOKEN.search(md) else [
         "findings: findings.md has no table or holds nan/inf"]
     rows = js.get("rows") if isinstance(js, dict) else None
     numbers = [v for r in rows or [] for v in r.values() if isinstance(v, int | float)]

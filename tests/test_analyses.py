@@ -237,6 +237,17 @@ def test_output_problems_and_resume_after_a_lost_sidecar(tmp_path):
                         "a3: non-finite entries ['x']"], problems
 
 
+def test_findings_check_names_printed_nan_or_inf_but_not_words_containing_inf(tmp_path):
+    """The findings check looked for the letters "inf" after deleting "info": any "infinite" or "inference"
+    in the text failed CI. Now a printed nan or inf (a token) fails and such words pass."""
+    (tmp_path / "findings.json").write_text(json.dumps({"rows": [{"rate": -0.2}]}))
+    for text, bad in (("| cell | rate |\n| tanh | -0.2 |\nan infinite horizon, by inference", False),
+                      ("| cell | rate |\n| tanh | nan |", True), ("| cell | rate |\n| tanh | -inf |", True)):
+        (tmp_path / "findings.md").write_text(text)
+        problems = runner._findings_problems(tmp_path)
+        assert problems == (["findings: findings.md has no table or holds nan/inf"] if bad else []), text
+
+
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     out = _committed()
     readme, doc = tmp_path / "README.md", tmp_path / "findings_doc.md"

@@ -209,8 +209,7 @@ def prng_key(name: str, value: Any, required: bool = False):
     if typed or raw:
         return value
     raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) or an "
-                     "int "
-                     f"seed, got {type(value).__name__} {value!r}"[:300])
+                     f"int seed, got {type(value).__name__} {value!r}"[:300])
 
 
 def real_array(name: str, value: Any, min_ndim: int = 0) -> np.ndarray:

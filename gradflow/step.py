@@ -338,8 +338,7 @@ def unroll_cell(
     if jnp.shape(jax.tree_util.tree_leaves(xs)[0])[0] == 0:
         raise ValueError("xs is empty: the sequence length T (leading axis of xs) must be > 0")
     check_step_counter(carry0)
-    check_finite(carry0, "carry0")
-    check_finite(xs, "xs")
+    check_carry_and_inputs(carry0, xs)  # as unroll: finite, and within float32's range without x64
     rngs = {"dropout": key} if (train and cell.spec.dropout > 0) else {}
     params, stats = variables["params"], variables.get("batch_stats")
     update = train and stats is not None

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from gradflow.checks import finite_array, is_int, positive_float
+from gradflow.checks import finite_array, is_int, positive_float, unit_fraction
 from gradflow.checks import seed as check_seed
 
 __all__ = [
@@ -190,9 +190,7 @@ def two_point_log_gain(gamma: float, q: float = 0.5) -> float:
         >>> round(two_point_log_gain(1.0), 4) == round(math.log(2 / math.sinh(2)), 4)
         True
     """
-    gamma = positive_float("gamma", gamma)
-    if isinstance(q, bool) or not isinstance(q, int | float | np.floating) or not 0.0 < q < 1.0:
-        raise ValueError(f"q must be a fraction in (0, 1), got {q!r}")
+    gamma, q = positive_float("gamma", gamma), unit_fraction("q", q)
     ya, yb = math.sqrt((1 - q) / q), -math.sqrt(q / (1 - q))
     # tanh(γ ya) > 0 > tanh(γ yb): the difference is a sum of two positive terms, no cancellation
     log_sigma = 0.5 * math.log(q * (1 - q)) + math.log(math.tanh(gamma * ya) - math.tanh(gamma * yb))

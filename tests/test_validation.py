@@ -198,6 +198,9 @@ def test_unroll_cell_refuses_nonfinite_instead_of_nan_statistics():
     xs = jax.random.normal(jax.random.key(1), (5, 4, 2))
     with pytest.raises(ValueError, match=r"the inputs have NaN or inf: xs\[2\] \(the input x_3 of step 3\)"):
         gradflow.unroll_cell(cell, v, cell.initialize_carry(4), xs.at[2, 0, 0].set(jnp.nan), train=True)
+    if not jax.config.jax_enable_x64:  # float64 beyond float32's range: refused (JAX would cast it to inf)
+        with pytest.raises(ValueError, match=r"xs \(float64\) holds values beyond float32's range"):
+            gradflow.unroll_cell(cell, v, cell.initialize_carry(4), np.full((5, 4, 2), 1e200), train=True)
     # finite inputs whose batch variance overflows float32 (|z| ~ 1e30): named, not inf/NaN averages
     with pytest.raises(ValueError, match=r"BN running averages.*\['bn_x'\]\['var'\]"):
         gradflow.unroll_cell(cell, v, cell.initialize_carry(4), xs * 1e30, train=True)
